@@ -1,0 +1,207 @@
+"""The one typed request the UI, the HTTP API and the command line hand to the engine, and what comes back.
+
+Validation happens here, once, before any work: every adapter builds a ``GenerationRequest`` through
+``GenerationRequest.build(...)`` (or the constructor followed by ``validate()``), and a bad value becomes a
+``RequestError`` that names the field, the value and what is allowed, so the UI can show it next to the
+control and the API can return it as a 422 without either of them knowing the rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+# Limits: wide enough for every real use, narrow enough that a typo (steps=10000) is caught before
+# it ties up the GPU for an hour.
+MAX_STEPS = 150
+MAX_SIDE = 4096
+MIN_SIDE = 64
+MAX_BATCH_SIZE = 16
+MAX_BATCH_COUNT = 100
+MAX_CFG = 30.0
+MAX_CLIP_SKIP = 12
+MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit; -1 means "pick one at random"
+MAX_TOKEN_MERGING = 0.9
+MAX_PROMPT_CHARS = 20_000
+
+
+class RequestError(ValueError):
+    """A request value that cannot be used; ``field`` is the request's field name as the API spells it."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}: {value!r} is not allowed; {allowed}")
+
+
+class EngineError(RuntimeError):
+    """A failure the user can act on (out of memory, NaN images, a model that will not load).
+
+    ``hint`` says what to do; adapters show message and hint, never a stack trace.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} {hint}".strip())
+
+
+class ModelNotFoundError(EngineError):
+    """The request named a model that discovery did not find; ``known`` lists what it did find."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+        super().__init__(
+            f"model: {name!r} is not a known model.",
+            f"Known models: {shown}" if known else "No models were found; put a .safetensors file in a models folder.",
+        )
+
+
+def _as_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise RequestError(name, value, f"must be a whole number from {lo} to {hi}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise RequestError(name, value, f"must be a whole number from {lo} to {hi}")
+        value = int(value)
+    elif isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise RequestError(name, value, f"must be a whole number from {lo} to {hi}") from None
+    elif not isinstance(value, int):
+        raise RequestError(name, value, f"must be a whole number from {lo} to {hi}")
+    if not lo <= value <= hi:
+        raise RequestError(name, value, f"must be from {lo} to {hi}")
+    return value
+
+
+def _as_float(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool):
+        raise RequestError(name, value, f"must be a number from {lo:g} to {hi:g}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(name, value, f"must be a number from {lo:g} to {hi:g}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise RequestError(name, value, f"must be a number from {lo:g} to {hi:g}")
+    return number
+
+
+def _as_text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RequestError(name, value, "must be text")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(name, f"<{len(value)} characters>", f"must be at most {MAX_PROMPT_CHARS} characters")
+    return value
+
+
+@dataclass
+class GenerationRequest:
+    """A txt2img request in A1111's terms (sampler names, schedule types, seed -1 for random)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""  # a model name, an A1111 title "name [hash]", or "" for the loaded/default model
+    sampler: str = "Euler a"
+    schedule: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+    token_merging_ratio: float = 0.0
+    vae_tiling: bool = False
+
+    def validate(self) -> GenerationRequest:
+        """Check and normalise every field in place; raise ``RequestError`` on the first bad one."""
+        self.prompt = _as_text("prompt", self.prompt)
+        self.negative_prompt = _as_text("negative_prompt", self.negative_prompt)
+        if not isinstance(self.model, str):
+            raise RequestError("model", self.model, "must be a model name")
+        self.model = self.model.strip()
+        if not isinstance(self.sampler, str) or not self.sampler.strip():
+            raise RequestError("sampler", self.sampler, "must be a sampler name such as 'Euler a'")
+        if not isinstance(self.schedule, str) or not self.schedule.strip():
+            raise RequestError("schedule", self.schedule, "must be a schedule type such as 'Automatic'")
+        self.steps = _as_int("steps", self.steps, 1, MAX_STEPS)
+        self.cfg_scale = _as_float("cfg_scale", self.cfg_scale, 0.0, MAX_CFG)
+        for side in ("width", "height"):
+            value = _as_int(side, getattr(self, side), MIN_SIDE, MAX_SIDE)
+            if value % 8:
+                raise RequestError(side, value, f"must be a multiple of 8 (try {value // 8 * 8} or {value // 8 * 8 + 8})")
+            setattr(self, side, value)
+        self.seed = _as_int("seed", self.seed, -1, MAX_SEED)
+        self.batch_size = _as_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        self.batch_count = _as_int("batch_count", self.batch_count, 1, MAX_BATCH_COUNT)
+        self.clip_skip = _as_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP)
+        self.token_merging_ratio = _as_float("token_merging_ratio", self.token_merging_ratio, 0.0, MAX_TOKEN_MERGING)
+        if not isinstance(self.vae_tiling, bool):
+            raise RequestError("vae_tiling", self.vae_tiling, "must be true or false")
+        return self
+
+    @classmethod
+    def build(cls, **values: Any) -> GenerationRequest:
+        """Build and validate from loose values (form fields, JSON); unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RequestError(unknown[0], values[unknown[0]], f"is not a request field; fields are {', '.join(sorted(known))}")
+        return cls(**values).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GeneratedImage:
+    """One finished image with the seed that made it and its A1111 ``parameters`` text."""
+
+    image: Any  # PIL.Image.Image; typed loosely so this module does not import PIL
+    seed: int
+    infotext: str
+    index: int  # position in the whole run (batch_count x batch_size)
+
+
+@dataclass
+class GenerationResult:
+    """What a run produced. ``interrupted`` is true when the user stopped it; the finished images are kept."""
+
+    images: list[GeneratedImage]
+    request: GenerationRequest
+    model_name: str
+    model_hash: str
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, generate, total
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """One sampling step's report. ``preview`` is a small PIL image (cheap latent preview) or None."""
+
+    step: int  # steps done in the current image batch
+    total_steps: int
+    batch_index: int  # which of batch_count is running (0-based)
+    batch_count: int
+    eta_seconds: float
+    preview: Any = None
+
+    @property
+    def fraction(self) -> float:
+        """Progress of the whole run from 0 to 1, across all batches."""
+        done = self.batch_index * self.total_steps + self.step
+        return min(1.0, done / max(1, self.total_steps * self.batch_count))
+
+
+ProgressCallback = Callable[[Progress], None]
