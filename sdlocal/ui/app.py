@@ -1,0 +1,93 @@
+"""The Gradio Blocks app: ``build_ui(services)`` and the options to mount or launch it with.
+
+The page must be up before any model: this module tree imports gradio, PIL and sdlocal's light modules only,
+never torch or diffusers (``tests/ui/test_import_cost.py`` checks it). The first model loads in the
+background (``services.start_background_load()``); a timer shows its status until it is ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sdlocal.ui.common import UiState
+from sdlocal.ui.gallery import build_gallery_tab
+from sdlocal.ui.generate import build_generate_tab, load_status_text
+from sdlocal.ui.pnginfo import build_pnginfo_tab
+from sdlocal.ui.system import build_system_tab, sharing_banner
+
+CSS = """
+.gradio-container { max-width: 1500px !important; }
+#sd-header { display: flex; align-items: baseline; gap: 1rem; margin-bottom: -0.5rem; }
+#sd-header h1 { font-size: 1.35rem; margin: 0; }
+#sd-header .sd-sub { opacity: 0.7; font-size: 0.9rem; }
+#sd-load-status p { margin: 0; font-size: 0.92rem; }
+#sd-generate { min-height: 3.2rem; font-size: 1.1rem; }
+.sd-cpu { background: #fff4e5; color: #8a4b00; border: 1px solid #f0b25a; border-radius: 8px; padding: 0.6rem 0.9rem;
+          font-weight: 600; }
+.sd-error { background: #fdecea; color: #8c1d18; border: 1px solid #f1a7a1; border-radius: 8px;
+            padding: 0.6rem 0.9rem; }
+.sd-badge { font-size: 0.85rem; opacity: 0.8; }
+.sd-warning { background: #fff8e1; border-radius: 8px; padding: 0.4rem 0.8rem; }
+.sd-empty { border: 2px dashed var(--border-color-primary); border-radius: 12px; padding: 1rem; }
+.sd-progress { position: relative; height: 2rem; border-radius: 8px; background: var(--background-fill-secondary);
+               overflow: hidden; border: 1px solid var(--border-color-primary); }
+.sd-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft, #c7d2fe);
+                   transition: width 0.2s linear; }
+.sd-progress-text { position: relative; line-height: 2rem; padding: 0 0.75rem; font-size: 0.9rem; }
+.sd-done { background: var(--background-fill-primary); }
+.sd-sizes .wrap { gap: 0.3rem !important; }
+table.sd-params th { text-align: left; padding-right: 1rem; white-space: nowrap; }
+"""
+
+
+def ui_theme() -> gr.themes.Theme:
+    return gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
+
+
+def mount_options(services: Any) -> dict[str, Any]:
+    """Keyword arguments for ``gr.mount_gradio_app`` / ``Blocks.launch``: theme, CSS, and the outputs folder.
+
+    Gradio 6 takes theme and CSS at mount/launch time, and serves only files under ``allowed_paths``: the
+    outputs folder must be there for the result and gallery images (saved files with their parameters).
+    """
+    root = Path(services.store.root)
+    root.mkdir(parents=True, exist_ok=True)
+    return {"theme": ui_theme(), "css": CSS, "allowed_paths": [str(root)]}
+
+
+def build_ui(services: Any) -> gr.Blocks:
+    """The whole page over ``services`` (engine, queue, store, presets, settings)."""
+    ui_state = UiState(getattr(services.settings, "state_file", None))
+    with gr.Blocks(title="sdlocal", analytics_enabled=False) as blocks:
+        with gr.Row(elem_id="sd-header"):
+            gr.HTML('<h1>sdlocal</h1><span class="sd-sub">local Stable Diffusion</span>')
+            sharing = gr.HTML("", elem_id="sd-share-badge")
+        with gr.Tabs(selected="generate") as tabs:
+            generate = build_generate_tab(services, ui_state)
+            build_gallery_tab(services, generate, tabs)
+            build_pnginfo_tab(services, generate, tabs)
+            build_system_tab(services)
+
+        on_load, load_outputs = generate.load
+        status_fn, status_md = generate.status
+        timer = gr.Timer(1.0, active=True)
+
+        def tick():
+            text = status_fn()
+            ready = text.startswith("✔") or text.startswith("⚠")
+            return text, gr.Timer(active=not ready)
+
+        blocks.load(on_load, outputs=load_outputs)
+        blocks.load(tick, outputs=[status_md, timer])
+        blocks.load(lambda: sharing_banner(services.settings), outputs=sharing)
+        timer.tick(tick, outputs=[status_md, timer])
+
+        def load_status() -> str:
+            """The model loading status line, for scripts and tests waiting for the first model."""
+            return load_status_text(services)
+
+        gr.api(load_status, api_name="load_status")
+    return blocks

@@ -1,0 +1,80 @@
+"""The PNG Info tab: read the A1111 parameters of any dropped image and send them to the Generate tab.
+
+The upload is a plain file (not ``gr.Image``) so that the original bytes, with their text chunks, reach the
+reader: an image component would re-encode the picture and drop the parameters. Anything that is not a
+readable image, or is large enough to be a decompression bomb, becomes a message.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from sdlocal.outputs import read_image_parameters
+from sdlocal.ui.generate import GenerateTab, fill_from_infotext
+
+
+def read_dropped(path: str | None) -> tuple[str, str]:
+    """(parameters text, message) for an uploaded file; never raises."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        return "", ""
+    name = Path(path).name
+    try:
+        text = read_image_parameters(path)
+    except Image.DecompressionBombError:
+        return "", f"⚠ {name} is too large to open safely (more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels)."
+    except UnidentifiedImageError:
+        return "", f"⚠ {name} is not an image sdlocal can read. Drop a PNG (or JPEG/WebP) made by sdlocal or A1111."
+    except (OSError, ValueError, SyntaxError) as exc:
+        return "", f"⚠ {name} could not be read: {exc}"
+    if not text:
+        return "", (f"{name} has no generation parameters (no `parameters` text). It was not made by sdlocal or "
+                    "AUTOMATIC1111, or a program removed its metadata.")
+    return text, ""
+
+
+def parameters_table(text: str) -> str:
+    from sdlocal.engine.infotext import parse_infotext
+
+    try:
+        params = parse_infotext(text)
+    except Exception:  # noqa: BLE001 - a text we cannot split is still shown raw
+        return ""
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>" for key, value in params.items()
+    )
+    return f'<table class="sd-params">{rows}</table>' if rows else ""
+
+
+def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
+    with gr.Tab("PNG Info", id="pnginfo") as tab:
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                upload = gr.File(label="Drop a PNG here", file_types=["image", ".png", ".jpg", ".jpeg", ".webp"],
+                                 type="filepath", elem_id="sd-pnginfo-file")
+                message = gr.Markdown("")
+            with gr.Column(scale=3):
+                text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="sd-pnginfo-text",
+                                  buttons=["copy"])
+                table = gr.HTML("")
+                send = gr.Button("Send to Generate", variant="primary", elem_id="sd-pnginfo-send")
+
+    def on_upload(path: str | None):
+        params, note = read_dropped(path)
+        return params, note, parameters_table(params) if params else ""
+
+    upload.change(on_upload, inputs=upload, outputs=[text, message, table], api_name="png_info")
+
+    def on_send(params: str):
+        if not params:
+            gr.Warning("Drop an image with parameters first.")
+            return [gr.update() for _ in range(len(generate.controls) + 2)]
+        return [gr.Tabs(selected="generate"), *fill_from_infotext(services.engine, params)]
+
+    send.click(on_send, inputs=text, outputs=[tabs, generate.model, *generate.controls], api_name="send_to_generate")
+    return tab
