@@ -34,7 +34,7 @@ def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
         chosen = gr.State("")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Saved images", columns=6, height=620, allow_preview=False,
+                gallery = gr.Gallery(label="Saved images", columns=6, height=620, allow_preview=False, preview=False,
                                      object_fit="cover", elem_id="sd-gallery")
             with gr.Column(scale=2):
                 picked = gr.Image(label="Selected", interactive=False, height=320, elem_id="sd-gallery-picked")

@@ -1,0 +1,117 @@
+"""The UI's pieces that need no server: import cost, the model list, progress, sharing text, dropped files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from sdlocal.engine.models import ModelEntry
+from sdlocal.engine.request import EngineError, RequestError
+from sdlocal.ui.common import UiState, error_text
+from sdlocal.ui.generate import UNSUPPORTED_PREFIX, model_choices, progress_html
+from sdlocal.ui.pnginfo import read_dropped
+from sdlocal.ui.system import sharing_text
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ui_import_path_does_not_import_torch_or_diffusers() -> None:
+    code = (
+        "import sys, sdlocal.ui.app, sdlocal.outputs, sdlocal.presets, sdlocal.starter\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'xformers') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def _entry(name: str, family: str | None, supported: bool = True, reason: str = "", short_hash: str | None = None):
+    return ModelEntry(name=name, path=Path(name), format="safetensors", family=family, inpainting=False,
+                      supported=supported, reason=reason, size=1, mtime=0.0, short_hash=short_hash)
+
+
+def test_model_choices_show_family_hash_and_unsupported_reason() -> None:
+    choices = model_choices([
+        _entry("flux/dev", None, supported=False, reason="Flux models are not supported"),
+        _entry("sd15/base", "sd1", short_hash="6ce0161689"),
+        _entry("xl", "sdxl"),
+    ])
+    assert choices[0] == ("sd15/base [6ce0161689] · SD 1.x", "sd15/base")
+    assert choices[1] == ("xl · SDXL", "xl")
+    label, value = choices[2]
+    assert value == UNSUPPORTED_PREFIX + "flux/dev"
+    assert label.startswith("⊘") and "Flux models are not supported" in label
+
+
+def test_progress_html_shows_step_batch_and_eta() -> None:
+    state = SimpleNamespace(text="Generating", step=5, total_steps=20, batch_index=1, batch_count=2,
+                            eta_seconds=12.4, fraction=0.625)
+    text = progress_html(state)
+    assert "step 5/20" in text and "batch 2/2" in text and "ETA 12 s" in text and "width:62.5%" in text
+    assert progress_html(None) == ""
+
+
+def test_error_text_names_the_control() -> None:
+    assert error_text(RequestError("cfg_scale", 99, "must be a number from 0 to 30")).startswith("CFG scale: 99")
+    assert error_text(EngineError("Out of memory.", "Lower the size.")) == "Out of memory. Lower the size."
+
+
+def test_sharing_text_covers_local_network_share_and_auth() -> None:
+    assert "Local only" in sharing_text(SimpleNamespace(listen=False, share=False, port=7860))
+    listening = sharing_text(SimpleNamespace(listen=True, share=False, port=7860))
+    assert "network" in listening and "No login" in listening
+    shared = sharing_text(SimpleNamespace(listen=False, share=True, auth="ann:secret,bob:pw", port=7860))
+    assert "Shared" in shared and "ann, bob" in shared and "secret" not in shared
+
+
+def test_dropped_files_give_clear_messages(tmp_path: Path) -> None:
+    with_params = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512")
+    Image.new("RGB", (8, 8)).save(with_params, pnginfo=info)
+    text, message = read_dropped(str(with_params))
+    assert text.startswith("a cat") and message == ""
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert "no generation parameters" in read_dropped(str(plain))[1]
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("this is not an image")
+    assert "not an image" in read_dropped(str(notes))[1]
+
+    # a header that claims 100,000 x 100,000 pixels: refused before any pixel is decoded
+    bomb = tmp_path / "bomb.png"
+    _write_bomb(bomb)
+    assert "too large" in read_dropped(str(bomb))[1]
+
+
+def _write_bomb(path: Path) -> None:
+    """A valid PNG header for a 100,000 x 100,000 image with no pixel data (PIL refuses it at open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_ui_state_merges_with_other_keys_and_survives_damage(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"launcher": {"first_run": false}}')
+    state = UiState(path)
+    state.save({"model": "tiny", "form": {"steps": 4}})
+    assert UiState(path).load() == {"model": "tiny", "form": {"steps": 4}}
+    assert '"launcher"' in path.read_text()
+    path.write_text("{ damaged")
+    assert UiState(path).load() == {}
+    state.save({"model": "x"})
+    assert UiState(path).load() == {"model": "x"}
