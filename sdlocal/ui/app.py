@@ -80,7 +80,7 @@ def build_ui(services: Any) -> gr.Blocks:
             ready = text.startswith("✔") or text.startswith("⚠")
             return text, gr.Timer(active=not ready)
 
-        blocks.load(on_load, outputs=load_outputs)
+        blocks.load(on_load, outputs=load_outputs, api_name="page_state")
         blocks.load(tick, outputs=[status_md, timer])
         blocks.load(lambda: sharing_banner(services.settings), outputs=sharing)
         timer.tick(tick, outputs=[status_md, timer])

@@ -1,0 +1,75 @@
+"""The real page in a real browser (Debian chromium via Playwright): pick the model, prompt, Generate, watch the
+progress and the images, then reuse the parameters from the Gallery. Screenshots go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.ui.conftest import RunningApp
+
+CHROMIUM = os.environ.get("SDLOCAL_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _chromium() -> str:
+    found = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if found:
+        return found
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"chromium is missing at {CHROMIUM}: CI must run the browser test (apt install chromium)")
+    pytest.skip(f"chromium is not installed at {CHROMIUM} (apt install chromium); CI runs this test")
+
+
+def test_generate_and_reuse_in_the_browser(running_app: RunningApp) -> None:
+    executable = _chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(running_app.url)
+            expect(page.locator("#sd-load-status")).to_contain_text("Ready", timeout=60_000)
+            model = page.locator("#sd-model input")
+            model.click()
+            page.get_by_role("option", name=running_app.model_name).first.click()
+            # picking the model applied the SD 1.x preset; make the run small and slow enough to watch
+            expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
+            page.locator("#sd-prompt textarea").fill("a lighthouse on a cliff at dawn")
+            for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "60")):
+                field = page.locator(f"{elem} input[type=number]")
+                field.fill(value)
+                field.press("Enter")
+            page.locator("#sd-seed input").fill("31337")
+            page.locator("#sd-generate").click()
+            expect(page.locator("#sd-progress")).to_contain_text("step", timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
+            expect(page.locator("#sd-progress")).to_contain_text("Done", timeout=120_000)
+            expect(page.locator("#sd-results img").first).to_be_visible()
+            expect(page.locator("#sd-info textarea")).to_have_value(
+                re.compile(r"^a lighthouse on a cliff at dawn[\s\S]*Seed: 31337"))
+            page.screenshot(path=str(ARTIFACTS / "browser-generate.png"))
+
+            page.get_by_role("tab", name="Gallery").click()
+            expect(page.locator("#sd-gallery-folder")).to_contain_text(str(running_app.data_dir / "outputs"))
+            page.locator("#sd-gallery img").first.click()
+            expect(page.locator("#sd-gallery-params textarea")).to_have_value(re.compile("Seed: 31337"), timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "browser-gallery.png"))
+            page.locator("#sd-prompt textarea").evaluate("el => el.value = ''")
+            page.locator("#sd-gallery-reuse").click()
+            expect(page.locator("#sd-prompt textarea")).to_have_value("a lighthouse on a cliff at dawn", timeout=10_000)
+            expect(page.locator("#sd-seed input")).to_have_value("31337")
+            page.screenshot(path=str(ARTIFACTS / "browser-reused.png"))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
+            raise
+        finally:
+            browser.close()
