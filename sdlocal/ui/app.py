@@ -77,7 +77,7 @@ def build_ui(services: Any) -> gr.Blocks:
 
         def tick():
             text = status_fn()
-            ready = text.startswith("✔") or text.startswith("⚠")
+            ready = text.startswith("✔")
             return text, gr.Timer(active=not ready)
 
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")

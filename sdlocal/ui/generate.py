@@ -534,6 +534,11 @@ def load_status_text(services: Any) -> str:
         return f"✔ Ready: **{current.name}** ({FAMILY_LABELS.get(current.family or '', current.family)})"
     if status:
         return f"{status}"
+    try:
+        if not any(entry.supported for entry in engine.models()):
+            return "⚠ No model to load yet: add one (see below), then press ↻ Refresh."
+    except Exception:  # noqa: BLE001 - the banner must never fail
+        pass
     return "Loading the model in the background… the page works meanwhile."
 
 
