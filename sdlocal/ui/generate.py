@@ -417,7 +417,9 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
             reason = (table or {}).get(value, "")
             if value != "auto" and reason:
                 gr.Warning(f"{kind} {value} cannot be used here: {reason}")
-                return gr.update(), gr.update(), f"⚠ {kind} {value}: {reason}"
+                revert = (gr.update(value="auto"), gr.update()) if kind == "Precision" else (gr.update(),
+                                                                                           gr.update(value="auto"))
+                return *revert, f"⚠ {kind} {value} cannot be used here: {reason}"
         try:
             message = apply_runtime_options(services, precision=prec, attention=attn)
         except Exception as exc:  # noqa: BLE001
