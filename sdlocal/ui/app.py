@@ -60,7 +60,7 @@ def mount_options(services: Any) -> dict[str, Any]:
 
 def build_ui(services: Any) -> gr.Blocks:
     """The whole page over ``services`` (engine, queue, store, presets, settings)."""
-    ui_state = UiState(getattr(services.settings, "state_file", None))
+    ui_state = UiState(services.settings)
     with gr.Blocks(title="sdlocal", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="sd-header"):
             gr.HTML('<h1>sdlocal</h1><span class="sd-sub">local Stable Diffusion</span>')

@@ -6,10 +6,7 @@ Nothing here imports torch or diffusers: the UI module tree must import in the t
 from __future__ import annotations
 
 import html
-import json
-import os
-import secrets
-from pathlib import Path
+import logging
 from typing import Any
 
 from sdlocal.engine.request import EngineError, GenerationRequest, RequestError
@@ -79,42 +76,22 @@ def coerce_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class UiState:
-    """The last model and form values, kept in the settings' state file under the ``"ui"`` key.
+    """The last model and form values, through the settings' state file (its ``"ui"`` key).
 
-    The file may hold other owners' keys, so it is read, merged and written back atomically (temporary file in
-    the same folder, then ``os.replace``); a damaged file is ignored rather than stopping the app.
+    Saving is best effort: a read-only data dir must not stop a generation, so errors become a log line.
     """
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
 
     def load(self) -> dict[str, Any]:
-        if self.path is None:
-            return {}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return dict(self.settings.load_ui_state())
+        except (OSError, ValueError, AttributeError):
             return {}
-        ui = data.get("ui") if isinstance(data, dict) else None
-        return ui if isinstance(ui, dict) else {}
 
     def save(self, ui: dict[str, Any]) -> None:
-        if self.path is None:
-            return
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
-        data["ui"] = ui
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.parent / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, default=str)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except OSError:
-            temp.unlink(missing_ok=True)
+            self.settings.save_ui_state(ui)
+        except (OSError, ValueError, AttributeError) as exc:
+            logging.getLogger(__name__).warning("could not save the UI state: %s", exc)

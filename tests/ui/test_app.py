@@ -57,6 +57,10 @@ def test_generate_saves_images_with_parameters(client: Client, running_app: Runn
         assert text.startswith("a tiny red fox\nNegative prompt: blurry\n")
         assert f"Seed: {seed}" in text and "Steps: 4" in text and "Size: 64x64" in text and "Sampler: Euler" in text
     assert info.startswith("a tiny red fox") and "Seed: 1234" in info
+    # the last model and form values persist for the next start
+    saved = running_app.services.settings.load_ui_state()
+    assert saved["model"] == running_app.model_name and saved["form"]["prompt"] == "a tiny red fox"
+    assert saved["last_seed"] == 1234
 
 
 def test_png_info_round_trips_into_the_form(client: Client, running_app: RunningApp) -> None:

@@ -12,7 +12,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sdlocal.engine.models import ModelEntry
 from sdlocal.engine.request import EngineError, RequestError
-from sdlocal.ui.common import UiState, error_text
+from sdlocal.ui.common import error_text
 from sdlocal.ui.generate import UNSUPPORTED_PREFIX, model_choices, progress_html
 from sdlocal.ui.pnginfo import read_dropped
 from sdlocal.ui.system import sharing_text
@@ -102,16 +102,3 @@ def _write_bomb(path: Path) -> None:
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
-
-
-def test_ui_state_merges_with_other_keys_and_survives_damage(tmp_path: Path) -> None:
-    path = tmp_path / "state.json"
-    path.write_text('{"launcher": {"first_run": false}}')
-    state = UiState(path)
-    state.save({"model": "tiny", "form": {"steps": 4}})
-    assert UiState(path).load() == {"model": "tiny", "form": {"steps": 4}}
-    assert '"launcher"' in path.read_text()
-    path.write_text("{ damaged")
-    assert UiState(path).load() == {}
-    state.save({"model": "x"})
-    assert UiState(path).load() == {"model": "x"}
