@@ -1,0 +1,167 @@
+"""Start sdlocal: check the environment against the lock, install only what differs, then run the app.
+
+Run by ``webui.sh`` / ``webui.bat`` inside the venv (or by hand: ``python launch.py [flags]``). Until the pinned
+packages are verified this file uses only the standard library (and ``sdlocal.preflight``, which does too), so
+it can report and repair a broken environment instead of failing on an import.
+
+Launcher flags (all other flags go to the app; ``python launch.py --help`` lists every one):
+  --skip-install           check the installed versions, change nothing
+  --torch-index-url URL    install torch from URL (also TORCH_INDEX_URL)
+  --pick-python PY...      (used by webui.sh/.bat) print the Python to build a new venv with
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sdlocal import preflight  # noqa: E402  (standard library only)
+
+
+def say(message: str) -> None:
+    print(f"[sdlocal] {message}", flush=True)
+
+
+def take_option(argv: list[str], name: str) -> str | None:
+    """Remove ``--name VALUE`` / ``--name=VALUE`` from argv and return VALUE (None if absent)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def wants_xformers(argv: list[str]) -> bool:
+    if "--xformers" in argv:
+        return True
+    for i, arg in enumerate(argv):
+        if arg == "--attention" and i + 1 < len(argv) and argv[i + 1] == "xformers":
+            return True
+        if arg == "--attention=xformers":
+            return True
+    return os.environ.get("SDLOCAL_ATTENTION") == "xformers"
+
+
+def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bool) -> bool:
+    """Compare the installed packages with the lock and install what differs; False when it cannot be fixed."""
+    started = time.monotonic()
+    try:
+        pins = preflight.read_lock(preflight.LOCK_FILE)
+    except (OSError, ValueError) as exc:
+        say(f"FAILURE: cannot read the lock file: {exc}")
+        return False
+    has_nvidia = preflight.has_nvidia_gpu()
+    if xformers:
+        if has_nvidia:
+            name, _, version = preflight.XFORMERS_PIN.partition("==")
+            pins[name] = version
+        else:
+            say("WARNING: --xformers needs an NVIDIA GPU; not installing xformers (PyTorch SDPA is used instead).")
+    mismatches = preflight.compare(pins)
+    if not mismatches:
+        say(f"Environment: all {len(pins)} pinned packages match the lock ({time.monotonic() - started:.1f} s).")
+        ensure_self_installed(skip_install)
+        return True
+    for mismatch in mismatches:
+        say(f"  {mismatch.describe()}")
+    if skip_install:
+        say(f"--skip-install: {len(mismatches)} package(s) differ from the lock and were left as they are. "
+            "Run without --skip-install to fix them.")
+        return True
+    index = None
+    if any(m.name == "torch" for m in mismatches):
+        override = torch_index or os.environ.get("TORCH_INDEX_URL") or None
+        index, why = preflight.choose_torch_index(sys.platform, has_nvidia, override,
+                                                  lambda: preflight.url_reachable(preflight.CPU_INDEX_URL))
+        say(f"torch {pins['torch']}: {why}.")
+        if index is None and not has_nvidia and not preflight.platform_is_mac():
+            if preflight.probe_torch_build(sys.executable) is False:
+                say(f"WARNING: for Python {sys.version_info[0]}.{sys.version_info[1]} the reachable indexes offer only "
+                    "the CUDA build of torch (about 3 GB of NVIDIA libraries this machine cannot use). Installing it "
+                    "anyway; to avoid it, delete the venv and rerun webui.sh with Python 3.11, or set TORCH_INDEX_URL.")
+    specs = [f"{m.name}=={m.pinned}" for m in mismatches]
+    say(f"Installing {len(specs)} package(s) at their pinned versions...")
+    cmd = preflight.pip_install_command(sys.executable, specs, index, preflight.LOCK_FILE)
+    if subprocess.run(cmd, check=False).returncode != 0:
+        say("FAILURE: pip could not install the pinned packages (see pip's message above). Fix: check your internet "
+            "connection or proxy, then run webui.sh again; to start over, delete the venv folder.")
+        return False
+    left = preflight.compare(pins)
+    if left:
+        for mismatch in left:
+            say(f"  still different: {mismatch.describe()}")
+        say("FAILURE: the environment still differs from the lock. Fix: delete the venv folder and run webui.sh again.")
+        return False
+    say(f"Environment ready: {len(specs)} package(s) installed in {time.monotonic() - started:.0f} s.")
+    ensure_self_installed(skip_install)
+    return True
+
+
+def ensure_self_installed(skip_install: bool) -> None:
+    """Install sdlocal itself (editable, no dependencies) so the ``sdlocal`` command exists in the venv."""
+    if skip_install or preflight.installed_version("sdlocal") is not None:
+        return
+    if sys.prefix == sys.base_prefix:
+        return  # not in a venv: never touch a system Python's site-packages
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+           "--no-build-isolation", "-e", str(ROOT)]
+    if subprocess.run(cmd, check=False, capture_output=True).returncode != 0:
+        say("note: could not register the 'sdlocal' command in the venv; 'python launch.py' works the same.")
+
+
+def pick_python_main(paths: list[str]) -> int:
+    """``launch.py --pick-python PY...``: print the interpreter webui.sh/.bat should build the venv with."""
+    candidates = []
+    for path in paths:
+        try:
+            done = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        version = done.stdout.strip()
+        if done.returncode == 0 and preflight.python_supported(tuple(int(p) for p in version.split("."))):
+            if all(c.version != version for c in candidates):
+                candidates.append(preflight.Candidate(path, version))
+    if not candidates:
+        print(f"No supported Python found (sdlocal needs Python {preflight.supported_text()}).", file=sys.stderr)
+        return 1
+    chosen = preflight.pick_python(
+        candidates, preflight.has_nvidia_gpu(), os.environ.get("TORCH_INDEX_URL"),
+        lambda: preflight.url_reachable(preflight.CPU_INDEX_URL),
+        preflight.probe_torch_build, lambda message: print(f"[sdlocal] {message}", file=sys.stderr))
+    print(chosen.path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--pick-python"]:
+        return pick_python_main(argv[1:])
+    if not preflight.python_supported():
+        say(f"FAILURE: Python {sys.version.split()[0]} is not supported. Fix: install Python "
+            f"{preflight.supported_text()}, delete the venv folder, and run webui.sh again.")
+        return 1
+    skip_install = "--skip-install" in argv
+    argv = [a for a in argv if a != "--skip-install"]
+    torch_index = take_option(argv, "--torch-index-url")
+    if "-h" not in argv and "--help" not in argv:
+        if not ensure_environment(skip_install, torch_index, wants_xformers(argv)):
+            return 1
+    from sdlocal import cli  # the pinned packages are verified from here on
+
+    return cli.main(argv, launched=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
