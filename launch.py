@@ -8,6 +8,8 @@ Launcher flags (all other flags go to the app; ``python launch.py --help`` lists
   --skip-install           check the installed versions, change nothing
   --torch-index-url URL    install torch from URL (also TORCH_INDEX_URL)
   --pick-python PY...      (used by webui.sh/.bat) print the Python to build a new venv with
+  --install-only           (used by run-tests.sh) make the environment match the lock, then exit
+  --lock FILE              the lock to check against (default requirements.lock)
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ def wants_xformers(argv: list[str]) -> bool:
     return os.environ.get("SDLOCAL_ATTENTION") == "xformers"
 
 
-def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bool) -> bool:
+def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bool,
+                       lock: Path = preflight.LOCK_FILE) -> bool:
     """Compare the installed packages with the lock and install what differs; False when it cannot be fixed."""
     started = time.monotonic()
     try:
-        pins = preflight.read_lock(preflight.LOCK_FILE)
+        pins = preflight.read_lock(lock)
     except (OSError, ValueError) as exc:
         say(f"FAILURE: cannot read the lock file: {exc}")
         return False
@@ -92,7 +95,7 @@ def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bo
                     "anyway; to avoid it, delete the venv and rerun webui.sh with Python 3.11, or set TORCH_INDEX_URL.")
     specs = [f"{m.name}=={m.pinned}" for m in mismatches]
     say(f"Installing {len(specs)} package(s) at their pinned versions...")
-    cmd = preflight.pip_install_command(sys.executable, specs, index, preflight.LOCK_FILE)
+    cmd = preflight.pip_install_command(sys.executable, specs, index, lock)
     if subprocess.run(cmd, check=False).returncode != 0:
         say("FAILURE: pip could not install the pinned packages (see pip's message above). Fix: check your internet "
             "connection or proxy, then run webui.sh again; to start over, delete the venv folder.")
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     skip_install = "--skip-install" in argv
     argv = [a for a in argv if a != "--skip-install"]
     torch_index = take_option(argv, "--torch-index-url")
+    lock_arg = take_option(argv, "--lock")
+    lock = Path(lock_arg).resolve() if lock_arg else preflight.LOCK_FILE
+    if "--install-only" in argv:
+        return 0 if ensure_environment(skip_install, torch_index, wants_xformers(argv), lock) else 1
     if "-h" not in argv and "--help" not in argv:
         if not ensure_environment(skip_install, torch_index, wants_xformers(argv)):
             return 1
