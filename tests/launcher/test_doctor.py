@@ -1,0 +1,287 @@
+"""Every doctor check against simulated machines: each asserts the finding and its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sdlocal import doctor
+from sdlocal.doctor import FAILURE, OK, WARNING, Machine
+from sdlocal.engine.devices import Capabilities
+from sdlocal.settings import Settings
+from tests.launcher.test_preflight import SMI_OK
+
+SMI_OLD_DRIVER = SMI_OK.replace("580.65.06", "535.54.03").replace("CUDA Version: 13.0", "CUDA Version: 12.2")
+
+
+def fake_torch(cuda: str | None = None, available: bool = False, arch: list[str] | None = None,
+               capability: tuple[int, int] = (8, 9), name: str = "NVIDIA GeForce RTX 4090", vram_gib: float = 24.0):
+    """A torch-shaped object: enough of torch.version and torch.cuda for the checks."""
+    props = SimpleNamespace(name=name, total_memory=int(vram_gib * 2**30))
+    cuda_mod = SimpleNamespace(
+        is_available=lambda: available,
+        device_count=lambda: 1 if available else 0,
+        get_device_properties=lambda i: props,
+        get_device_capability=lambda i: capability,
+        get_arch_list=lambda: list(arch or []),
+    )
+    mps = SimpleNamespace(is_available=lambda: False)
+    return SimpleNamespace(__version__="2.13.0" + ("+cpu" if cuda is None else ""), version=SimpleNamespace(cuda=cuda),
+                           cuda=cuda_mod, backends=SimpleNamespace(mps=mps))
+
+
+def caps(device="cpu", warnings=None):
+    return Capabilities(device=device, device_name="Test CPU" if device == "cpu" else "RTX 4090",
+                        precision="fp32" if device == "cpu" else "fp16", precision_reason="because",
+                        precisions={"fp32": ""}, attention="sdpa", attentions={"sdpa": ""},
+                        warnings=list(warnings or (["No usable NVIDIA GPU: running on the CPU"] if device == "cpu"
+                                                   else [])))
+
+
+# ----- single checks ----------------------------------------------------------------------------------------------
+
+def test_python_version():
+    assert doctor.check_python((3, 11, 7)).level == OK
+    bad = doctor.check_python((3, 13, 0))
+    assert bad.level == FAILURE
+    assert "3.13.0 is not supported (sdlocal needs 3.10, 3.11, 3.12)" in bad.message
+    assert "Install Python 3.10, 3.11, 3.12" in bad.fix
+
+
+def test_packages_match_differ_and_missing():
+    pins = {"torch": "2.13.0", "diffusers": "0.42.1", "pillow": "12.3.0"}
+    ok = doctor.check_packages(pins, {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "pillow": "12.3.0"}.get)
+    assert ok.level == OK and "all 3 match" in ok.message
+    differ = doctor.check_packages(pins, {"torch": "2.13.0", "diffusers": "0.40.0", "pillow": "12.3.0"}.get)
+    assert differ.level == WARNING
+    assert "diffusers: installed 0.40.0, pinned 0.42.1" in differ.message
+    assert "without --skip-install" in differ.fix
+    missing = doctor.check_packages(pins, {"pillow": "12.3.0"}.get)
+    assert missing.level == FAILURE and "torch: not installed, pinned 2.13.0" in missing.message
+
+
+def test_torch_import_failure_and_success():
+    def broken():
+        raise ImportError("libtorch_cpu.so: cannot open shared object file")
+
+    finding, module = doctor.check_torch_import(broken)
+    assert module is None and finding.level == FAILURE
+    assert "libtorch_cpu.so" in finding.message and "Delete the venv folder" in finding.fix
+    finding, module = doctor.check_torch_import(lambda: fake_torch())
+    assert finding.level == OK and finding.message == "2.13.0+cpu (CPU build)"
+
+
+def test_no_nvidia_driver():
+    finding = doctor.check_nvidia_driver(None, None)
+    assert finding.level == WARNING
+    assert "no NVIDIA driver found" in finding.message and "install NVIDIA's driver" in finding.fix
+
+
+def test_driver_ok_for_torch_cuda():
+    finding = doctor.check_nvidia_driver(SMI_OK, "13.0")
+    assert finding.level == OK
+    assert "driver 580.65.06 for NVIDIA GeForce RTX 4090, CUDA up to 13.0" in finding.message
+
+
+def test_driver_too_old_for_torch_cuda():
+    finding = doctor.check_nvidia_driver(SMI_OLD_DRIVER, "13.0", platform="linux")
+    assert finding.level == FAILURE
+    assert "runs CUDA up to 12.2, but torch was built for CUDA 13.0" in finding.message
+    assert finding.fix == "Update the NVIDIA driver to one for CUDA 13.0 (driver 580.65.06 or newer)."
+    windows = doctor.check_nvidia_driver(SMI_OLD_DRIVER, "13.0", platform="win32")
+    assert "(driver 580.88 or newer)" in windows.fix
+
+
+def test_gpu_with_a_cpu_build_of_torch():
+    finding = doctor.check_nvidia_driver(SMI_OK, None)
+    assert finding.level == WARNING
+    assert "this torch is a CPU build" in finding.message and "--torch-index-url" in finding.fix
+
+
+def test_cuda_not_available_is_a_loud_warning_or_a_failure_with_require_gpu():
+    torch = fake_torch(available=False)
+    warn = doctor.check_cuda_available(torch, has_driver=False, require_gpu=False)
+    assert warn.level == WARNING and "RUNNING ON THE CPU" in warn.message
+    fail = doctor.check_cuda_available(torch, has_driver=False, require_gpu=True)
+    assert fail.level == FAILURE and "--require-gpu" in fail.fix
+    driver_but_no_cuda = doctor.check_cuda_available(torch, has_driver=True, require_gpu=False)
+    assert "although an NVIDIA driver is installed" in driver_but_no_cuda.message
+    assert doctor.check_cuda_available(fake_torch("13.0", available=True), True, True).level == OK
+
+
+def test_gpu_arch_covered_and_not_covered():
+    arch = ["sm_75", "sm_80", "sm_86", "sm_90"]
+    ok = doctor.check_gpu_arch("NVIDIA GeForce RTX 4090", 24 * 2**30, (8, 9), arch)
+    assert ok.level == OK and ok.message == "NVIDIA GeForce RTX 4090, 24.0 GiB, compute capability 8.9"
+    new = doctor.check_gpu_arch("NVIDIA GeForce RTX 5090", 32 * 2**30, (12, 0), arch)
+    assert new.level == FAILURE
+    assert "this torch was built for sm_75, sm_80, sm_86, sm_90, not sm_120" in new.message
+    assert "--torch-index-url" in new.fix
+    small = doctor.check_gpu_arch("NVIDIA GeForce GTX 1050", 2 * 2**30, (6, 1), ["sm_61"])
+    assert small.level == WARNING and "little memory" in small.message
+
+
+def test_arch_rules_same_major_and_ptx():
+    assert doctor.gpu_arch_supported((8, 9), ["sm_80"])  # same major, newer minor runs sm_80 binaries
+    assert not doctor.gpu_arch_supported((8, 0), ["sm_86"])
+    assert not doctor.gpu_arch_supported((12, 0), ["sm_90"])
+    assert doctor.gpu_arch_supported((12, 0), ["sm_90", "compute_90"])  # PTX is compiled for newer GPUs
+    assert doctor.gpu_arch_supported((10, 0), ["sm_100"])
+
+
+def test_xformers_checks():
+    import_error = doctor.check_xformers(lambda: (_ for _ in ()).throw(ImportError("no module")), "2.13.0", True)
+    assert import_error.level == WARNING and "cannot be imported" in import_error.message
+    assert "xformers==0.0.35" in import_error.fix
+    wrong = doctor.check_xformers(lambda: SimpleNamespace(__version__="0.0.28"), "2.13.0", True)
+    assert wrong.level == WARNING and "0.0.28 is installed; 0.0.35 is the one built for torch 2.13.0" in wrong.message
+    right = doctor.check_xformers(lambda: SimpleNamespace(__version__="0.0.35"), "2.13.0+cu130", True)
+    assert right.level == OK
+    no_gpu = doctor.check_xformers(lambda: SimpleNamespace(__version__="0.0.35"), "2.13.0", False)
+    assert no_gpu.level == WARNING and "needs an NVIDIA GPU" in no_gpu.message
+
+
+def test_data_dir_not_writable_simulated():
+    finding = doctor.check_data_dir(Path("/data"), lambda p: 100 * 10**9, lambda p: "Read-only file system")
+    assert finding.level == FAILURE
+    assert finding.message == "/data is not writable: Read-only file system"
+    assert "--data-dir" in finding.fix and "SDLOCAL_DATA_DIR" in finding.fix
+
+
+def test_data_dir_under_a_file_is_not_writable(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    problem = doctor.writable_problem(blocker / "data")
+    assert problem is not None
+    finding = doctor.check_data_dir(blocker / "data", doctor.disk_free, doctor.writable_problem)
+    assert finding.level == FAILURE and "is not writable" in finding.message
+
+
+def test_data_dir_free_space_levels(tmp_path):
+    assert doctor.writable_problem(tmp_path / "new" / "dir") is None
+    low = doctor.check_data_dir(tmp_path, lambda p: 5 * 10**9, lambda p: None)
+    assert low.level == WARNING and "5.0 GB free" in low.message and "Free disk space" in low.fix
+    none = doctor.check_data_dir(tmp_path, lambda p: 10**8, lambda p: None)
+    assert none.level == FAILURE and "only 0.1 GB free" in none.message
+    assert doctor.check_data_dir(tmp_path, lambda p: 500 * 10**9, lambda p: None).level == OK
+
+
+def test_port_in_use_moves_to_the_next_free_one():
+    busy = {7860, 7861}
+    finding, port = doctor.check_port("127.0.0.1", 7860, lambda h, p: p not in busy)
+    assert port == 7862 and finding.level == WARNING
+    assert finding.message == "7860 is in use by another program; using 7862 instead"
+    assert "--port 7862" in finding.fix
+    finding, port = doctor.check_port("127.0.0.1", 7860, lambda h, p: False)
+    assert port is None and finding.level == FAILURE
+
+
+def test_real_port_probe_sees_a_listening_socket():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert doctor.port_is_free("127.0.0.1", port) is False
+        finding, chosen = doctor.check_port("127.0.0.1", port, doctor.port_is_free)
+        assert chosen != port and f"{port} is in use" in finding.message
+
+
+def test_hub_reachable_unreachable_and_offline():
+    finding, offline = doctor.check_hub(False, lambda: True)
+    assert finding.level == OK and offline is False
+    finding, offline = doctor.check_hub(False, lambda: False)
+    assert finding.level == WARNING and offline is True and "running offline" in finding.message
+    called = []
+    finding, offline = doctor.check_hub(True, lambda: called.append(1) or True)
+    assert offline is True and called == [] and "--offline" in finding.message
+
+
+def test_precision_finding_from_capabilities():
+    cpu = doctor.check_precision(caps("cpu"), require_gpu=False)
+    assert cpu.level == WARNING and cpu.message.startswith("cpu (Test CPU), fp32: because")
+    assert "No usable NVIDIA GPU" in cpu.message
+    assert doctor.check_precision(caps("cpu"), require_gpu=True).level == FAILURE
+    gpu = doctor.check_precision(caps("cuda"), require_gpu=True)
+    assert gpu.level == OK and gpu.message == "cuda (RTX 4090), fp16: because; attention sdpa"
+
+
+# ----- whole reports on simulated machines ------------------------------------------------------------------------
+
+def machine(**changes):
+    base = dict(python_version=(3, 11, 7), installed={"torch": "2.13.0"}.get, pins=lambda: {"torch": "2.13.0"},
+                import_torch=fake_torch, import_xformers=lambda: SimpleNamespace(__version__="0.0.35"),
+                nvidia_smi=lambda: None, disk_free=lambda p: 100 * 10**9, writable=lambda p: None,
+                port_free=lambda h, p: True, hub_reachable=lambda: False, capabilities=lambda s: caps("cpu"),
+                platform="linux")
+    base.update(changes)
+    return Machine(**base)
+
+
+def test_cpu_only_machine_starts_with_warnings(tmp_path):
+    report = doctor.diagnose(Settings(data_dir=tmp_path), machine())
+    assert not report.failed
+    assert report.device == "cpu" and report.offline is True and report.port == 7860
+    checks = [f.check for f in report.findings]
+    assert checks == ["Python", "Pinned packages", "torch", "NVIDIA driver", "CUDA", "Data folder", "Port",
+                      "Hugging Face Hub", "Device and precision"]
+    assert "Ready: 0 failure(s), 4 warning(s)" in report.text()
+
+
+def test_require_gpu_on_a_cpu_machine_fails(tmp_path):
+    report = doctor.diagnose(Settings(data_dir=tmp_path, require_gpu=True), machine())
+    assert report.failed
+    assert "Cannot start: 2 failure(s)" in report.text()
+
+
+def test_gpu_machine_with_a_too_new_gpu_fails(tmp_path):
+    torch = fake_torch("13.0", available=True, arch=["sm_80", "sm_90"], capability=(12, 0))
+    report = doctor.diagnose(Settings(data_dir=tmp_path),
+                             machine(import_torch=lambda: torch, nvidia_smi=lambda: SMI_OK,
+                                     capabilities=lambda s: caps("cuda")))
+    gpu = next(f for f in report.findings if f.check == "GPU")
+    assert gpu.level == FAILURE and "not sm_120" in gpu.message
+    assert report.failed and report.device == "cuda"
+
+
+def test_healthy_gpu_machine_with_xformers(tmp_path):
+    torch = fake_torch("13.0", available=True, arch=["sm_80", "sm_89", "sm_90"])
+    report = doctor.diagnose(Settings(data_dir=tmp_path, attention="xformers"),
+                             machine(import_torch=lambda: torch, nvidia_smi=lambda: SMI_OK, hub_reachable=lambda: True,
+                                     capabilities=lambda s: caps("cuda")))
+    assert [f.level for f in report.findings] == [OK] * len(report.findings)
+    assert "xformers" in [f.check for f in report.findings]
+    assert report.offline is False
+
+
+def test_broken_torch_skips_the_torch_checks_and_fails(tmp_path):
+    def broken():
+        raise OSError("libcudart.so.13: cannot open shared object file")
+
+    report = doctor.diagnose(Settings(data_dir=tmp_path), machine(import_torch=broken))
+    checks = [f.check for f in report.findings]
+    assert "CUDA" not in checks and "Device and precision" not in checks
+    assert report.failed
+
+
+def test_busy_port_is_carried_into_the_settings(tmp_path):
+    settings = Settings(data_dir=tmp_path, port=7860)
+    report = doctor.diagnose(settings, machine(port_free=lambda h, p: p != 7860))
+    doctor.apply(report, settings)
+    assert settings.port == 7861
+
+
+def test_run_checks_for_the_ui_skips_the_port(tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "Machine", lambda: machine(port_free=lambda h, p: False))
+    findings = doctor.run_checks(Settings(data_dir=tmp_path))
+    assert "Port" not in [f.check for f in findings]
+    assert all(f.fix for f in findings if f.level != OK)
+
+
+@pytest.mark.parametrize("level", [OK, WARNING, FAILURE])
+def test_finding_line_shows_the_fix_only_when_not_ok(level):
+    line = doctor.Finding("Check", level, "message", "do this").line()
+    assert ("fix: do this" in line) == (level != OK)

@@ -1,0 +1,184 @@
+"""The launcher's standard-library checks: lock parsing, version comparison, torch index and Python choice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sdlocal import preflight
+from sdlocal.preflight import Candidate, Mismatch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMI_OK = textwrap.dedent("""\
+    +-----------------------------------------------------------------------------------------+
+    | NVIDIA-SMI 580.65.06              Driver Version: 580.65.06      CUDA Version: 13.0     |
+    |-----------------------------------------+------------------------+----------------------+
+    | GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |
+    |=========================================+========================+======================|
+    |   0  NVIDIA GeForce RTX 4090        Off |   00000000:01:00.0  On |                  Off |
+    +-----------------------------------------+------------------------+----------------------+
+    """)
+
+
+def test_preflight_imports_only_the_standard_library():
+    code = ("import sys; before = set(sys.modules); import sdlocal.preflight; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "third = sorted(m for m in new if m not in sys.stdlib_module_names and m != 'sdlocal'); print(third)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_launch_py_imports_only_the_standard_library_before_the_check():
+    code = ("import sys, runpy; before = set(sys.modules); sys.argv = ['launch.py']; "
+            "ns = runpy.run_path('launch.py', run_name='not_main'); "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'sdlocal'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lock_files_pin_every_direct_dependency_exactly():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = preflight.read_lock(ROOT / "requirements.lock")
+    for requirement in project["dependencies"]:
+        name = preflight.normalize(requirement.split("=")[0].split("<")[0].split(">")[0].strip())
+        assert name in pins, f"{name} from pyproject.toml is missing in requirements.lock"
+    assert pins["torch"] == "2.13.0"
+    assert "torchvision" not in pins
+    assert not [n for n in pins if n.startswith("nvidia-")]
+    test_pins = preflight.read_lock(ROOT / "requirements-test.lock")
+    assert {"pytest", "playwright", "ruff"} <= set(test_pins)
+    assert all(test_pins[name] == version for name, version in pins.items())
+
+
+def test_read_lock_rejects_a_line_that_is_not_a_pin(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("# comment\ntorch==2.13.0\nnumpy>=2\n")
+    with pytest.raises(ValueError, match=r"requirements.lock:3: 'numpy>=2' is not a 'name==version' pin"):
+        preflight.read_lock(lock)
+
+
+def test_read_lock_applies_platform_markers(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f'Pillow==12.3.0\ncolorama==0.4.6 ; sys_platform == "{sys.platform}"\n'
+                    'pywin32==1 ; sys_platform == "nonexistent-os"\n')
+    assert preflight.read_lock(lock) == {"pillow": "12.3.0", "colorama": "0.4.6"}
+
+
+def test_compare_names_missing_and_different_packages_and_ignores_build_labels():
+    pins = {"torch": "2.13.0", "diffusers": "0.42.1", "gradio": "6.31.0"}
+    installed = {"torch": "2.13.0+cpu", "diffusers": "0.41.0"}
+    result = preflight.compare(pins, installed.get)
+    assert result == [Mismatch("diffusers", "0.41.0", "0.42.1"), Mismatch("gradio", None, "6.31.0")]
+    assert result[0].describe() == "diffusers: installed 0.41.0, pinned 0.42.1"
+    assert result[1].describe() == "gradio: not installed, pinned 6.31.0"
+
+
+def test_parse_nvidia_smi_reads_driver_cuda_and_gpu():
+    info = preflight.parse_nvidia_smi(SMI_OK)
+    assert info == preflight.NvidiaInfo("580.65.06", "13.0", ("NVIDIA GeForce RTX 4090",))
+    assert preflight.parse_nvidia_smi(None) is None
+    assert preflight.parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate with the driver") is None
+
+
+@pytest.mark.parametrize(("platform", "nvidia", "override", "cpu_ok", "expected", "why"), [
+    ("linux", True, None, True, None, "default index"),
+    ("win32", True, None, True, preflight.CUDA_INDEX_URL, "NVIDIA GPU on Windows"),
+    ("linux", False, None, True, preflight.CPU_INDEX_URL, "no NVIDIA GPU: torch's CPU build"),
+    ("win32", False, None, True, preflight.CPU_INDEX_URL, "CPU build"),
+    ("linux", False, None, False, None, "cannot be reached"),
+    ("linux", False, "https://mirror.example/whl", False, "https://mirror.example/whl", "TORCH_INDEX_URL"),
+    ("darwin", False, None, False, None, "macOS"),
+])
+def test_choose_torch_index(platform, nvidia, override, cpu_ok, expected, why):
+    index, reason = preflight.choose_torch_index(platform, nvidia, override, lambda: cpu_ok)
+    assert index == expected
+    assert why in reason
+
+
+def test_pip_report_tells_cpu_from_cuda_builds():
+    cpu = {"install": [{"metadata": {"name": "torch", "version": "2.13.0+cpu"}},
+                       {"metadata": {"name": "sympy", "version": "1.14.0"}}]}
+    cuda = {"install": [{"metadata": {"name": "torch", "version": "2.13.0"}},
+                        {"metadata": {"name": "nvidia-cudnn-cu13", "version": "9.20.0.48"}}]}
+    labelled = {"install": [{"metadata": {"name": "torch", "version": "2.13.0+cu130"}}]}
+    assert preflight.pip_report_is_cpu_torch(cpu) is True
+    assert preflight.pip_report_is_cpu_torch(cuda) is False
+    assert preflight.pip_report_is_cpu_torch(labelled) is False
+    assert preflight.pip_report_is_cpu_torch({"install": []}) is None
+
+
+def _pick(probes: dict[str, bool | None], nvidia=False, override=None, cpu_ok=False):
+    said: list[str] = []
+    asked: list[str] = []
+
+    def probe(path):
+        asked.append(path)
+        return probes[path]
+
+    candidates = [Candidate(f"/usr/bin/python{v}", v) for v in probes_versions(probes)]
+    chosen = preflight.pick_python(candidates, nvidia, override, lambda: cpu_ok, probe, said.append)
+    return chosen, said, asked
+
+
+def probes_versions(probes):
+    return [path.removeprefix("/usr/bin/python") for path in probes]
+
+
+def test_pick_python_prefers_one_that_gets_the_cpu_build_and_says_why(monkeypatch):
+    monkeypatch.setattr(preflight, "platform_is_mac", lambda: False)
+    chosen, said, _ = _pick({"/usr/bin/python3.12": False, "/usr/bin/python3.11": True})
+    assert chosen.version == "3.11"
+    assert said == ["Python 3.12: only a CUDA build of torch 2.13.0 is reachable (about 3 GB of NVIDIA libraries "
+                    "this machine cannot use); using Python 3.11, which gets the CPU build."]
+
+
+def test_pick_python_does_not_probe_with_a_gpu_or_a_reachable_cpu_index(monkeypatch):
+    monkeypatch.setattr(preflight, "platform_is_mac", lambda: False)
+    for kwargs in ({"nvidia": True}, {"cpu_ok": True}, {"override": "https://mirror.example"}):
+        chosen, said, asked = _pick({"/usr/bin/python3.12": False, "/usr/bin/python3.11": True}, **kwargs)
+        assert chosen.version == "3.12" and asked == [] and said == []
+
+
+def test_pick_python_falls_back_to_the_first_and_says_so(monkeypatch):
+    monkeypatch.setattr(preflight, "platform_is_mac", lambda: False)
+    chosen, said, asked = _pick({"/usr/bin/python3.12": False, "/usr/bin/python3.10": None})
+    assert chosen.version == "3.12"
+    assert len(asked) == 2
+    assert "using Python 3.12 with the default index" in said[0]
+    assert "TORCH_INDEX_URL" in said[0]
+
+
+def test_pip_install_command_uses_the_lock_as_constraints():
+    cmd = preflight.pip_install_command("/venv/bin/python", ["torch==2.13.0"], preflight.CPU_INDEX_URL,
+                                        Path("/repo/requirements.lock"))
+    assert cmd[:4] == ["/venv/bin/python", "-m", "pip", "install"]
+    assert ["--extra-index-url", preflight.CPU_INDEX_URL] == cmd[cmd.index("--extra-index-url"):][:2]
+    assert ["-c", "/repo/requirements.lock"] == cmd[cmd.index("-c"):][:2]
+    assert cmd[-1] == "torch==2.13.0"
+
+
+def test_python_supported_versions():
+    assert preflight.python_supported((3, 10)) and preflight.python_supported((3, 12, 1))
+    assert not preflight.python_supported((3, 9)) and not preflight.python_supported((3, 13))
+    assert preflight.supported_text() == "3.10, 3.11, 3.12"
+
+
+def test_url_reachable_is_false_quickly_for_a_closed_port():
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    assert preflight.url_reachable(f"http://127.0.0.1:{port}/", timeout=2) is False
+    assert time.monotonic() - started < 10
+
