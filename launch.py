@@ -76,8 +76,12 @@ def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bo
         say(f"Environment: all {len(pins)} pinned packages match the lock ({time.monotonic() - started:.1f} s).")
         ensure_self_installed(skip_install)
         return True
-    for mismatch in mismatches:
-        say(f"  {mismatch.describe()}")
+    missing = [m for m in mismatches if m.installed is None]
+    if len(missing) == len(pins):
+        say(f"New environment: installing the {len(pins)} pinned packages (a few minutes, once).")
+    else:
+        for mismatch in mismatches:
+            say(f"  {mismatch.describe()}")
     if skip_install:
         say(f"--skip-install: {len(mismatches)} package(s) differ from the lock and were left as they are. "
             "Run without --skip-install to fix them.")
@@ -89,10 +93,16 @@ def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bo
                                                   lambda: preflight.url_reachable(preflight.CPU_INDEX_URL))
         say(f"torch {pins['torch']}: {why}.")
         if index is None and not has_nvidia and not preflight.platform_is_mac():
-            if preflight.probe_torch_build(sys.executable) is False:
-                say(f"WARNING: for Python {sys.version_info[0]}.{sys.version_info[1]} the reachable indexes offer only "
-                    "the CUDA build of torch (about 3 GB of NVIDIA libraries this machine cannot use). Installing it "
-                    "anyway; to avoid it, delete the venv and rerun webui.sh with Python 3.11, or set TORCH_INDEX_URL.")
+            build = preflight.probe_torch_build(sys.executable)
+            version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+            if build is True:
+                say(f"The default index offers the CPU build of torch for Python {version}: using it.")
+            elif build is False:
+                say(f"WARNING: for Python {version} the reachable indexes offer only the CUDA build of torch (about "
+                    "3 GB of NVIDIA libraries this machine cannot use). Installing it anyway; to avoid it, delete the "
+                    "venv and rerun webui.sh with another Python 3.10-3.12, or set TORCH_INDEX_URL.")
+            else:
+                say(f"Could not tell which torch build the default index offers for Python {version}.")
     specs = [f"{m.name}=={m.pinned}" for m in mismatches]
     say(f"Installing {len(specs)} package(s) at their pinned versions...")
     cmd = preflight.pip_install_command(sys.executable, specs, index, lock)

@@ -188,7 +188,7 @@ def choose_torch_index(platform: str, has_nvidia: bool, override: str | None,
     if cpu_index_reachable():
         return CPU_INDEX_URL, f"no NVIDIA GPU: torch's CPU build from {CPU_INDEX_URL}"
     return None, (f"no NVIDIA GPU, and {CPU_INDEX_URL} cannot be reached: torch from the default index "
-                  "(your pip configuration); check below that it is not a multi-GB CUDA build")
+                  "(your pip configuration)")
 
 
 def url_reachable(url: str, timeout: float = 4.0) -> bool:
