@@ -247,8 +247,7 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     err = err or sys.stderr
     if settings.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sdlocal.engine import Engine, EngineError, GenerationRequest, RequestError
-    from sdlocal.outputs import OutputStore
+    from sdlocal.engine.request import EngineError, GenerationRequest, RequestError
 
     fields = {k: options[k] for k in GENERATE_KEYS if k in options}
     try:
@@ -256,6 +255,9 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     except RequestError as exc:
         print(f"sdlocal generate: {exc}", file=err)
         return 2
+    from sdlocal.engine import Engine
+    from sdlocal.outputs import OutputStore
+
     engine = Engine(settings.to_engine_config())
     try:
         result = engine.generate(request)

@@ -1,0 +1,118 @@
+"""The sdlocal command line: flags into Settings, subcommands, helpful errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdlocal import cli
+from sdlocal.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(argv, tmp_path, env=None):
+    return cli.parse_command([*argv, "--data-dir", str(tmp_path)], env=env or {})
+
+
+def test_a1111_flags_map_to_settings(tmp_path):
+    inv = parse(["--listen", "--port", "7001", "--share", "--gradio-auth", "a:1,b:2", "--api", "--api-auth", "x:y",
+                 "--models-dir", "/m1", "--ckpt-dir", "/m2", "--device", "cpu", "--precision", "fp32",
+                 "--no-half-vae", "--xformers", "--preset", "SD 1.5", "--offline", "--require-gpu",
+                 "--token-merging-ratio", "0.4", "--extra-model-paths", "/x.yaml"], tmp_path)
+    s = inv.settings
+    assert inv.command == "serve"
+    assert (s.listen, s.port, s.share, s.api, s.device, s.precision, s.no_half_vae, s.offline, s.require_gpu) == (
+        True, 7001, True, True, "cpu", "fp32", True, True, True)
+    assert s.gradio_auth == [("a", "1"), ("b", "2")] and s.api_auth == [("x", "y")]
+    assert s.models_dirs == [Path("/m1"), Path("/m2")] and s.extra_model_paths == [Path("/x.yaml")]
+    assert s.attention == "xformers" and s.preset == "SD 1.5" and s.token_merging_ratio == 0.4
+    assert s.data_dir == tmp_path
+
+
+def test_flags_not_given_fall_through_to_the_environment(tmp_path):
+    s = parse([], tmp_path, env={"SDLOCAL_PORT": "7100", "SDLOCAL_PRECISION": "bf16"}).settings
+    assert (s.port, s.precision) == (7100, "bf16")
+    s = parse(["--port", "7200"], tmp_path, env={"SDLOCAL_PORT": "7100"}).settings
+    assert s.port == 7200
+    assert cli.parse_args(["--data-dir", str(tmp_path)], env={}) == Settings(data_dir=tmp_path)
+
+
+def test_nowebui_implies_api(tmp_path):
+    assert parse(["--nowebui"], tmp_path).settings.api is True
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["doctor"], "doctor"), (["--doctor"], "doctor"), (["selftest"], "selftest"), (["--selftest"], "selftest"),
+    (["serve", "--port", "7001"], "serve"), ([], "serve"),
+])
+def test_subcommands_and_their_flag_forms(argv, command, tmp_path):
+    assert parse(argv, tmp_path).command == command
+
+
+def test_generate_options(tmp_path):
+    inv = parse(["generate", "--model", "tiny", "--prompt", "a cat", "--steps", "4", "--seed", "5", "--width",
+                 "64", "--height", "64", "--batch-size", "2", "--out", str(tmp_path / "out")], tmp_path)
+    assert inv.command == "generate"
+    assert inv.options["model"] == "tiny" and inv.options["steps"] == 4 and inv.options["batch_size"] == 2
+    assert inv.options["out"] == tmp_path / "out"
+
+
+def test_unknown_flag_suggests_the_closest(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(["--lsiten"], tmp_path)
+    assert info.value.code == 2
+    assert "--lsiten: did you mean --listen?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["generate", "--model", "m", "--prompt", "p", "--out", "o", "--stesp", "3"], tmp_path)
+    assert "--stesp: did you mean --steps?" in capsys.readouterr().err
+
+
+def test_no_abbreviations(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(["--list"], tmp_path)
+    assert "did you mean --listen?" in capsys.readouterr().err
+
+
+def test_bad_values_exit_2_with_the_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(["--precision", "fp8"], tmp_path)
+    assert info.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--gradio-auth", "nopass"], tmp_path)
+    assert "user:password" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--port", "99999"], tmp_path)
+    assert "port: 99999" in capsys.readouterr().err
+
+
+def test_help_explains_every_flag():
+    out = subprocess.run([sys.executable, "-m", "sdlocal", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--listen", "--port", "--share", "--gradio-auth", "--gradio-auth-path", "--api", "--api-auth",
+                 "--nowebui", "--data-dir", "--models-dir", "--device", "--precision", "--no-half-vae", "--attention",
+                 "--xformers", "--preset", "--offline", "--skip-install", "--require-gpu", "--doctor", "--selftest",
+                 "--no-auth", "--torch-index-url"):
+        assert flag in out.stdout, flag
+    assert "Precedence" in out.stdout
+
+
+def test_generate_bad_value_prints_the_request_error_and_exits_2(tmp_path):
+    err = io.StringIO()
+    code = cli.run_generate(Settings(data_dir=tmp_path), {"model": "x", "prompt": "p", "width": 65,
+                                                          "out": tmp_path / "o"}, out=io.StringIO(), err=err)
+    assert code == 2
+    assert "width" in err.getvalue() and "65" in err.getvalue() and "multiple of 8" in err.getvalue()
+
+
+def test_doctor_command_prints_the_report(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sdlocal", "doctor", "--data-dir", str(tmp_path), "--offline",
+                          "--port", "45678"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "sdlocal doctor" in out.stdout
+    assert "Python:" in out.stdout and "Data folder:" in out.stdout
+    failed = "Cannot start" in out.stdout
+    assert out.returncode == (1 if failed else 0)
