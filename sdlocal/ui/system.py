@@ -116,7 +116,7 @@ def doctor_markdown(settings: Any) -> str:
             findings = run()
     except Exception as exc:  # noqa: BLE001
         return f"⚠ The doctor failed: {type(exc).__name__}: {exc}"
-    icons = {"ok": "✔", "info": "ℹ", "warn": "⚠", "warning": "⚠", "error": "✖", "fail": "✖"}
+    icons = {"ok": "✔", "info": "ℹ", "warn": "⚠", "warning": "⚠", "error": "✖", "fail": "✖", "failure": "✖"}
     lines = []
     for finding in findings or []:
         level = str(getattr(finding, "level", getattr(finding, "status", "info"))).lower()
