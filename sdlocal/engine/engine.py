@@ -1,0 +1,283 @@
+"""The engine's one public object: find models, load them, generate, stop, report what the machine can do.
+
+Constructing an ``Engine`` is free (no torch import, no disk scan), so the UI can be up before the model.
+Generation and loading hold one lock (one run at a time, on the caller's thread: the job queue's worker);
+``interrupt``, ``skip``, ``models``, ``capabilities`` and ``memory`` never take that lock, so another thread
+can call them while a run is going.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, EngineConfig
+from sdlocal.engine.models import ModelEntry
+from sdlocal.engine.request import (
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    ModelNotFoundError,
+    Progress,
+    RequestError,
+)
+
+
+class Engine:
+    """Facade over discovery, loading, samplers and generation (see the brief's contract)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._run_lock = threading.RLock()  # loading and generating
+        self._state_lock = threading.RLock()  # small shared state: entries, runtime, current model
+        self._entries: list[ModelEntry] | None = None
+        self._catalog: Any = None
+        self._runtime: Any = None
+        self._cache: Any = None
+        self._schedulers: Any = None
+        self._control: Any = None
+        self._current: ModelEntry | None = None
+
+    # ------------------------------------------------------------------------------------------ models
+    def _get_catalog(self) -> Any:
+        with self._state_lock:
+            if self._catalog is None:
+                from sdlocal.engine.models import ModelCatalog
+
+                self._catalog = ModelCatalog(self.config)
+            return self._catalog
+
+    def models(self, refresh: bool = False) -> list[ModelEntry]:
+        """Every model found, supported or not; scanned once and cached until ``refresh``."""
+        with self._state_lock:
+            if self._entries is None or refresh:
+                self._entries = list(self._get_catalog().scan())
+            return list(self._entries)
+
+    def scan_roots(self) -> list[Path]:
+        """The folders discovery looks in (for the UI's "put a model here" panel)."""
+        catalog = self._get_catalog()
+        roots = getattr(catalog, "roots", None)
+        return list(roots() if callable(roots) else roots or [])
+
+    def find_model(self, name: str) -> ModelEntry:
+        """By name, A1111 title "name [hash]", file name, path, or short hash; ModelNotFoundError lists the known."""
+        entries = self.models()
+        wanted = (name or "").strip()
+        if not wanted:
+            raise ModelNotFoundError(name, [e.name for e in entries])
+        title_hash = None
+        if wanted.endswith("]") and " [" in wanted:
+            wanted, _, title_hash = wanted[:-1].rpartition(" [")
+        lowered = wanted.lower()
+        tests: list[Callable[[ModelEntry], bool]] = [
+            lambda e: e.name == wanted,
+            lambda e: e.name.lower() == lowered,
+            lambda e: Path(e.path).name.lower() == lowered,
+            lambda e: Path(e.path).stem.lower() == lowered or Path(e.name).name.lower() == lowered,
+            lambda e: str(e.path) == wanted,
+        ]
+        for test in tests:
+            found = [e for e in entries if test(e)]
+            if found:
+                return found[0]
+        # A short hash (A1111 "Model hash: 6ce0161689", or the [hash] of a title), computed where missing.
+        key = (title_hash or wanted).lower()
+        if 8 <= len(key) <= 12 and all(c in "0123456789abcdef" for c in key):
+            for entry in entries:
+                if entry.short_hash is None and entry.supported:
+                    self._ensure_hash(entry)
+                if entry.short_hash and entry.short_hash.lower().startswith(key[:10]):
+                    return entry
+        raise ModelNotFoundError(name, [e.title for e in entries if e.supported])
+
+    def _ensure_hash(self, entry: ModelEntry) -> str | None:
+        if entry.short_hash:
+            return entry.short_hash
+        catalog = self._get_catalog()
+        hasher = getattr(catalog, "short_hash", None)
+        try:
+            if callable(hasher):
+                entry.short_hash = hasher(entry)
+            else:
+                from sdlocal.engine.hashing import short_hash
+
+                entry.short_hash = short_hash(Path(entry.path))
+        except (OSError, ImportError):
+            return None
+        return entry.short_hash
+
+    @property
+    def current_model(self) -> ModelEntry | None:
+        return self._current
+
+    # ------------------------------------------------------------------------------------------ runtime
+    def _runtime_now(self) -> Any:
+        with self._state_lock:
+            if self._runtime is None:
+                from sdlocal.engine.devices import resolve_runtime
+
+                self._runtime = resolve_runtime(self.config)
+            return self._runtime
+
+    def capabilities(self) -> Any:
+        """Device, chosen precision and why, and what else is usable here (cheap after the first call)."""
+        return self._runtime_now().capabilities
+
+    def memory(self) -> dict:
+        from sdlocal.engine.devices import memory_figures
+
+        figures = memory_figures(self._runtime.device if self._runtime else "cpu")
+        if self._cache is not None:
+            figures["Models loaded"] = str(len(self._cache.keys()))
+        return figures
+
+    def configure(self, **changes: Any) -> None:
+        """Change how models run (precision, attention, device, slicing, offload...); loaded models reload lazily.
+
+        Runs under the run lock, so it waits for a generation in progress instead of pulling a model from under it.
+        """
+        allowed = {"device": DEVICES, "precision": PRECISIONS, "attention": ATTENTIONS}
+        flags = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload"}
+        for key, value in changes.items():
+            if key in allowed and value not in allowed[key]:
+                raise RequestError(key, value, f"must be one of: {', '.join(allowed[key])}")
+            if key in flags and not isinstance(value, bool):
+                raise RequestError(key, value, "must be true or false")
+            if key not in allowed and key not in flags and key != "max_loaded_models":
+                raise RequestError(key, value, "is not a runtime option")
+        with self._run_lock:
+            new_config = replace(self.config, **changes)
+            with self._state_lock:
+                self.config = new_config
+                self._runtime = None
+                self._schedulers = None
+            if self._cache is not None:
+                self._cache.clear()
+                self._cache = None
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _pipelines(self) -> Any:
+        if self._cache is None:
+            from sdlocal.engine.loader import PipelineCache
+
+            self._cache = PipelineCache(self.config.max_loaded_models)
+        return self._cache
+
+    def _scheduler_cache(self) -> Any:
+        if self._schedulers is None:
+            from sdlocal.engine.samplers import SchedulerCache
+
+            self._schedulers = SchedulerCache()
+        return self._schedulers
+
+    def _default_entry(self) -> ModelEntry:
+        if self._current is not None:
+            return self._current
+        supported = [e for e in self.models() if e.supported]
+        if not supported:
+            raise ModelNotFoundError("(default)", [])
+        return supported[0]
+
+    def load(self, name: str | None = None, on_status: Callable[[str], None] | None = None) -> ModelEntry:
+        """Load (or switch to) a model and make it current; None means the current or the first supported one."""
+        entry = self.find_model(name) if name else self._default_entry()
+        with self._run_lock:
+            self._load_entry(entry, on_status)
+        return entry
+
+    def _load_entry(self, entry: ModelEntry, on_status: Callable[[str], None] | None = None) -> tuple[Any, float]:
+        """(LoadedModel, seconds spent loading: 0 when it was already loaded). Caller holds the run lock."""
+        from sdlocal.engine.loader import load_pipeline
+
+        runtime = self._runtime_now()
+        cache = self._pipelines()
+        loaded = cache.get(entry, runtime)
+        if loaded is not None:
+            self._current = entry
+            return loaded, 0.0
+        started = time.perf_counter()
+        cache.make_room()
+        if self._schedulers is not None:
+            self._schedulers.forget(str(entry.path))
+        self._ensure_hash(entry)
+        loaded = load_pipeline(entry, runtime, self.config.data_dir / "cache" / "configs", on_status)
+        cache.put(loaded)
+        self._current = entry
+        if on_status:
+            on_status(f"Loaded {entry.name} in {loaded.load_seconds:.1f} s")
+        return loaded, time.perf_counter() - started
+
+    def unload_all(self) -> None:
+        with self._run_lock:
+            if self._cache is not None:
+                self._cache.clear()
+            self._current = None
+
+    # ------------------------------------------------------------------------------------------ generation
+    def samplers(self) -> list[str]:
+        from sdlocal.engine.samplers import sampler_names
+
+        return sampler_names()
+
+    def schedules(self) -> list[str]:
+        from sdlocal.engine.samplers import schedule_names
+
+        return schedule_names()
+
+    def validate(self, request: GenerationRequest) -> GenerationRequest:
+        """The request's own checks plus the engine's: sampler, schedule and the pair of them."""
+        from sdlocal.engine import samplers
+
+        request.validate()
+        request.sampler, request.schedule = samplers.check(request.sampler, request.schedule)
+        return request
+
+    def generate(self, request: GenerationRequest,
+                 on_progress: Callable[[Progress], None] | None = None) -> GenerationResult:
+        """Validate, load ``request.model`` if it is not current, and run batch_count x batch_size images."""
+        from sdlocal.engine.generate import RunControl, run_generation
+
+        started = time.perf_counter()
+        self.validate(request)
+        entry = self.find_model(request.model) if request.model else self._default_entry()
+        with self._run_lock:
+            control = RunControl()
+            self._control = control
+            try:
+                loaded, load_seconds = self._load_entry(entry)
+                scheduler = self._scheduler_cache().get(loaded.key, request.sampler, request.schedule,
+                                                        loaded.scheduler_config)
+                output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
+                                        entry.short_hash, on_progress)
+            finally:
+                self._control = None
+        return GenerationResult(
+            images=output.images, request=request, model_name=entry.name, model_hash=entry.short_hash or "",
+            seeds=output.seeds, interrupted=output.interrupted, warnings=output.warnings,
+            timings={"load": round(load_seconds, 3), "generate": round(output.seconds, 3),
+                     "total": round(time.perf_counter() - started, 3)},
+        )
+
+    def interrupt(self) -> None:
+        """Stop after the current step; generate() returns the images already finished."""
+        control = self._control
+        if control is not None:
+            control.interrupt()
+
+    def skip(self) -> None:
+        """Abandon the current batch and go on with the next (A1111's Skip)."""
+        control = self._control
+        if control is not None:
+            control.skip()
+
+    @property
+    def busy(self) -> bool:
+        return self._control is not None
+
+
+__all__ = ["Engine", "EngineError", "ModelNotFoundError"]

@@ -1,0 +1,308 @@
+"""One txt2img run: seeds, noise, progress with previews, interrupt/skip, decoding and the checks on the result.
+
+Seeds follow A1111: -1 picks a random seed in [0, 4294967294); image i of the run gets seed + i. Every image's
+starting noise (and an ancestral sampler's per-step noise) comes from its own CPU ``torch.Generator`` seeded
+with that image's seed, so image 3 of a batch equals a single run with seed + 2, and a seed gives the same
+image on CPU, CUDA and MPS.
+
+The pipeline is asked for latents, and sdlocal decodes them itself: that is where NaNs are caught, where an
+fp16 VAE that overflowed is retried in fp32, and how an interrupted batch's half-done latents are dropped
+instead of decoded into a noisy picture.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdlocal.engine.infotext import format_infotext
+from sdlocal.engine.loader import LoadedModel, free_memory
+from sdlocal.engine.request import EngineError, GeneratedImage, GenerationRequest, Progress, RequestError
+
+log = logging.getLogger(__name__)
+
+RANDOM_SEED_LIMIT = 4294967294  # A1111: random seeds are drawn from [0, 4294967294)
+PREVIEW_INTERVAL_S = 0.5
+PREVIEW_MAX_SIDE = 256
+BLACK_LEVEL = 2  # an image whose brightest pixel is at most this is "all black"
+
+# Latent -> RGB linear approximations for the step previews (one row per latent channel, R G B). They follow
+# the published analyses of the SD 1.x and SDXL VAEs' latent spaces (channel 0 ~ luminance, channel 3 ~ a
+# blue-yellow axis), rounded; they are for a recognisable preview, not a decode.
+PREVIEW_FACTORS: dict[str, tuple[tuple[float, float, float], ...]] = {
+    "sd1": ((0.35, 0.23, 0.32), (0.33, 0.50, 0.24), (-0.28, 0.18, 0.27), (-0.21, -0.26, -0.72)),
+    "sd2": ((0.35, 0.23, 0.32), (0.33, 0.50, 0.24), (-0.28, 0.18, 0.27), (-0.21, -0.26, -0.72)),
+    "sdxl": ((0.39, 0.41, 0.45), (-0.26, -0.02, 0.07), (0.06, 0.17, -0.08), (-0.31, -0.24, -0.21)),
+}
+
+
+class RunControl:
+    """Flags another thread sets while a run is in progress (the UI's Interrupt and Skip buttons)."""
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self._skip.is_set()
+
+    def clear_skip(self) -> None:
+        self._skip.clear()
+
+    def reset(self) -> None:
+        self._interrupt.clear()
+        self._skip.clear()
+
+
+@dataclass
+class RunOutput:
+    images: list[GeneratedImage]
+    seeds: list[int]
+    interrupted: bool
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_seeds(seed: int, count: int, rng: random.Random | None = None) -> list[int]:
+    """A1111 seeds: -1 is random in [0, 4294967294); image i gets seed + i."""
+    if seed == -1:
+        seed = (rng or random.SystemRandom()).randrange(0, RANDOM_SEED_LIMIT)
+    return [seed + i for i in range(count)]
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[Any, list[Any]]:
+    """Per-image starting noise from per-image CPU generators; the generators go on to feed ancestral samplers."""
+    import torch
+
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    noise = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in generators])
+    return noise, generators
+
+
+def latent_preview(latents: Any, family: str, max_side: int = PREVIEW_MAX_SIDE) -> Any:
+    """A cheap RGB preview of the first image's latents (a 4x3 linear map, no VAE)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    factors = torch.tensor(PREVIEW_FACTORS.get(family, PREVIEW_FACTORS["sd1"]), dtype=torch.float32)
+    sample = latents[0].detach().to("cpu", torch.float32)
+    if sample.shape[0] != factors.shape[0]:
+        return None
+    rgb = torch.einsum("chw,cr->hwr", sample, factors)
+    rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    scale = max(1, max_side // max(image.size))
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    return image
+
+
+def _apply_request_patches(loaded: LoadedModel, request: GenerationRequest) -> None:
+    """Token merging and VAE tiling are per request, but re-patching costs time: change only what changed."""
+    pipe = loaded.pipe
+    if request.token_merging_ratio != loaded.token_merging_ratio:
+        import tomesd
+
+        tomesd.remove_patch(pipe)
+        if request.token_merging_ratio > 0:
+            tomesd.apply_patch(pipe, ratio=request.token_merging_ratio)
+        loaded.token_merging_ratio = request.token_merging_ratio
+    if request.vae_tiling != loaded.vae_tiling:
+        if request.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        loaded.vae_tiling = request.vae_tiling
+
+
+def _check_clip_skip(loaded: LoadedModel, clip_skip: int) -> None:
+    layers = int(loaded.pipe.text_encoder.config.num_hidden_layers)
+    if clip_skip > layers:
+        raise RequestError("clip_skip", clip_skip, f"this model's text encoder has {layers} layers; use 1 to {layers}")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def _oom_error(request: GenerationRequest, exc: BaseException) -> EngineError:
+    return EngineError(
+        f"Out of memory generating {request.width}x{request.height} with batch size {request.batch_size} "
+        f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}).",
+        "Lower the size or the batch size, or turn on VAE tiling, attention slicing (--attention-slicing) or "
+        "model CPU offload (--cpu-offload on NVIDIA GPUs). The engine is still ready.",
+    )
+
+
+def decode(loaded: LoadedModel, latents: Any, warnings: list[str]) -> list[Any]:
+    """Latents -> PIL images, retrying an fp16 VAE in fp32 when it overflows to NaN (SDXL's VAE does)."""
+    import torch
+
+    pipe = loaded.pipe
+    vae = pipe.vae
+    if torch.isnan(latents).any():
+        raise EngineError(
+            "The model produced NaN values while sampling (a numerical overflow in half precision).",
+            "Use precision fp32 (--precision fp32), or bf16 where available; --no-half-vae does not help here.",
+        )
+
+    def run(dtype: Any) -> Any:
+        scaled = latents.to(device=vae.device, dtype=dtype)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean_t = torch.tensor(mean, device=scaled.device, dtype=dtype).view(1, -1, 1, 1)
+            std_t = torch.tensor(std, device=scaled.device, dtype=dtype).view(1, -1, 1, 1)
+            scaled = scaled * std_t / vae.config.scaling_factor + mean_t
+        else:
+            scaled = scaled / vae.config.scaling_factor
+        with torch.inference_mode():
+            return vae.decode(scaled, return_dict=False)[0]
+
+    image = run(vae.dtype)
+    if torch.isnan(image).any() and vae.dtype == torch.float16:
+        vae.to(dtype=torch.float32)
+        loaded.vae_upcast = True
+        warnings.append("The VAE overflowed in fp16 (NaN); it was switched to fp32 for this model. Start with "
+                        "--no-half-vae to use fp32 from the start.")
+        image = run(torch.float32)
+    if torch.isnan(image).any():
+        raise EngineError("The VAE produced NaN values while decoding the image.",
+                          "Start with --no-half-vae, or use precision fp32 (--precision fp32).")
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")
+
+
+def _black(image: Any) -> bool:
+    extrema = image.getextrema()
+    return all(high <= BLACK_LEVEL for _low, high in extrema)
+
+
+def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "prompt": [request.prompt] * batch,
+        "negative_prompt": [request.negative_prompt] * batch,
+        "num_inference_steps": request.steps,
+        "guidance_scale": request.cfg_scale,
+        "height": request.height,
+        "width": request.width,
+        "output_type": "latent",
+        "clip_skip": request.clip_skip - 1 if request.clip_skip > 1 else None,
+    }
+    if loaded.inpainting:
+        # txt2img with an inpainting model: a neutral grey picture, all of it masked (A1111 does the same).
+        from PIL import Image
+
+        kwargs["image"] = Image.new("RGB", (request.width, request.height), (127, 127, 127))
+        kwargs["mask_image"] = Image.new("L", (request.width, request.height), 255)
+        kwargs["strength"] = 1.0
+    return kwargs
+
+
+def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
+                   model_name: str, model_hash: str | None,
+                   on_progress: Callable[[Progress], None] | None = None) -> RunOutput:
+    """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip."""
+    pipe = loaded.pipe
+    _check_clip_skip(loaded, request.clip_skip)
+    total_images = request.batch_size * request.batch_count
+    seeds = resolve_seeds(request.seed, total_images)
+    _apply_request_patches(loaded, request)
+    pipe.scheduler = scheduler
+
+    factor = pipe.vae_scale_factor
+    channels = int(pipe.unet.config.out_channels if loaded.inpainting else pipe.unet.config.in_channels)
+    shape = (channels, request.height // factor, request.width // factor)
+    device = pipe._execution_device
+    dtype = pipe.unet.dtype
+
+    images: list[GeneratedImage] = []
+    warnings: list[str] = []
+    started = time.perf_counter()
+    last_preview = 0.0
+
+    for batch_index in range(request.batch_count):
+        if control.interrupted:
+            break
+        control.clear_skip()
+        batch_seeds = seeds[batch_index * request.batch_size:(batch_index + 1) * request.batch_size]
+        noise, generators = initial_noise(batch_seeds, shape)
+        latents_in = noise.to(device=device, dtype=dtype)
+        batch_started = time.perf_counter()
+        stopped = {"flag": False}
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any],
+                        batch_index: int = batch_index, batch_started: float = batch_started,
+                        stopped: dict = stopped) -> dict[str, Any]:
+            nonlocal last_preview
+            total_steps = int(getattr(pipeline, "_num_timesteps", request.steps) or request.steps)
+            done = step + 1
+            if control.interrupted or control.skipped:
+                pipeline._interrupt = True
+                stopped["flag"] = True
+            if on_progress is not None:
+                now = time.perf_counter()
+                per_step = (now - batch_started) / done
+                remaining = (total_steps - done) + total_steps * (request.batch_count - batch_index - 1)
+                preview = None
+                if now - last_preview >= PREVIEW_INTERVAL_S and done < total_steps and "latents" in tensors:
+                    preview = latent_preview(tensors["latents"], loaded.family)
+                    last_preview = now
+                try:
+                    on_progress(Progress(step=done, total_steps=total_steps, batch_index=batch_index,
+                                         batch_count=request.batch_count, eta_seconds=per_step * remaining,
+                                         preview=preview))
+                except Exception:  # noqa: BLE001 - a broken progress listener must not kill the run
+                    log.exception("progress callback failed")
+            return tensors
+
+        try:
+            latents = pipe(**_pipe_kwargs(loaded, request, len(batch_seeds)), latents=latents_in,
+                           generator=generators, callback_on_step_end=on_step_end,
+                           callback_on_step_end_tensor_inputs=["latents"]).images
+            if stopped["flag"]:
+                continue  # interrupted or skipped mid-batch: its latents are half-denoised, not images
+            decoded = decode(loaded, latents, warnings)
+        except (EngineError, RequestError):
+            raise
+        except Exception as exc:
+            if _is_oom(exc):
+                latents_in = latents = noise = None
+                free_memory()
+                raise _oom_error(request, exc) from None
+            raise
+        finally:
+            if hasattr(pipe, "maybe_free_model_hooks"):
+                pipe.maybe_free_model_hooks()
+        for offset, image in enumerate(decoded):
+            index = batch_index * request.batch_size + offset
+            seed = batch_seeds[offset]
+            if _black(image):
+                warnings.append(f"Image {index + 1} (seed {seed}) is entirely black. If that is not what the prompt "
+                                "asks for, the VAE may be overflowing in half precision: start with --no-half-vae.")
+            images.append(GeneratedImage(image=image, seed=seed, index=index,
+                                         infotext=format_infotext(request, seed, model_name, model_hash)))
+    torch_seconds = time.perf_counter() - started
+    return RunOutput(images=images, seeds=seeds, interrupted=control.interrupted, warnings=warnings,
+                     seconds=torch_seconds)

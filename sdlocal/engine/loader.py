@@ -1,0 +1,341 @@
+"""Pipelines from diffusers folders and single checkpoint files, offline, kept in a small LRU.
+
+Everything here loads with zero network attempts: folders with ``local_files_only=True``, single files with
+``config=`` pointing at a local diffusers config folder (the bundled one for the detected family, or the
+model's own sidecar ``<file stem>.config/`` folder, see ``config_dir_for``). Without ``config=`` diffusers
+fetches configs from the Hub even when told to stay offline. ``.ckpt`` files are pickles: they are opened only
+through ``torch.load(weights_only=True)``, which refuses any object that is not a tensor or plain container,
+so a malicious pickle is rejected before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlocal.engine.devices import Runtime
+from sdlocal.engine.models import ModelEntry
+from sdlocal.engine.request import EngineError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+SIDECAR_SUFFIX = ".config"  # "<file stem>.config/" next to a single file: that model's own diffusers config folder
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline on its device, with the per-request patches currently applied to it."""
+
+    entry: ModelEntry
+    pipe: Any
+    family: str
+    load_seconds: float
+    runtime_key: tuple
+    token_merging_ratio: float = 0.0
+    vae_tiling: bool = False
+    vae_upcast: bool = False  # the VAE was moved to fp32 after it produced NaNs in half precision
+    scheduler_config: Any = None  # the model's own scheduler config: every sampler is built on top of it
+
+    @property
+    def key(self) -> str:
+        return str(self.entry.path)
+
+    @property
+    def inpainting(self) -> bool:
+        return int(self.pipe.unet.config.in_channels) == 9
+
+
+def sidecar_config_dir(path: Path) -> Path:
+    """Where a single file's own config folder would be: ``model.safetensors`` -> ``model.config/``."""
+    return path.with_name(path.stem + SIDECAR_SUFFIX)
+
+
+def config_dir_for(entry: ModelEntry) -> Path:
+    """The diffusers config folder a single file loads with.
+
+    Order: the entry's ``config_dir`` (discovery's choice), a ``<stem>.config/`` sidecar folder next to the file
+    (for custom or tiny architectures whose shapes match no bundled family), the bundled family folder.
+    """
+    if entry.config_dir is not None:
+        return Path(entry.config_dir)
+    sidecar = sidecar_config_dir(Path(entry.path))
+    if (sidecar / "model_index.json").is_file():
+        return sidecar
+    if not entry.family:
+        raise EngineError(f"{entry.path}: the model family is unknown, so there is no config to load it with.",
+                          f"Put a diffusers config folder next to it as {sidecar.name}/.")
+    folder = BUNDLED_CONFIGS / entry.family
+    if not (folder / "model_index.json").is_file():
+        raise EngineError(f"The bundled config for {entry.family} is missing at {folder}.",
+                          "Reinstall sdlocal; the package is incomplete.")
+    return folder
+
+
+def pipeline_class(family: str, inpainting: bool) -> Any:
+    import diffusers
+
+    if family == "sdxl":
+        return diffusers.StableDiffusionXLInpaintPipeline if inpainting else diffusers.StableDiffusionXLPipeline
+    if family in ("sd1", "sd2"):
+        return diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionPipeline
+    raise EngineError(f"The model family {family!r} is not supported.", "Supported: SD 1.x, SD 2.x and SDXL.")
+
+
+def _family_of_folder(folder: Path) -> str | None:
+    """sd1/sd2/sdxl from a diffusers folder's own configs (used for sidecar folders and diffusers models)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = str(index.get("_class_name", ""))
+    if "XL" in name:
+        return "sdxl"
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "sd1"
+    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def _unet_in_channels(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")).get("in_channels", 4))
+    except (OSError, json.JSONDecodeError, ValueError):
+        return 4
+
+
+def _inpaint_config_dir(base: Path, cache_root: Path) -> Path:
+    """A copy of ``base`` whose UNet takes 9 input channels, for inpainting single files.
+
+    The bundled folders describe the txt2img UNet (4 channels); an inpainting checkpoint's first conv has 9.
+    The copy holds only small JSON and tokenizer files and is made once per base folder.
+    """
+    digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:10]
+    target = cache_root / f"{base.name}-inpainting-{digest}"
+    if (target / "model_index.json").is_file():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(base, partial)
+    unet_config = partial / "unet" / "config.json"
+    config = json.loads(unet_config.read_text(encoding="utf-8"))
+    config["in_channels"] = 9
+    unet_config.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def check_ckpt_is_safe(path: Path) -> None:
+    """Open a ``.ckpt`` with ``weights_only=True`` and refuse it if it holds anything but tensors and containers.
+
+    diffusers 0.42 also passes ``weights_only=True``; checking here first gives one clear refusal instead of a
+    wrapped stack trace, and keeps the guarantee if a future diffusers changes its default.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        mmap = zipfile.is_zipfile(path)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        raise EngineError(
+            f"{path.name}: refused to load. This .ckpt contains Python objects other than weights, and a .ckpt "
+            f"can run arbitrary code when opened ({detail.strip()[:200]}).",
+            "Use a .safetensors version of this model (most models are published as .safetensors).",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged zip, a truncated file, not a checkpoint at all
+        raise EngineError(f"{path.name}: cannot be read as a checkpoint ({type(exc).__name__}: {str(exc)[:200]}).",
+                          "The file is damaged or incomplete: download it again.") from None
+    if not isinstance(state, dict):
+        raise EngineError(f"{path.name}: is not a Stable Diffusion checkpoint (no state dict inside).",
+                          "Check that this is the model file and not something else with a .ckpt name.")
+    del state
+
+
+def check_safetensors(path: Path) -> None:
+    """A quick header check so a truncated download fails with its name, not deep inside diffusers."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if not list(fh.keys()):
+                raise EngineError(f"{path.name}: the file holds no tensors.", "It is not a model: remove it.")
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError
+        raise EngineError(f"{path.name}: cannot be read ({str(exc)[:200]}).",
+                          "The file is damaged or incomplete (an interrupted download?): download it again.") from None
+
+
+def _quiet_diffusers() -> None:
+    from diffusers.utils import logging as dlogging
+
+    dlogging.disable_progress_bar()
+
+
+def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
+                  on_status: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load ``entry`` onto the runtime's device and precision; every failure is an EngineError naming the file."""
+    import torch
+
+    if not entry.supported:
+        raise EngineError(f"{entry.name}: cannot be loaded: {entry.reason}", "Choose a supported model.")
+    status = on_status or (lambda _message: None)
+    path = Path(entry.path)
+    if not path.exists():
+        raise EngineError(f"{entry.name}: the file {path} is gone.", "Refresh the model list.")
+    _quiet_diffusers()
+    started = time.perf_counter()
+    dtype = runtime.dtype
+    status(f"Loading {entry.name} ({entry.format}, {runtime.precision} on {runtime.device})…")
+    try:
+        if entry.format == "diffusers":
+            family = entry.family or _family_of_folder(path) or "sd1"
+            inpainting = entry.inpainting or _unet_in_channels(path) == 9
+            cls = pipeline_class(family, inpainting)
+            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
+                if family != "sdxl" else {}
+            pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
+        else:
+            if entry.format == "ckpt":
+                status(f"Checking {path.name} is weights only…")
+                check_ckpt_is_safe(path)
+            else:
+                check_safetensors(path)
+            config_dir = config_dir_for(entry)
+            family = entry.family or _family_of_folder(config_dir) or "sd1"
+            inpainting = entry.inpainting or _unet_in_channels(config_dir) == 9
+            if inpainting and _unet_in_channels(config_dir) != 9:
+                config_dir = _inpaint_config_dir(config_dir, cache_root)
+            cls = pipeline_class(family, inpainting)
+            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
+                if family != "sdxl" else {}
+            pipe = cls.from_single_file(str(path), config=str(config_dir), dtype=dtype, local_files_only=True,
+                                        **extra)
+    except EngineError:
+        raise
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        free_memory()
+        raise EngineError(f"{entry.name}: not enough memory to load it ({str(exc)[:160]}).",
+                          "Close other programs, unload other models, or use precision fp16/bf16.") from None
+    except Exception as exc:  # noqa: BLE001 - wrong architecture, missing keys, damaged file
+        log.exception("loading %s failed", path)
+        raise EngineError(
+            f"{entry.name}: could not be loaded as {entry.family or 'a Stable Diffusion model'} "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ''}).",
+            "The file may be damaged, or be another kind of model (a LoRA, a VAE, an upscaler) in the checkpoints "
+            "folder.",
+        ) from None
+
+    status("Preparing the pipeline…")
+    _set_prediction_type(pipe, entry)
+    _place(pipe, runtime)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(entry=entry, pipe=pipe, family=family, load_seconds=time.perf_counter() - started,
+                       runtime_key=runtime_key(runtime), scheduler_config=dict(pipe.scheduler.config))
+
+
+def _set_prediction_type(pipe: Any, entry: ModelEntry) -> None:
+    """SD 2.x 768-v models predict v; their weights cannot say so, discovery's ``prediction_type`` does."""
+    wanted = entry.prediction_type
+    if wanted and pipe.scheduler.config.get("prediction_type") != wanted:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
+
+
+def _place(pipe: Any, runtime: Runtime) -> None:
+    """Device, VAE precision, attention and memory options, in the order diffusers needs them."""
+    pipe.vae.to(dtype=runtime.vae_dtype)
+    if runtime.cpu_offload:
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(runtime.device)
+    if runtime.attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    if runtime.attention_slicing:
+        pipe.enable_attention_slicing()
+    if runtime.vae_slicing:
+        pipe.vae.enable_slicing()
+
+
+def runtime_key(runtime: Runtime) -> tuple:
+    return (runtime.device, runtime.precision, runtime.vae_precision, runtime.attention, runtime.attention_slicing,
+            runtime.vae_slicing, runtime.cpu_offload)
+
+
+def free_memory() -> None:
+    """Give freed tensors back: Python first, then the CUDA/MPS caching allocators."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+class PipelineCache:
+    """The last ``max_loaded`` pipelines, least recently used evicted first, with their memory freed."""
+
+    def __init__(self, max_loaded: int) -> None:
+        self.max_loaded = max(1, int(max_loaded))
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def get(self, entry: ModelEntry, runtime: Runtime) -> LoadedModel | None:
+        with self._lock:
+            loaded = self._models.get(str(entry.path))
+            if loaded is None:
+                return None
+            if loaded.runtime_key != runtime_key(runtime) or loaded.entry.mtime != entry.mtime:
+                self.evict(str(entry.path))
+                return None
+            self._models.move_to_end(str(entry.path))
+            return loaded
+
+    def make_room(self) -> None:
+        """Evict before loading so peak memory never holds max_loaded + 1 models."""
+        with self._lock:
+            while len(self._models) >= self.max_loaded:
+                self.evict(next(iter(self._models)))
+
+    def put(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            self._models[loaded.key] = loaded
+            self._models.move_to_end(loaded.key)
+            while len(self._models) > self.max_loaded:
+                self.evict(next(iter(self._models)))
+
+    def evict(self, key: str) -> None:
+        with self._lock:
+            loaded = self._models.pop(key, None)
+        if loaded is not None:
+            loaded.pipe = None
+            del loaded
+            free_memory()
+
+    def clear(self) -> None:
+        with self._lock:
+            keys = list(self._models)
+        for key in keys:
+            self.evict(key)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
