@@ -77,10 +77,10 @@ def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bo
         ensure_self_installed(skip_install)
         return True
     missing = [m for m in mismatches if m.installed is None]
-    if len(missing) == len(pins):
-        say(f"New environment: installing the {len(pins)} pinned packages (a few minutes, once).")
-    else:
-        for mismatch in mismatches:
+    if len(missing) > 10:  # a new venv: one line, not seventy
+        say(f"New environment: {len(missing)} pinned packages to install (a few minutes, once).")
+    for mismatch in mismatches:
+        if len(missing) <= 10 or mismatch.installed is not None:
             say(f"  {mismatch.describe()}")
     if skip_install:
         say(f"--skip-install: {len(mismatches)} package(s) differ from the lock and were left as they are. "
