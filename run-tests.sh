@@ -9,8 +9,10 @@ VENV="${TEST_VENV_DIR:-.venv-test}"
 PY_IN_VENV="$VENV/bin/python"
 
 supported_version() {
-    "$1" -c 'import sys; v = sys.version_info[:2]; print("%d.%d" % v) if (3, 10) <= v <= (3, 12) else None' \
-        2>/dev/null
+    local v
+    v="$("$1" -c 'import sys; v = sys.version_info[:2]; print("%d.%d" % v) if (3, 10) <= v <= (3, 12) else None' \
+        2>/dev/null)"
+    case "$v" in 3.10|3.11|3.12) echo "$v" ;; esac
 }
 
 if ! { [ -x "$PY_IN_VENV" ] && [ -n "$(supported_version "$PY_IN_VENV")" ]; }; then

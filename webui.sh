@@ -19,8 +19,10 @@ fail() { echo "[sdlocal] ERROR: $*" >&2; exit 1; }
 
 # Prints "3.11" when $1 runs and is a supported version; nothing otherwise.
 supported_version() {
-    "$1" -c 'import sys; v = sys.version_info[:2]; print("%d.%d" % v) if (3, 10) <= v <= (3, 12) else None' \
-        2>/dev/null
+    local v
+    v="$("$1" -c 'import sys; v = sys.version_info[:2]; print("%d.%d" % v) if (3, 10) <= v <= (3, 12) else None' \
+        2>/dev/null)"
+    case "$v" in 3.10|3.11|3.12) echo "$v" ;; esac
 }
 
 VENV_PY="$VENV_DIR/bin/python"

@@ -1,0 +1,134 @@
+"""launch.py: installs only what differs from the lock, names each package, and never installs with --skip-install."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdlocal import preflight
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def launch(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location("sdlocal_launch_under_test", ROOT / "launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("torch==2.13.0\ndiffusers==0.42.1\npillow==12.3.0\n")
+    installed = {"torch": "2.13.0+cpu", "diffusers": "0.40.0", "pillow": "12.3.0", "sdlocal": "0.1.0"}
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, check=False, **kwargs):
+        calls.append(list(cmd))
+        for spec_text in cmd:
+            if "==" in spec_text and not spec_text.startswith("-"):
+                name, version = spec_text.split("==")
+                installed[name] = version
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(preflight, "installed_version", installed.get)
+    monkeypatch.setattr(preflight, "compare", lambda pins, get=installed.get: _compare(pins, get))
+    monkeypatch.setattr(preflight, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(module.subprocess, "run", fake_run)
+    module.test_state = {"lock": lock, "installed": installed, "calls": calls}
+    return module
+
+
+def _compare(pins, get):
+    out = []
+    for name, pinned in sorted(pins.items()):
+        have = get(name)
+        if have is None or preflight.base_version(have) != pinned:
+            out.append(preflight.Mismatch(name, have, pinned))
+    return out
+
+
+def test_installs_only_the_package_that_differs_and_names_it(launch, capsys):
+    state = launch.test_state
+    assert launch.ensure_environment(False, None, False, state["lock"]) is True
+    out = capsys.readouterr().out
+    assert "diffusers: installed 0.40.0, pinned 0.42.1" in out
+    [cmd] = state["calls"]
+    assert cmd[-1] == "diffusers==0.42.1"
+    assert "torch==2.13.0" not in cmd and "pillow==12.3.0" not in cmd
+    assert ["-c", str(state["lock"])] == cmd[cmd.index("-c"):][:2]
+    assert "--extra-index-url" not in cmd  # torch was fine: no index choice needed
+
+
+def test_skip_install_only_reports(launch, capsys):
+    state = launch.test_state
+    assert launch.ensure_environment(True, None, False, state["lock"]) is True
+    assert state["calls"] == []
+    assert "--skip-install: 1 package(s) differ" in capsys.readouterr().out
+
+
+def test_nothing_to_do_is_fast_and_silent_about_pip(launch, capsys):
+    state = launch.test_state
+    state["installed"]["diffusers"] = "0.42.1"
+    assert launch.ensure_environment(False, None, False, state["lock"]) is True
+    assert state["calls"] == []
+    assert "all 3 pinned packages match the lock" in capsys.readouterr().out
+
+
+def test_torch_override_index_is_used(launch, capsys):
+    state = launch.test_state
+    state["installed"]["torch"] = "2.12.0"
+    assert launch.ensure_environment(False, "https://mirror.example/whl", False, state["lock"]) is True
+    [cmd] = state["calls"]
+    assert ["--extra-index-url", "https://mirror.example/whl"] == cmd[cmd.index("--extra-index-url"):][:2]
+    assert "torch==2.13.0" in cmd and "TORCH_INDEX_URL" in capsys.readouterr().out
+
+
+def test_failed_pip_stops_with_a_fix(launch, capsys, monkeypatch):
+    state = launch.test_state
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd, check=False, **k: subprocess.CompletedProcess(cmd, 1))
+    assert launch.ensure_environment(False, None, False, state["lock"]) is False
+    assert "FAILURE: pip could not install" in capsys.readouterr().out
+
+
+def test_xformers_is_not_installed_without_an_nvidia_gpu(launch, capsys):
+    state = launch.test_state
+    state["installed"]["diffusers"] = "0.42.1"
+    assert launch.ensure_environment(False, None, True, state["lock"]) is True
+    assert state["calls"] == []
+    assert "--xformers needs an NVIDIA GPU" in capsys.readouterr().out
+
+
+def test_launcher_flags_are_taken_out_before_the_app_sees_them(launch):
+    argv = ["--port", "7001", "--torch-index-url=https://x", "--listen"]
+    assert launch.take_option(argv, "--torch-index-url") == "https://x"
+    assert argv == ["--port", "7001", "--listen"]
+    assert launch.wants_xformers(["--attention", "xformers"]) and not launch.wants_xformers(["--attention", "sdpa"])
+
+
+def test_unsupported_python_is_refused(monkeypatch, capsys):
+    code = ("import sys; sys.version_info = (3, 9, 0, 'final', 0); sys.argv = ['launch.py', '--doctor']; "
+            "import runpy; runpy.run_path('launch.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "is not supported" in out.stdout and "3.10, 3.11, 3.12" in out.stdout
+
+
+def test_webui_scripts_refuse_when_no_supported_python(tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\necho 3.9\n")  # answers every question with an unsupported version
+    fake.chmod(0o755)
+    out = subprocess.run(["bash", str(ROOT / "webui.sh")], capture_output=True, text=True,
+                         env={"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHON": str(fake), "VENV_DIR": str(tmp_path / "v"),
+                              "HOME": str(tmp_path)})
+    assert out.returncode == 1
+    assert "sdlocal needs Python 3.10, 3.11 or 3.12" in out.stderr
+
+
+def test_webui_bat_follows_the_same_steps():
+    sh = (ROOT / "webui.sh").read_text()
+    bat = (ROOT / "webui.bat").read_text()
+    for step in ("rem 1.", "rem 2.", "rem 3.", "rem 4.", "rem 5.", "rem 6.", "rem 7."):
+        assert step in bat and step.replace("rem", "#") in sh
+    assert "pause" in bat and "--pick-python" in bat and "COMMANDLINE_ARGS" in bat
