@@ -116,3 +116,40 @@ def test_doctor_command_prints_the_report(tmp_path):
     assert "Python:" in out.stdout and "Data folder:" in out.stdout
     failed = "Cannot start" in out.stdout
     assert out.returncode == (1 if failed else 0)
+
+
+def test_selftest_generates_an_image_on_the_cpu(tmp_path):
+    out = io.StringIO()
+    code = cli.run_selftest(Settings(data_dir=tmp_path, device="cpu", precision="fp32"), out=out)
+    assert code == 0, out.getvalue()
+    assert out.getvalue().startswith("selftest passed: cpu (")
+    assert "fp32, attention sdpa, 64x64, 4 steps" in out.getvalue()
+
+
+def test_generate_saves_images_with_their_seeds(tmp_path):
+    from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.outputs import read_image_parameters
+
+    models = tmp_path / "data" / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    save_tiny_model(models / "tiny-sd15.safetensors", family="sd1", fmt="safetensors")
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.run_generate(Settings(data_dir=tmp_path / "data", device="cpu", precision="fp32"),
+                            {"model": "tiny-sd15", "prompt": "a cat", "steps": 2, "width": 64, "height": 64,
+                             "seed": 42, "batch_size": 2, "out": tmp_path / "out"}, out=out, err=err)
+    assert code == 0, err.getvalue()
+    lines = out.getvalue().strip().splitlines()
+    assert [line.split("\tseed ")[1] for line in lines] == ["42", "43"]
+    for line in lines:
+        path = Path(line.split("\t")[0])
+        assert path.parent.parent.name == "txt2img" and path.is_relative_to(tmp_path / "out")
+        assert "Seed: " in read_image_parameters(path)
+
+
+def test_generate_unknown_model_is_an_error_naming_it(tmp_path):
+    err = io.StringIO()
+    code = cli.run_generate(Settings(data_dir=tmp_path), {"model": "no-such-model", "prompt": "p", "steps": 2,
+                                                          "width": 64, "height": 64, "out": tmp_path / "o"},
+                            out=io.StringIO(), err=err)
+    assert code in (1, 2)
+    assert "no-such-model" in err.getvalue()
