@@ -183,10 +183,13 @@ def check_safetensors(path: Path) -> None:
                           "The file is damaged or incomplete (an interrupted download?): download it again.") from None
 
 
-def _quiet_diffusers() -> None:
+def quiet_libraries() -> None:
+    """No tqdm bars from diffusers/transformers in a server's log: progress goes through sdlocal's callbacks."""
     from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
 
     dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
 
 
 def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
@@ -200,7 +203,7 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
     path = Path(entry.path)
     if not path.exists():
         raise EngineError(f"{entry.name}: the file {path} is gone.", "Refresh the model list.")
-    _quiet_diffusers()
+    quiet_libraries()
     started = time.perf_counter()
     dtype = runtime.dtype
     status(f"Loading {entry.name} ({entry.format}, {runtime.precision} on {runtime.device})…")
@@ -260,7 +263,16 @@ def _set_prediction_type(pipe: Any, entry: ModelEntry) -> None:
 
 def _place(pipe: Any, runtime: Runtime) -> None:
     """Device, VAE precision, attention and memory options, in the order diffusers needs them."""
-    pipe.vae.to(dtype=runtime.vae_dtype)
+    if pipe.vae.dtype != runtime.vae_dtype:
+        # diffusers logs a generic "cast with to()" warning here; keeping the VAE in fp32 is the point.
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()
+        try:
+            pipe.vae.to(dtype=runtime.vae_dtype)
+        finally:
+            dlogging.set_verbosity(level)
     if runtime.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:

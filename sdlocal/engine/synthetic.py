@@ -67,6 +67,9 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = F
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    from sdlocal.engine.loader import quiet_libraries
+
+    quiet_libraries()
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     config = _bundled(family)

@@ -1,0 +1,110 @@
+"""Device, precision and attention choices, with CPU bf16 detection tested on other machines' flag sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdlocal.engine.config import EngineConfig
+from sdlocal.engine.devices import choose_cpu_precision, cpu_native_bf16, read_cpu_flags, resolve_runtime
+
+SKYLAKE_X = {"sse4_2", "avx2", "avx512f", "avx512bw", "avx512vl"}
+COOPER_LAKE = SKYLAKE_X | {"avx512_bf16"}
+SAPPHIRE_RAPIDS = SKYLAKE_X | {"avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
+ZEN4 = SKYLAKE_X | {"avx512_bf16"}
+OLD_LAPTOP = {"sse4_2", "avx", "avx2", "fma"}
+GRAVITON3 = {"fp", "asimd", "sve", "bf16", "i8mm"}
+GRAVITON2 = {"fp", "asimd", "atomics"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "native"),
+    [
+        (SKYLAKE_X, "x86_64", False),
+        (COOPER_LAKE, "x86_64", True),
+        (SAPPHIRE_RAPIDS, "x86_64", True),
+        (ZEN4, "AMD64", True),
+        (OLD_LAPTOP, "x86_64", False),
+        (set(), "x86_64", False),
+        (GRAVITON3, "aarch64", True),
+        (GRAVITON2, "aarch64", False),
+        ({"bf16"}, "arm64", True),  # Apple M2+: sysctl hw.optional.arm.FEAT_BF16 -> "bf16"
+        ({"avx512_bf16"}, "arm64", False),  # x86 names mean nothing on ARM
+    ],
+)
+def test_native_bf16_detection(flags: set[str], machine: str, native: bool) -> None:
+    result, reason = cpu_native_bf16(flags, machine)
+    assert result is native
+    assert reason
+
+
+def test_auto_picks_bf16_only_where_native_and_says_why() -> None:
+    precision, reason, warnings = choose_cpu_precision("auto", SAPPHIRE_RAPIDS, "x86_64")
+    assert precision == "bf16" and "amx_bf16" in reason and not warnings
+    precision, reason, warnings = choose_cpu_precision("auto", OLD_LAPTOP, "x86_64")
+    assert precision == "fp32" and "no native bf16" in reason and not warnings
+
+
+def test_explicit_choices_are_honoured_with_warnings() -> None:
+    assert choose_cpu_precision("fp32", SAPPHIRE_RAPIDS, "x86_64")[0] == "fp32"
+    precision, _reason, warnings = choose_cpu_precision("fp16", SAPPHIRE_RAPIDS, "x86_64")
+    assert precision == "fp16" and any("slow" in w for w in warnings)
+    precision, _reason, warnings = choose_cpu_precision("bf16", OLD_LAPTOP, "x86_64")
+    assert precision == "bf16" and any("emulated" in w for w in warnings)
+
+
+def test_cpu_flags_are_read_from_the_os() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this OS")
+    line = next((ln for ln in cpuinfo.read_text().splitlines() if ln.split(":")[0].strip() in ("flags", "Features")),
+                "")
+    assert read_cpu_flags() == set(line.partition(":")[2].split())
+
+
+def _config(tmp_path: Path, **options: object) -> EngineConfig:
+    return EngineConfig(data_dir=tmp_path, device="cpu", **options)  # type: ignore[arg-type]
+
+
+def test_runtime_on_cpu_follows_the_flags(tmp_path: Path) -> None:
+    runtime = resolve_runtime(_config(tmp_path), cpu_flags=SAPPHIRE_RAPIDS)
+    assert (runtime.device, runtime.precision, runtime.vae_precision) == ("cpu", "bf16", "bf16")
+    caps = runtime.capabilities
+    assert caps.precision == "bf16" and caps.precision_reason and caps.device_name
+    assert set(caps.precisions) == {"fp32", "fp16", "bf16"}
+    runtime = resolve_runtime(_config(tmp_path), cpu_flags=OLD_LAPTOP)
+    assert runtime.precision == "fp32"
+
+
+def test_no_half_vae_keeps_the_vae_in_fp32(tmp_path: Path) -> None:
+    runtime = resolve_runtime(_config(tmp_path, no_half_vae=True), cpu_flags=SAPPHIRE_RAPIDS)
+    assert (runtime.precision, runtime.vae_precision) == ("bf16", "fp32")
+
+
+def test_xformers_and_offload_are_refused_on_cpu_with_reasons(tmp_path: Path) -> None:
+    runtime = resolve_runtime(_config(tmp_path, attention="xformers", cpu_offload=True), cpu_flags=OLD_LAPTOP)
+    caps = runtime.capabilities
+    assert runtime.attention == "sdpa" and caps.attentions["sdpa"] == ""
+    assert "NVIDIA" in caps.attentions["xformers"]
+    assert runtime.cpu_offload is False
+    assert any("offload" in w for w in caps.warnings) and any("xformers" in w for w in caps.warnings)
+
+
+def test_asking_for_cuda_without_one_falls_back_with_a_warning(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    runtime = resolve_runtime(EngineConfig(data_dir=tmp_path, device="cuda"), cpu_flags=OLD_LAPTOP)
+    assert runtime.device == "cpu"
+    assert any("cuda" in w for w in runtime.capabilities.warnings)
+
+
+def test_engine_capabilities_and_memory_without_a_model(tmp_path: Path) -> None:
+    from sdlocal.engine import Engine
+
+    engine = Engine(_config(tmp_path))
+    caps = engine.capabilities()
+    assert caps.device == "cpu" and caps.precision in ("bf16", "fp32")
+    assert engine.memory()
