@@ -152,8 +152,11 @@ def check_ckpt_is_safe(path: Path) -> None:
         mmap = zipfile.is_zipfile(path)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        lines = str(exc).strip().splitlines()
+        detail = next((line for line in lines if "global" in line.lower()), "")
+        if not detail:  # an opcode the safe unpickler does not know: not a torch checkpoint, nothing was run
+            raise EngineError(f"{path.name}: cannot be read as a checkpoint ({lines[0][:200] if lines else ''}).",
+                              "It is not a PyTorch checkpoint, or it is damaged: download it again.") from None
         raise EngineError(
             f"{path.name}: refused to load. This .ckpt contains Python objects other than weights, and a .ckpt "
             f"can run arbitrary code when opened ({detail.strip()[:200]}).",
@@ -248,6 +251,7 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
 
     status("Preparing the pipeline…")
     _set_prediction_type(pipe, entry)
+    clip_skip_compat(pipe)
     _place(pipe, runtime)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(entry=entry, pipe=pipe, family=family, load_seconds=time.perf_counter() - started,
@@ -259,6 +263,24 @@ def _set_prediction_type(pipe: Any, entry: ModelEntry) -> None:
     wanted = entry.prediction_type
     if wanted and pipe.scheduler.config.get("prediction_type") != wanted:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
+
+
+def clip_skip_compat(pipe: Any) -> None:
+    """Let diffusers 0.42's clip-skip path find the final LayerNorm on transformers 5 text encoders.
+
+    diffusers reads ``text_encoder.text_model.final_layer_norm``; transformers 5 flattened ``CLIPTextModel`` so
+    the norm is ``text_encoder.final_layer_norm``. A plain (unregistered) attribute on our own instance points
+    at it; no library code changes, and encoders that still have ``text_model`` are left alone.
+    """
+    from types import SimpleNamespace
+
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None or "text_model" in encoder.__dict__ or "text_model" in getattr(encoder, "_modules", {}):
+            continue
+        norm = getattr(encoder, "final_layer_norm", None)
+        if norm is not None:
+            object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=norm))
 
 
 def _place(pipe: Any, runtime: Runtime) -> None:
