@@ -9,8 +9,9 @@ control and the API can return it as a 422 without either of them knowing the ru
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 # Limits: wide enough for every real use, narrow enough that a typo (steps=10000) is caught before
 # it ties up the GPU for an hour.
@@ -138,7 +139,8 @@ class GenerationRequest:
         for side in ("width", "height"):
             value = _as_int(side, getattr(self, side), MIN_SIDE, MAX_SIDE)
             if value % 8:
-                raise RequestError(side, value, f"must be a multiple of 8 (try {value // 8 * 8} or {value // 8 * 8 + 8})")
+                lower = value // 8 * 8
+                raise RequestError(side, value, f"must be a multiple of 8 (try {lower} or {lower + 8})")
             setattr(self, side, value)
         self.seed = _as_int("seed", self.seed, -1, MAX_SEED)
         self.batch_size = _as_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
@@ -155,7 +157,8 @@ class GenerationRequest:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise RequestError(unknown[0], values[unknown[0]], f"is not a request field; fields are {', '.join(sorted(known))}")
+            allowed = f"is not a request field; fields are {', '.join(sorted(known))}"
+            raise RequestError(unknown[0], values[unknown[0]], allowed)
         return cls(**values).validate()
 
     def to_dict(self) -> dict[str, Any]:
