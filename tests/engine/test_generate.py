@@ -202,7 +202,7 @@ def test_black_image_gives_a_no_half_vae_warning(engine, request_for, monkeypatc
 
 
 def test_bf16_on_cpu_is_close_to_fp32(tiny_models_dir: Path, tmp_path: Path, request_for) -> None:
-    """Documented bound: mean absolute pixel difference under 12 of 255 on the tiny model, no NaN, not black."""
+    """Documented bound: mean absolute pixel difference under 4 of 255 on the tiny model (measured ~1), no warnings."""
     fp32 = make_engine(tiny_models_dir, tmp_path / "a", device="cpu", precision="fp32")
     bf16 = make_engine(tiny_models_dir, tmp_path / "b", device="cpu", precision="bf16")
     for model in ("tiny-sd1-safetensors", "tiny-sdxl-diffusers"):
@@ -210,4 +210,4 @@ def test_bf16_on_cpu_is_close_to_fp32(tiny_models_dir: Path, tmp_path: Path, req
         b = bf16.generate(request_for(model=model, steps=4, width=128, height=128))
         assert not b.warnings
         diff = np.abs(pixels(a.images[0].image) - pixels(b.images[0].image)).mean()
-        assert diff < 12, f"{model}: mean pixel difference {diff:.2f}"
+        assert diff < 4, f"{model}: mean pixel difference {diff:.2f}"
