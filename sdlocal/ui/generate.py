@@ -457,19 +457,27 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
         problem_md = ""
         if problems:
             problem_md = "**Some preset files were skipped:**\n" + "\n".join(f"- `{p}`" for p in problems)
+        preset_update, chose = gr.update(choices=[NO_PRESET] + presets.names()), False
+        wanted = getattr(services.settings, "preset", None)
+        if wanted:  # --preset at start wins over the saved form
+            try:
+                form.update(presets.get(wanted).values())
+                preset_update, chose = gr.update(choices=[NO_PRESET] + presets.names(), value=wanted), True
+            except PresetError as exc:
+                problem_md = (problem_md + "\n" if problem_md else "") + f"**--preset:** {exc}"
         warn = [w for w in (getattr(caps, "warnings", None) or [])]
         warn_html = "".join(f'<div class="sd-cpu">⚠ {html.escape(w)}</div>' for w in warn)
         return [
             choices_update, empty_update, empty_text_update,
-            gr.update(value=problem_md, visible=bool(problems)),
+            gr.update(value=problem_md, visible=bool(problem_md)),
             gr.update(value=warn_html, visible=bool(warn)),
             _runtime_update("precision", caps), _runtime_update("attention", caps),
-            saved.get("last_seed", -1),
+            saved.get("last_seed", -1), preset_update, chose,
             *[gr.update(value=form[name]) for name in FORM_FIELDS],
         ]
 
     load_outputs = [model, empty_panel, empty_text, preset_problems, cpu_warning, precision, attention, last_seed,
-                    *controls]
+                    preset, user_preset, *controls]
     ui.load = (on_load, load_outputs)  # type: ignore[attr-defined]
     ui.status = (lambda: load_status_text(services), load_status)  # type: ignore[attr-defined]
     return ui
