@@ -335,7 +335,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
             preview_image = getattr(state, "preview", None) if state is not None else None
             yield (progress_html(state), "", gr.update(visible=True, value=preview_image) if preview_image is not None
                    else gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
-            job.wait(POLL_SECONDS)
+            job.join(POLL_SECONDS)
         failure = getattr(job, "error", None)
         result = getattr(job, "result", None)
         if failure is not None or result is None:

@@ -1,0 +1,397 @@
+"""The one FIFO queue that the UI and the HTTP API submit work to: one worker thread, one GPU job at a time.
+
+Why one worker: a GPU holds one model and runs one generation well; two at once only thrash memory. Model
+loads and switches go through the same worker (``submit_call``), so a load never pulls a model from under a
+running generation. The queue is bounded so a flood of API calls is refused early (``QueueFullError`` with a
+``retry_after`` estimate, which the API turns into 503 + ``Retry-After``) instead of piling up for hours.
+
+The worker never dies: any exception in a job becomes that job's ``error`` (logged with its traceback here, on
+the server; clients see only the message). Progress from the engine is kept in one ``ProgressState`` that the
+UI's progress bar and ``/sdapi/v1/progress`` read from any thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sdlocal.engine.request import GenerationRequest, GenerationResult, Progress
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+INTERRUPTED, CANCELLED = "interrupted", "cancelled"
+FINISHED_STATES = (DONE, FAILED, INTERRUPTED, CANCELLED)
+DEFAULT_JOB_SECONDS = 10.0  # the first Retry-After guess, before any job has been timed
+
+
+class QueueFullError(RuntimeError):
+    """The queue already holds ``max_queue`` waiting jobs; ``retry_after`` is a whole-second estimate."""
+
+    def __init__(self, waiting: int, max_queue: int, retry_after: int) -> None:
+        self.waiting = waiting
+        self.max_queue = max_queue
+        self.retry_after = retry_after
+        super().__init__(f"{waiting} jobs are already waiting (the limit is {max_queue}); "
+                         f"try again in about {retry_after} s")
+
+
+class JobCancelledError(RuntimeError):
+    """The job was cancelled before it started."""
+
+
+@dataclass
+class ProgressState:
+    """A snapshot of what the worker is doing, safe to read from any thread (a copy, never shared).
+
+    ``eta_seconds``/``eta_relative`` are seconds left in the running job; ``fraction`` goes 0 to 1 across all
+    batches; ``preview`` is the engine's latest small PIL preview (or None); ``preview_id`` changes whenever it
+    does, so a poller can tell a new preview from the one it already has.
+    """
+
+    job_count: int = 0  # running + queued
+    queued: int = 0
+    job_id: str | None = None
+    job_kind: str = ""  # "generate" or "call"
+    job_no: int = 0  # A1111's job_no: batch index of the running job
+    job_timestamp: str = ""  # A1111 style: YYYYmmddHHMMSS when the running job started
+    state: str = "idle"  # idle / running
+    text: str = ""  # one line for people: "Generating…", "Loading model…"
+    textinfo: str = ""
+    step: int = 0
+    total_steps: int = 0
+    batch_index: int = 0
+    batch_count: int = 0
+    eta_seconds: float | None = None
+    fraction: float = 0.0
+    preview: Any = None
+    preview_id: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+    queue_position: int = 0  # for progress(job): jobs ahead of it
+
+    @property
+    def eta_relative(self) -> float:
+        return float(self.eta_seconds or 0.0)
+
+
+class Job:
+    """One unit of work on the worker: a generation (``request``) or a call (``fn``, e.g. a model load)."""
+
+    def __init__(self, kind: str, request: GenerationRequest | None = None, fn: Callable[[], Any] | None = None,
+                 save: bool = True, source: str = "ui", label: str = "") -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.kind = kind
+        self.request = request
+        self.fn = fn
+        self.save = save
+        self.source = source
+        self.label = label
+        self.state = QUEUED
+        self.result: Any = None  # GenerationResult for generations, fn's return value for calls
+        self.error: BaseException | None = None
+        self.saved_paths: list[Path] = []
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.interrupted = False
+        self.skipped = False
+        self._done = threading.Event()
+        self._queue: JobQueue | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files the images were saved to, in image order (empty when not saved)."""
+        return self.saved_paths
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds without raising; True when the job has finished (any outcome)."""
+        return self._done.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The job's result once finished; re-raises its error. Raises ``TimeoutError`` if not done in time."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still {self.state} after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self) -> bool:
+        """Remove a job that has not started; False when it is already running or finished."""
+        queue = self._queue
+        return queue is not None and queue._cancel(self)
+
+    def _finish(self, state: str, result: Any = None, error: BaseException | None = None) -> None:
+        self.state, self.result, self.error = state, result, error
+        self.finished = time.time()
+        self._done.set()
+
+    def __repr__(self) -> str:
+        return f"Job({self.id}, {self.kind}, {self.state})"
+
+
+class JobQueue:
+    """FIFO of jobs run one at a time on a daemon worker thread; see the module docstring for why.
+
+    ``store`` is an ``OutputStore`` (or None: nothing is saved). ``max_queue`` bounds the jobs *waiting*; the
+    running one is not counted. ``listeners`` are called with each finished job on the worker thread (metrics
+    use this); a listener that raises is logged and ignored.
+    """
+
+    def __init__(self, engine: Any, store: Any = None, max_queue: int = 8) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue: {max_queue!r} is not allowed; the queue must hold at least 1 job")
+        self.engine = engine
+        self.store = store
+        self.max_queue = max_queue
+        self.listeners: list[Callable[[Job], None]] = []
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._running: Job | None = None
+        self._progress = ProgressState()
+        self._progress_lock = threading.Lock()
+        self._previews = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._recent_seconds: deque[float] = deque(maxlen=20)
+        # Counters (read by /metrics and the System tab).
+        self.images_generated = 0
+        self.jobs_finished: dict[str, int] = {DONE: 0, FAILED: 0, INTERRUPTED: 0, CANCELLED: 0}
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the worker thread (submit does this on first use)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the job queue is closed")
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="sdlocal-worker", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Cancel waiting jobs, interrupt the running one, and stop the worker."""
+        with self._cond:
+            self._closed = True
+            while self._waiting:
+                self._waiting.popleft()._finish(CANCELLED, error=JobCancelledError("the server is shutting down"))
+            self._cond.notify_all()
+        self.interrupt()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------------------------------ submitting
+    def submit(self, request: GenerationRequest, save: bool = True, source: str = "ui") -> Job:
+        """Validate ``request`` now (``RequestError`` to the caller, nothing queued) and queue it."""
+        validate = getattr(self.engine, "validate", None)
+        if callable(validate):
+            validate(request)
+        else:
+            request.validate()
+        return self._enqueue(Job("generate", request=request, save=save, source=source))
+
+    def submit_call(self, fn: Callable[[], Any], label: str = "", source: str = "ui", force: bool = False) -> Job:
+        """Run ``fn()`` on the worker, after the jobs already queued (model loads, runtime changes).
+
+        ``force`` skips the bound: for the start-up load, which must never be refused.
+        """
+        return self._enqueue(Job("call", fn=fn, source=source, label=label or getattr(fn, "__name__", "call")),
+                             force=force)
+
+    def _enqueue(self, job: Job, force: bool = False) -> Job:
+        self.start()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the job queue is closed")
+            if not force and len(self._waiting) >= self.max_queue:
+                raise QueueFullError(len(self._waiting), self.max_queue, self._retry_after_locked())
+            job._queue = self
+            self._waiting.append(job)
+            self._cond.notify_all()
+        return job
+
+    def _retry_after_locked(self) -> int:
+        average = (sum(self._recent_seconds) / len(self._recent_seconds)) if self._recent_seconds \
+            else DEFAULT_JOB_SECONDS
+        # The running job (about half left on average) plus one waiting job must finish before a slot frees.
+        return max(1, math.ceil(average * 1.5))
+
+    def _cancel(self, job: Job) -> bool:
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+                job._finish(CANCELLED, error=JobCancelledError(f"job {job.id} was cancelled before it started"))
+                self.jobs_finished[CANCELLED] += 1
+                return True
+        return False
+
+    # ------------------------------------------------------------------------------------------ reading
+    @property
+    def depth(self) -> int:
+        """Jobs waiting to start (the running one not counted)."""
+        with self._cond:
+            return len(self._waiting)
+
+    @property
+    def job_count(self) -> int:
+        with self._cond:
+            return len(self._waiting) + (1 if self._running is not None else 0)
+
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    def progress(self, job: Job | None = None) -> ProgressState:
+        """A copy of the current progress; with ``job``, ``queue_position`` says how many jobs are ahead of it."""
+        with self._cond:
+            waiting = list(self._waiting)
+            running = self._running
+        with self._progress_lock:
+            state = replace(self._progress)
+        state.queued = len(waiting)
+        state.job_count = len(waiting) + (1 if running is not None else 0)
+        if running is None:
+            state = ProgressState(job_count=state.job_count, queued=state.queued, preview=state.preview,
+                                  preview_id=state.preview_id)
+        if job is not None and job in waiting:
+            state.queue_position = waiting.index(job) + (1 if running is not None else 0)
+        return state
+
+    # ------------------------------------------------------------------------------------------ control
+    def interrupt(self) -> bool:
+        """Stop the running generation after its current step (finished images are kept). False when idle."""
+        job = self._running
+        if job is None or job.kind != "generate":
+            return False
+        job.interrupted = True
+        with self._progress_lock:
+            self._progress.interrupted = True
+            self._progress.text = "Interrupting…"
+        self.engine.interrupt()
+        return True
+
+    def skip(self) -> bool:
+        """Abandon the running generation's current batch and go on with the next. False when idle."""
+        job = self._running
+        if job is None or job.kind != "generate":
+            return False
+        job.skipped = True
+        with self._progress_lock:
+            self._progress.skipped = True
+        self.engine.skip()
+        return True
+
+    # ------------------------------------------------------------------------------------------ the worker
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._waiting:
+                    return
+                job = self._waiting.popleft()
+                self._running = job
+            try:
+                self._run(job)
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any job
+                log.exception("job %s failed outside its own handler", job.id)
+                if not job.done():
+                    job._finish(FAILED, error=exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            finally:
+                with self._cond:
+                    self._running = None
+                self._notify(job)
+
+    def _run(self, job: Job) -> None:
+        job.state, job.started = RUNNING, time.time()
+        kind_text = "Generating…" if job.kind == "generate" else f"{job.label or 'Working'}…"
+        total_steps = job.request.steps if job.request is not None else 0
+        batch_count = job.request.batch_count if job.request is not None else 0
+        with self._progress_lock:
+            self._progress = ProgressState(
+                job_id=job.id, job_kind=job.kind, state="running", text=kind_text,
+                job_timestamp=datetime.fromtimestamp(job.started).strftime("%Y%m%d%H%M%S"),
+                total_steps=total_steps, batch_count=batch_count,
+                preview=self._progress.preview, preview_id=self._progress.preview_id,
+            )
+        try:
+            if job.kind == "call":
+                assert job.fn is not None
+                value = job.fn()
+                job._finish(DONE, result=value)
+                return
+            assert job.request is not None
+            result: GenerationResult = self.engine.generate(job.request, on_progress=self._on_progress)
+            if job.save and self.store is not None:
+                self._save(job, result)
+            self.images_generated += len(result.images)
+            self._recent_seconds.append(time.time() - job.started)
+            job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
+        except Exception as exc:  # noqa: BLE001 - becomes the job's error; the worker goes on
+            if _is_user_error(exc):
+                log.info("job %s (%s) failed: %s", job.id, job.source, exc)
+            else:
+                log.exception("job %s (%s) failed", job.id, job.source)
+            job._finish(FAILED, error=exc)
+
+    def _save(self, job: Job, result: GenerationResult) -> None:
+        """Save every image; a failed save keeps the image in the result and adds a warning (nothing is lost)."""
+        for image in result.images:
+            try:
+                job.saved_paths.append(Path(self.store.save(image.image, image.infotext, image.seed, kind="txt2img")))
+            except Exception as exc:  # noqa: BLE001 - a full disk must not lose the images already made
+                log.exception("could not save image with seed %s", image.seed)
+                result.warnings.append(f"Could not save the image with seed {image.seed}: {exc}")
+
+    def _on_progress(self, update: Progress) -> None:
+        try:
+            with self._progress_lock:
+                state = self._progress
+                state.step, state.total_steps = update.step, update.total_steps
+                state.batch_index, state.batch_count = update.batch_index, update.batch_count
+                state.job_no = update.batch_index
+                state.eta_seconds = update.eta_seconds
+                state.fraction = update.fraction
+                state.textinfo = f"Step {update.step}/{update.total_steps}"
+                if update.batch_count > 1:
+                    state.textinfo += f", batch {update.batch_index + 1}/{update.batch_count}"
+                if update.preview is not None:
+                    state.preview = update.preview
+                    state.preview_id = next(self._previews)
+        except Exception:  # noqa: BLE001 - progress is cosmetic; never stop a generation for it
+            log.exception("progress update failed")
+
+    def _notify(self, job: Job) -> None:
+        if job.state in self.jobs_finished:
+            self.jobs_finished[job.state] += 1
+        for listener in list(self.listeners):
+            try:
+                listener(job)
+            except Exception:  # noqa: BLE001
+                log.exception("job listener failed")
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors that are about the request or the machine (shown as they are), not bugs worth a traceback."""
+    from sdlocal.engine.request import EngineError, RequestError
+
+    return isinstance(exc, (RequestError, EngineError))

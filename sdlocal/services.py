@@ -1,0 +1,109 @@
+"""The one container the UI and the API receive: settings, engine, job queue, output store, presets.
+
+Both front ends get the same ``Services`` so they share one queue (one GPU job at a time) and one output
+folder. ``build_services`` imports no torch: the engine is cheap to construct, and the first model is loaded
+by ``start_background_load`` on the queue's worker, so the page and the API answer before the model is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdlocal.engine import Engine
+from sdlocal.jobs import Job, JobQueue
+from sdlocal.outputs import OutputStore
+from sdlocal.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the front ends share. ``load_error`` holds why the background load failed (None otherwise)."""
+
+    settings: Settings
+    engine: Engine
+    queue: JobQueue
+    store: OutputStore
+    presets: Any  # sdlocal.presets.PresetStore
+    started_at: float = field(default_factory=time.time)
+    load_error: str | None = None
+    _status: str = ""
+    _capabilities: Any = None
+    _load_job: Job | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def capabilities(self) -> Any:
+        """The engine's device/precision report, computed once (it probes the hardware, importing torch)."""
+        if self._capabilities is None:
+            self._capabilities = self.engine.capabilities()
+        return self._capabilities
+
+    def load_status(self) -> str:
+        """One line about the background load: what it is doing, why it failed, or "" once a model is loaded."""
+        if self.engine.current_model is not None:
+            return ""
+        return self._status
+
+    def _set_status(self, text: str) -> None:
+        self._status = text
+
+    def start_background_load(self) -> Job | None:
+        """Queue the start-up load of the last used model (else the first supported one); at most once.
+
+        Returns the job (None when there is no model to load: the status says so and how to add one).
+        """
+        with self._lock:
+            if self._load_job is not None:
+                return self._load_job
+            self._set_status("Looking for models…")
+            self._load_job = self.queue.submit_call(self._initial_load, label="Loading model", force=True)
+            return self._load_job
+
+    def _initial_load(self) -> Any:
+        engine = self.engine
+        try:
+            supported = [entry for entry in engine.models() if entry.supported]
+            if not supported:
+                self._set_status("No model found yet: put a .safetensors file in "
+                                 f"{self.settings.models_dir / 'Stable-diffusion'} and press Refresh.")
+                return None
+            wanted = self._last_model_name()
+            self._set_status(f"Loading {wanted or supported[0].name}…")
+            try:
+                return engine.load(wanted or None, on_status=self._set_status)
+            except Exception as exc:  # noqa: BLE001 - the last model may be gone; fall back to the first
+                if not wanted:
+                    raise
+                log.warning("could not load the last used model %r (%s); loading %s", wanted, exc, supported[0].name)
+                return engine.load(supported[0].name, on_status=self._set_status)
+        except Exception as exc:
+            self.load_error = str(exc)
+            self._set_status(f"⚠ The model did not load: {exc}")
+            raise
+
+    def _last_model_name(self) -> str:
+        try:
+            name = self.settings.load_ui_state().get("model") or ""
+        except (OSError, ValueError):
+            return ""
+        return name if isinstance(name, str) else ""
+
+    def close(self) -> None:
+        """Stop the worker (tests and a clean shutdown)."""
+        self.queue.close()
+
+
+def build_services(settings: Settings, engine: Engine | None = None) -> Services:
+    """Construct everything the UI and the API need, without importing torch or touching a model."""
+    from sdlocal.presets import PresetStore
+
+    engine = engine or Engine(settings.to_engine_config())
+    store = OutputStore(settings.outputs_dir)
+    queue = JobQueue(engine, store, max_queue=settings.queue_size)
+    presets = PresetStore(settings.presets_dir, samplers=engine.samplers(), schedules=engine.schedules())
+    return Services(settings=settings, engine=engine, queue=queue, store=store, presets=presets)
