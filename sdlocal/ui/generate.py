@@ -330,11 +330,16 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
             return
         yield (progress_html(_Waiting()), "", gr.update(visible=True, value=None), gr.update(), gr.update(),
                gr.update(), gr.update())
+        shown_preview = None
         while not _job_done(job):
-            state = _safe_progress(queue)
+            state = _safe_progress(queue, job)
             preview_image = getattr(state, "preview", None) if state is not None else None
-            yield (progress_html(state), "", gr.update(visible=True, value=preview_image) if preview_image is not None
-                   else gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+            preview_key = getattr(state, "preview_id", id(preview_image))
+            preview_update = gr.update()
+            if preview_image is not None and preview_key != shown_preview:  # send each preview once
+                shown_preview = preview_key
+                preview_update = gr.update(visible=True, value=preview_image)
+            yield (progress_html(state), "", preview_update, gr.update(), gr.update(), gr.update(), gr.update())
             job.join(POLL_SECONDS)
         failure = getattr(job, "error", None)
         result = getattr(job, "result", None)
@@ -526,10 +531,8 @@ def apply_runtime_options(services: Any, precision: str, attention: str) -> str:
     if submit_call is None:
         reload()
     else:
-        job = submit_call(reload)
-        job.wait(600)
-        if getattr(job, "error", None) is not None:
-            raise job.error
+        job = submit_call(reload, label="Reloading the model")
+        job.wait(600)  # re-raises the reload's error, shown to the user
     return f"Using precision **{precision}** and attention **{attention}**; the model was reloaded."
 
 
@@ -601,9 +604,10 @@ def _job_done(job: Any) -> bool:
     return getattr(job, "result", None) is not None or getattr(job, "error", None) is not None
 
 
-def _safe_progress(queue: Any) -> Any:
+def _safe_progress(queue: Any, job: Any = None) -> Any:
+    """The queue's progress as seen by this job (its place in the queue while it waits)."""
     try:
-        return queue.progress()
+        return queue.progress(job)
     except Exception:  # noqa: BLE001 - progress is cosmetic
         return None
 
