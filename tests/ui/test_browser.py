@@ -57,13 +57,13 @@ def test_generate_and_reuse_in_the_browser(running_app: RunningApp) -> None:
             expect(page.locator("#sd-info textarea")).to_have_value(
                 re.compile(r"^a lighthouse on a cliff at dawn[\s\S]*Seed: 31337"))
             page.screenshot(path=str(ARTIFACTS / "browser-generate.png"))
+            page.locator("#sd-prompt textarea").fill("something else")  # reuse must bring the old prompt back
 
             page.get_by_role("tab", name="Gallery").click()
             expect(page.locator("#sd-gallery-folder")).to_contain_text(str(running_app.data_dir / "outputs"))
             page.locator("#sd-gallery img").first.click()
             expect(page.locator("#sd-gallery-params textarea")).to_have_value(re.compile("Seed: 31337"), timeout=10_000)
             page.screenshot(path=str(ARTIFACTS / "browser-gallery.png"))
-            page.locator("#sd-prompt textarea").evaluate("el => el.value = ''")
             page.locator("#sd-gallery-reuse").click()
             expect(page.locator("#sd-prompt textarea")).to_have_value("a lighthouse on a cliff at dawn", timeout=10_000)
             expect(page.locator("#sd-seed input")).to_have_value("31337")
