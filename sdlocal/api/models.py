@@ -1,0 +1,124 @@
+"""Request and response shapes of the AUTOMATIC1111-compatible API, with A1111's field names and defaults.
+
+Clients written for A1111 send many fields sdlocal does not use (hires fix, scripts, face restoration...); the
+request model ignores unknown fields and keeps the known-but-unused ones so ``parameters`` can echo them back
+and ``info`` can say which settings were not applied. Defaults are A1111's API defaults (steps 50, Euler,
+CFG 7, 512x512), not the UI's, because scripts rely on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Txt2ImgRequest(BaseModel):
+    """``POST /sdapi/v1/txt2img``. Unknown fields are ignored, as A1111 does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    sampler_index: str = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    send_images: bool = True
+    save_images: bool = False
+    force_task_id: str | None = None
+    infotext: str | None = None
+
+
+class Txt2ImgResponse(BaseModel):
+    images: list[str] = Field(description="Raw base64 PNGs (no data: prefix), each with its `parameters` chunk")
+    parameters: dict[str, Any]
+    info: str = Field(description="A JSON string: seed, all_seeds, infotexts, sampler_name, sd_model_name, ...")
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(description="A base64 image, with or without a data: URL prefix")
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class SdModel(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class Sampler(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class Scheduler(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+class ProgressStateModel(BaseModel):
+    skipped: bool
+    interrupted: bool
+    stopping_generation: bool = False
+    job: str
+    job_count: int
+    job_timestamp: str
+    job_no: int
+    sampling_step: int
+    sampling_steps: int
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: ProgressStateModel
+    current_image: str | None = None
+    textinfo: str | None = None
+    current_task: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+    errors: Any = None

@@ -1,0 +1,493 @@
+"""``/sdapi/v1``: the AUTOMATIC1111 web API routes and shapes, over the shared job queue.
+
+Every generation and model load goes through ``services.queue`` (one GPU job at a time, shared with the UI).
+Handlers translate A1111 fields to a ``GenerationRequest`` and the result back to A1111's response; the rules
+about what is valid live in the engine, and its ``RequestError`` field names are mapped back to the A1111 names
+here so a client learns which of *its* fields was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from sdlocal.api.models import (
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    Sampler,
+    Scheduler,
+    SdModel,
+    Txt2ImgRequest,
+    Txt2ImgResponse,
+)
+from sdlocal.api.ops import gpu_memory, ram_figures
+from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
+from sdlocal.jobs import Job
+
+log = logging.getLogger(__name__)
+
+# Engine field -> the A1111 field a client sent (for 422 messages).
+A1111_FIELDS = {
+    "sampler": "sampler_name",
+    "schedule": "scheduler",
+    "batch_count": "n_iter",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "token_merging_ratio": "override_settings.token_merging_ratio",
+    "model": "override_settings.sd_model_checkpoint",
+}
+
+# A1111's sampler aliases (the k-diffusion names older clients still send).
+SAMPLER_ALIASES: dict[str, list[str]] = {
+    "Euler a": ["k_euler_a", "k_euler_ancestral"],
+    "Euler": ["k_euler"],
+    "LMS": ["k_lms"],
+    "Heun": ["k_heun"],
+    "DPM2": ["k_dpm_2"],
+    "DPM2 a": ["k_dpm_2_a"],
+    "DPM++ 2M": ["k_dpmpp_2m"],
+    "DPM++ SDE": ["k_dpmpp_sde"],
+    "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
+    "DDIM": [],
+    "PLMS": [],
+    "UniPC": [],
+    "LCM": ["k_lcm"],
+}
+
+# Fields A1111 clients may set that sdlocal does not implement: named in ``info`` when set, never silently.
+UNSUPPORTED = {
+    "enable_hr": False, "restore_faces": None, "tiling": None, "script_name": None, "alwayson_scripts": {},
+    "refiner_checkpoint": None, "subseed_strength": 0.0, "styles": None,
+}
+
+
+def _schedule_name(label: str) -> str:
+    """A1111 scheduler ``name`` ("sgm_uniform") from the label sdlocal uses ("SGM Uniform")."""
+    return label.lower().replace(" ", "_")
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and A1111-style body; raised by handlers, rendered by the server."""
+
+    def __init__(self, status: int, error: str, detail: str, errors: Any = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        self.status, self.error, self.detail, self.errors = status, error, detail, errors
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(detail)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail, "errors": self.errors, **self.extra}
+
+
+def request_error(exc: RequestError) -> ApiError:
+    """422 naming the A1111 field, the value and what is allowed."""
+    name = A1111_FIELDS.get(exc.field, exc.field)
+    detail = f"{name}: {exc.value!r} is not allowed; {exc.allowed}"
+    return ApiError(422, "Unprocessable Entity", detail, field=name,
+                    errors=[{"loc": ["body", *name.split(".")], "msg": exc.allowed, "type": "value_error",
+                             "input": _jsonable(exc.value)}])
+
+
+def model_not_found(exc: ModelNotFoundError) -> ApiError:
+    return ApiError(404, "Not Found", f"{exc.message} {exc.hint}".strip(), known=list(exc.known))
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+class ApiOptions:
+    """A1111's ``/options`` dict: runtime defaults for API requests (clip skip, token merging, ...).
+
+    Kept in memory: the model choice is remembered by the engine itself, and the rest are per-run knobs.
+    Keys sdlocal does not use are stored and returned as given, as A1111 does for options of other extensions.
+    """
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self.lock = threading.Lock()
+        settings = services.settings
+        self.values: dict[str, Any] = {
+            "CLIP_stop_at_last_layers": 1,
+            "token_merging_ratio": float(settings.token_merging_ratio),
+            "samples_save": True,
+            "samples_format": "png",
+            "outdir_samples": "",
+            "outdir_txt2img_samples": str(services.store.root / "txt2img"),
+            "save_images_add_number": True,
+            "enable_pnginfo": True,
+            "sd_checkpoints_limit": int(settings.max_loaded_models),
+            "sd_vae": "Automatic",
+            "eta_noise_seed_delta": 0,
+            "live_previews_enable": True,
+            "show_progress_every_n_steps": 1,
+            "sdlocal_precision": settings.precision,
+            "sdlocal_attention": settings.attention,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        current = self.services.engine.current_model
+        with self.lock:
+            values = dict(self.values)
+        values["sd_model_checkpoint"] = current.title if current is not None else None
+        values["sd_checkpoint_hash"] = current.short_hash if current is not None else None
+        return values
+
+    def check(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate the options sdlocal uses, with the engine's own limits; RequestError names the option."""
+        checked = dict(changes)
+        probe = GenerationRequest(prompt="", width=64, height=64)
+        if "CLIP_stop_at_last_layers" in checked:
+            probe.clip_skip = checked["CLIP_stop_at_last_layers"]
+        if "token_merging_ratio" in checked:
+            probe.token_merging_ratio = checked["token_merging_ratio"]
+        try:
+            probe.validate()
+        except RequestError as exc:
+            names = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio"}
+            raise RequestError(names.get(exc.field, exc.field), exc.value, exc.allowed) from None
+        if "CLIP_stop_at_last_layers" in checked:
+            checked["CLIP_stop_at_last_layers"] = probe.clip_skip
+        if "token_merging_ratio" in checked:
+            checked["token_merging_ratio"] = probe.token_merging_ratio
+        return checked
+
+    def update(self, changes: dict[str, Any]) -> None:
+        with self.lock:
+            self.values.update(changes)
+
+
+async def wait_for_job(job: Job, request: Request | None = None) -> Any:
+    """Wait for ``job`` without holding a thread for long; a client that goes away cancels a job not yet started.
+
+    A job that is already running is left to finish (its images still go to the gallery when saved), so the
+    worker and the next job are never disturbed by a disconnect.
+    """
+    while not job.done():
+        finished = await anyio.to_thread.run_sync(job.join, 0.5)
+        if finished:
+            break
+        if request is not None and await request.is_disconnected():
+            if job.cancel():
+                log.info("client went away; cancelled queued job %s", job.id)
+            else:
+                log.info("client went away; job %s runs to completion", job.id)
+            break
+    return job
+
+
+def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
+                 errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
+    """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
+    engine, queue = services.engine, services.queue
+    to_api_error = errors or (lambda exc: exc if isinstance(exc, ApiError) else ApiError(500, "Error", str(exc)))
+
+    def submit(make: Callable[[], Job]) -> Job:
+        from sdlocal.jobs import QueueFullError
+
+        try:
+            return make()
+        except QueueFullError as exc:
+            raise ApiError(503, "Service Unavailable", f"The queue is full: {exc}",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
+        except RequestError as exc:
+            raise request_error(exc) from None
+
+    # ------------------------------------------------------------------------------------------ txt2img
+    @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111 fields and defaults)")
+    async def txt2img(body: Txt2ImgRequest, request: Request) -> JSONResponse:
+        params = body.model_dump()
+        overrides = dict(body.override_settings or {})
+        generation = to_generation_request(body, options.snapshot(), overrides)
+        if generation.model:
+            generation.model = find_model(engine, generation.model).name
+        save = bool(body.save_images) and not body.do_not_save_samples
+        job = submit(lambda: queue.submit(generation, save=save, source="api"))
+        await wait_for_job(job, request)
+        if job.error is not None:
+            raise to_api_error(job.error)
+        if not job.done() or job.result is None:
+            raise ApiError(499, "Client Closed Request", "the client disconnected before the job finished")
+        result: GenerationResult = job.result
+        images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
+        info = build_info(body, result, job)
+        return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
+
+    # ------------------------------------------------------------------------------------------ models
+    @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")
+    def sd_models() -> list[dict[str, Any]]:
+        return [model_record(entry) for entry in engine.models() if entry.supported]
+
+    @router.post("/refresh-checkpoints", summary="Scan the model folders again")
+    async def refresh_checkpoints() -> dict[str, Any]:
+        entries = await anyio.to_thread.run_sync(lambda: engine.models(refresh=True))
+        return {"models": len([e for e in entries if e.supported])}
+
+    @router.get("/options", summary="Options, including sd_model_checkpoint")
+    def get_options() -> dict[str, Any]:
+        return options.snapshot()
+
+    @router.post("/options", summary="Change any options; a new sd_model_checkpoint loads that model")
+    async def set_options(body: dict[str, Any]) -> dict[str, Any]:
+        changes = dict(body)
+        wanted = changes.pop("sd_model_checkpoint", None)
+        changes.pop("sd_checkpoint_hash", None)
+        try:
+            changes = options.check(changes)
+        except RequestError as exc:
+            raise ApiError(422, "Unprocessable Entity", str(exc), field=exc.field,
+                           errors=[{"loc": ["body", exc.field], "msg": exc.allowed, "type": "value_error"}]) from None
+        if wanted:
+            entry = find_model(engine, str(wanted))
+            if not entry.supported:
+                raise ApiError(422, "Unprocessable Entity",
+                               f"sd_model_checkpoint: {wanted!r} cannot be loaded: {entry.reason}",
+                               field="sd_model_checkpoint")
+            current = engine.current_model
+            if current is None or current.path != entry.path:
+                job = submit(lambda: queue.submit_call(lambda: engine.load(entry.name), source="api",
+                                                       label=f"Loading {entry.name}"))
+                await wait_for_job(job)
+                if job.error is not None:
+                    raise to_api_error(job.error)
+        options.update(changes)
+        return options.snapshot()
+
+    # ------------------------------------------------------------------------------------------ samplers
+    @router.get("/samplers", response_model=list[Sampler], summary="Samplers usable here")
+    def samplers() -> list[dict[str, Any]]:
+        return [{"name": name, "aliases": SAMPLER_ALIASES.get(name, []), "options": {}} for name in engine.samplers()]
+
+    @router.get("/schedulers", response_model=list[Scheduler], summary="Schedule types")
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": _schedule_name(label), "label": label, "aliases": None, "default_rho": -1,
+                 "need_inner_model": False} for label in engine.schedules()]
+
+    # ------------------------------------------------------------------------------------------ progress
+    @router.get("/progress", response_model=ProgressResponse, summary="Progress of the running job")
+    async def progress(skip_current_image: bool = False) -> dict[str, Any]:
+        state = queue.progress()
+        image = None
+        if not skip_current_image and state.preview is not None and state.job_id is not None:
+            image = await anyio.to_thread.run_sync(png_base64, state.preview, None)
+        return {
+            "progress": round(float(state.fraction), 4) if state.job_id else 0.0,
+            "eta_relative": round(state.eta_relative, 3) if state.job_id else 0.0,
+            "state": {
+                "skipped": state.skipped, "interrupted": state.interrupted, "stopping_generation": False,
+                "job": f"task({state.job_id})" if state.job_id else "", "job_count": state.job_count,
+                "job_timestamp": state.job_timestamp or "0", "job_no": state.job_no,
+                "sampling_step": state.step, "sampling_steps": state.total_steps,
+            },
+            "current_image": image,
+            "textinfo": state.textinfo or (state.text or None),
+            "current_task": f"task({state.job_id})" if state.job_id else None,
+        }
+
+    @router.post("/interrupt", summary="Stop the running generation (finished images are kept)")
+    def interrupt() -> dict[str, Any]:
+        queue.interrupt()
+        return {}
+
+    @router.post("/skip", summary="Skip the current batch of the running generation")
+    def skip() -> dict[str, Any]:
+        queue.skip()
+        return {}
+
+    # ------------------------------------------------------------------------------------------ misc
+    @router.post("/png-info", response_model=PngInfoResponse, summary="Read the parameters stored in an image")
+    def png_info(body: PngInfoRequest) -> dict[str, Any]:
+        return read_png_info(body.image)
+
+    @router.get("/loras", summary="LoRA networks (none yet)")
+    def loras() -> list[Any]:
+        return []
+
+    @router.get("/embeddings", summary="Textual inversion embeddings (none yet)")
+    def embeddings() -> dict[str, Any]:
+        return {"loaded": {}, "skipped": {}}
+
+    @router.get("/memory", summary="RAM and GPU memory")
+    def memory() -> dict[str, Any]:
+        gpu = gpu_memory()
+        if gpu:
+            cuda: dict[str, Any] = {
+                "system": {"free": gpu["free"], "used": gpu["total"] - gpu["free"], "total": gpu["total"]},
+                "active": {"current": gpu["allocated"]}, "reserved": {"current": gpu["reserved"]},
+            }
+        else:
+            cuda = {"error": "No CUDA GPU in use" + ("" if "torch" in sys.modules else " (no model loaded yet)")}
+        return {"ram": ram_figures(), "cuda": cuda}
+
+    return router
+
+
+# ---------------------------------------------------------------------------------------------- translation
+def to_generation_request(body: Txt2ImgRequest, current_options: dict[str, Any],
+                          overrides: dict[str, Any]) -> GenerationRequest:
+    """A1111's fields to the engine's request (validated later, at submit, by the queue)."""
+    sampler = body.sampler_name or body.sampler_index or "Euler"
+    for name, aliases in SAMPLER_ALIASES.items():
+        if sampler in aliases:
+            sampler = name
+    schedule = body.scheduler or "Automatic"
+    for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
+        if schedule.strip().lower() in (label.lower(), _schedule_name(label)):
+            schedule = label
+    clip_skip = overrides.get("CLIP_stop_at_last_layers", current_options.get("CLIP_stop_at_last_layers", 1))
+    tome = overrides.get("token_merging_ratio", current_options.get("token_merging_ratio", 0.0))
+    model = overrides.get("sd_model_checkpoint") or ""
+    return GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, model=str(model), sampler=sampler,
+        schedule=schedule, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height,
+        seed=body.seed, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+        token_merging_ratio=tome,
+    )
+
+
+def png_base64(image: Any, parameters: str | None) -> str:
+    """A PNG as raw base64 (A1111 sends no ``data:`` prefix), with the ``parameters`` text chunk when given."""
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = None
+    if parameters:
+        meta = PngInfo()
+        meta.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=meta)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def encode_images(result: GenerationResult) -> list[str]:
+    return [png_base64(item.image, item.infotext) for item in result.images]
+
+
+def build_info(body: Txt2ImgRequest, result: GenerationResult, job: Job) -> dict[str, Any]:
+    """A1111's ``info`` object (sent as a JSON string): what was actually generated, per image."""
+    request = result.request
+    seeds = [item.seed for item in result.images] or list(result.seeds)
+    count = len(seeds)
+    started = datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S")
+    ignored = [name for name, default in UNSUPPORTED.items() if getattr(body, name, default) not in (default, None)]
+    info = {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": seeds[0] if seeds else -1,
+        "all_subseeds": seeds,
+        "subseed_strength": 0,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler,
+        "scheduler": request.schedule,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "n_iter": request.batch_count,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": result.model_hash or None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": {"Schedule type": request.schedule} if request.schedule != "Automatic" else {},
+        "index_of_first_image": 0,
+        "infotexts": [item.infotext for item in result.images],
+        "styles": [],
+        "job_timestamp": started,
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "interrupted": result.interrupted,
+        "warnings": list(result.warnings) + [f"{name} is not supported by sdlocal and was ignored"
+                                             for name in ignored],
+        "saved_paths": [str(path) for path in job.saved_paths],
+        "timings": dict(result.timings),
+    }
+    return info
+
+
+def model_record(entry: Any) -> dict[str, Any]:
+    return {"title": entry.title, "model_name": model_name(entry),
+            "hash": entry.short_hash, "sha256": getattr(entry, "sha256", None), "filename": str(entry.path),
+            "config": None}
+
+
+def model_name(entry: Any) -> str:
+    """A1111's ``model_name``: the name with folder separators as underscores (titles keep the folders)."""
+    return entry.name.replace("/", "_").replace("\\", "_")
+
+
+def find_model(engine: Any, name: str) -> Any:
+    """The engine's lookup (name, title, file, hash), plus A1111's ``model_name`` spelling; 404 if unknown."""
+    try:
+        return engine.find_model(name)
+    except ModelNotFoundError as exc:
+        for entry in engine.models():
+            if entry.supported and model_name(entry) == name.strip():
+                return entry
+        raise model_not_found(exc) from None
+
+
+def read_png_info(data: str) -> dict[str, Any]:
+    """Decode a base64 image (data URL or raw) and read its A1111 parameters; 422 naming ``image`` if unreadable."""
+    from PIL import Image
+
+    from sdlocal.engine.infotext import parse_infotext
+
+    text = (data or "").strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode(text, validate=False)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (binascii.Error, ValueError, OSError) as exc:
+        raise ApiError(422, "Unprocessable Entity",
+                       f"image: not a readable base64 image ({type(exc).__name__}); send a PNG as base64 or a "
+                       "data: URL", field="image") from None
+    items = {key: value for key, value in image.info.items() if isinstance(value, str)}
+    parameters = items.get("parameters")
+    if parameters is None:
+        parameters = _exif_user_comment(image)
+        if parameters:
+            items["parameters"] = parameters
+    return {"info": parameters or "", "items": items, "parameters": parse_infotext(parameters) if parameters else {}}
+
+
+def _exif_user_comment(image: Any) -> str | None:
+    """JPEG/WebP files keep A1111 parameters in EXIF UserComment (tag 0x9286)."""
+    try:
+        exif = image.getexif().get_ifd(0x8769)
+        raw = exif.get(0x9286)
+    except Exception:  # noqa: BLE001 - no EXIF is the common case
+        return None
+    if isinstance(raw, bytes):
+        prefix, body = raw[:8], raw[8:]
+        if prefix.startswith(b"UNICODE"):
+            for encoding in ("utf-16-be", "utf-16-le"):
+                try:
+                    return body.decode(encoding).rstrip("\x00")
+                except UnicodeDecodeError:
+                    continue
+        return body.decode("utf-8", "replace").rstrip("\x00") or None
+    return str(raw) if raw else None

@@ -1,0 +1,296 @@
+"""The one HTTP server: the Gradio UI, the A1111 API and the ops endpoints on one port, one job queue.
+
+``create_app`` builds a FastAPI app: ops routes always, ``/sdapi/v1`` with ``--api`` (or ``--nowebui``), and
+the Gradio UI mounted at ``/`` unless ``--nowebui``. Nothing here imports torch or diffusers, so the page and
+``/health`` answer while the first model loads on the queue's worker.
+
+``--share``: Gradio makes its share link only inside ``Blocks.launch``, which would start Gradio's own server
+and leave the API routes to be bolted onto it afterwards. Instead sdlocal serves its own app with uvicorn and
+opens the same tunnel with ``gradio.networking.setup_tunnel`` pointed at that port, so the UI and the API are
+shared together; when the link cannot be made (no internet, the tunnel binary missing) the server keeps
+serving locally and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from sdlocal.api.ops import Metrics, RequestCounter, ops_router
+from sdlocal.api.sdapi import ApiError, ApiOptions, build_router, model_not_found, request_error
+from sdlocal.engine.request import EngineError, ModelNotFoundError, RequestError
+from sdlocal.jobs import JobCancelledError, QueueFullError
+
+log = logging.getLogger("sdlocal.api")
+
+
+# ---------------------------------------------------------------------------------------------- auth
+def api_credentials(settings: Any) -> list[tuple[str, str]]:
+    """Logins the API accepts: ``--api-auth``; else, when shared or listening, the UI's logins; else none."""
+    if settings.api_auth:
+        return list(settings.api_auth)
+    if (settings.share or settings.listen) and not settings.no_auth:
+        return list(settings.auth)
+    return []
+
+
+def ui_credentials(settings: Any) -> list[tuple[str, str]] | None:
+    if settings.no_auth:
+        return None
+    return list(settings.auth) or None
+
+
+def basic_auth(pairs: list[tuple[str, str]]) -> Callable[..., Any]:
+    """A FastAPI dependency requiring HTTP Basic credentials from ``pairs`` (constant-time comparison)."""
+    scheme = HTTPBasic(auto_error=False, realm="sdlocal")
+
+    def check(credentials: HTTPBasicCredentials | None = Depends(scheme)) -> str:  # noqa: B008 - FastAPI's pattern
+        if credentials is not None:
+            user = credentials.username.encode()
+            password = credentials.password.encode()
+            for known_user, known_password in pairs:
+                user_ok = secrets.compare_digest(user, known_user.encode())
+                password_ok = secrets.compare_digest(password, known_password.encode())
+                if user_ok and password_ok:
+                    return credentials.username
+        raise ApiError(401, "Unauthorized", "This API needs a user name and password (HTTP Basic auth); "
+                       "the server was started with --api-auth, --gradio-auth, --listen or --share.",
+                       headers={"WWW-Authenticate": 'Basic realm="sdlocal"'})
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def error_for(exc: BaseException) -> ApiError:
+    """Any exception as an ``ApiError``: 4xx for what the client can fix, 500 without internals otherwise."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestError):
+        return request_error(exc)
+    if isinstance(exc, ModelNotFoundError):
+        return model_not_found(exc)
+    if isinstance(exc, QueueFullError):
+        return ApiError(503, "Service Unavailable", f"The queue is full: {exc}",
+                        headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, JobCancelledError):
+        return ApiError(503, "Service Unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, EngineError):
+        return ApiError(500, "EngineError", f"{exc.message} {exc.hint}".strip())
+    incident = uuid.uuid4().hex[:8]
+    log.error("internal error %s: %s", incident, exc, exc_info=exc)
+    return ApiError(500, "Internal Server Error",
+                    f"An internal error occurred (incident {incident}); the server log has the details.")
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(error_for(exc))
+
+    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        first = problems[0] if problems else {}
+        loc = [str(part) for part in first.get("loc", []) if part != "body"]
+        name = ".".join(loc) or "body"
+        detail = f"{name}: {first.get('msg', 'invalid value')}"
+        if "input" in first and loc:
+            detail += f" (got {first['input']!r})"
+        return JSONResponse({"error": "Unprocessable Entity", "detail": detail, "errors": problems, "field": name},
+                            status_code=422)
+
+    for kind in (ApiError, RequestError, ModelNotFoundError, QueueFullError, EngineError):
+        app.add_exception_handler(kind, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
+class CatchAll:
+    """ASGI middleware: any other exception becomes a JSON 500 without internals, sent here.
+
+    Letting it reach Starlette's outermost handler would also answer 500, but that handler re-raises, and
+    uvicorn then closes the connection, which can cut the response short for the client.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict) -> None:
+            nonlocal started
+            if message.get("type") == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # noqa: BLE001 - the server keeps serving
+            error = error_for(exc)
+            if started:
+                log.error("error after the response started on %s: %s", scope.get("path"), exc)
+                return
+            await _error_response(error)(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def create_app(services: Any, settings: Any = None) -> FastAPI:
+    """The whole server app over ``services`` (see the module docstring); starts the background model load."""
+    settings = settings or services.settings
+    app = FastAPI(title="sdlocal", version=_version(), docs_url="/docs", redoc_url=None,
+                  description="AUTOMATIC1111-compatible API (/sdapi/v1) and operations endpoints.")
+    metrics = Metrics()
+    services.queue.listeners.append(metrics.on_job_finished)
+    app.add_middleware(CatchAll)
+    app.add_middleware(RequestCounter, metrics=metrics)  # outside CatchAll, so it counts those 500s
+    install_error_handlers(app)
+    app.state.services, app.state.metrics = services, metrics
+
+    with_api = bool(settings.api or settings.nowebui)
+    pairs = api_credentials(settings)
+    if with_api and (settings.share or settings.listen) and not settings.no_auth and not pairs:
+        message = settings.secure_sharing()  # generates a password when none was given
+        if message:
+            print(message, flush=True)
+        pairs = api_credentials(settings)
+    auth = basic_auth(pairs) if pairs else None
+    app.include_router(ops_router(services, metrics, auth))
+    if with_api:
+        app.state.options = ApiOptions(services)
+        app.include_router(build_router(services, app.state.options, auth, errors=error_for))
+
+    if settings.nowebui:
+        @app.get("/", include_in_schema=False)
+        def root() -> RedirectResponse:
+            return RedirectResponse("/docs")
+    else:
+        import gradio as gr
+
+        from sdlocal.ui.app import build_ui, mount_options
+
+        blocks = build_ui(services)
+        gr.mount_gradio_app(app, blocks, path="/", auth=ui_credentials(settings), **mount_options(services))
+    services.start_background_load()
+    return app
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sdlocal")
+    except Exception:  # noqa: BLE001 - running from a checkout
+        return "0.1.0"
+
+
+# ---------------------------------------------------------------------------------------------- serving
+def port_problem(host: str, port: int) -> str | None:
+    """Why the port cannot be bound (in use, not allowed), or None; checked first for a clear message."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return (f"cannot listen on {host}:{port} ({exc.strerror or exc}). Another program (perhaps another "
+                    f"sdlocal or A1111) is using it: stop it, or start with --port {port + 1}.")
+    return None
+
+
+def describe(settings: Any, share_url: str | None = None) -> list[str]:
+    """The lines printed at start: where to connect and who may."""
+    lines = [f"Running on local URL:  http://127.0.0.1:{settings.port}/"]
+    if settings.listen:
+        lines.append(f"Listening on every network interface: http://{_lan_address()}:{settings.port}/")
+    if share_url:
+        lines.append(f"Public share URL: {share_url}")
+    if settings.api or settings.nowebui:
+        lines.append(f"API: http://127.0.0.1:{settings.port}/sdapi/v1  (OpenAPI: http://127.0.0.1:{settings.port}/docs)")
+    if settings.nowebui:
+        lines.append("Web UI: off (--nowebui)")
+    ui_login = ui_credentials(settings)
+    api_login = api_credentials(settings)
+    if not settings.nowebui:
+        lines.append("UI login: " + (f"required ({len(ui_login)} user(s))" if ui_login else "none"))
+    if settings.api or settings.nowebui:
+        lines.append("API login: " + (f"HTTP Basic required ({len(api_login)} user(s))" if api_login else "none"))
+    return lines
+
+
+def _lan_address() -> str:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def open_share_link(port: int) -> str:
+    """A Gradio share tunnel to ``port`` (the whole app: UI and API); raises with the reason when it cannot."""
+    from gradio import networking, tunneling
+
+    try:
+        return networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+    except Exception as exc:
+        from pathlib import Path
+
+        if not Path(tunneling.BINARY_PATH).exists():
+            raise RuntimeError(f"Gradio's tunnel program is missing ({tunneling.BINARY_PATH}) and could not be "
+                               f"downloaded ({exc}); is this machine offline?") from exc
+        raise RuntimeError(f"the share server could not be reached ({exc}); is this machine offline?") from exc
+
+
+def serve(settings: Any) -> int:
+    """Run the server until Ctrl+C; returns the process exit code."""
+    import uvicorn
+
+    from sdlocal.services import build_services
+
+    problem = port_problem(settings.host, int(settings.port))
+    if problem:
+        print(f"[sdlocal] {problem}", flush=True)
+        return 1
+    services = build_services(settings)
+    app = create_app(services, settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=int(settings.port), log_level="warning",
+                                           timeout_graceful_shutdown=5))
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if not server.started:
+            return
+        for line in describe(settings):
+            print(f"[sdlocal] {line}", flush=True)
+        if settings.share:
+            try:
+                url = open_share_link(int(settings.port))
+                print(f"[sdlocal] Public share URL: {url}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - sharing is optional; keep serving locally
+                print(f"[sdlocal] Could not create a share link: {exc}. Still serving locally at "
+                      f"http://127.0.0.1:{settings.port}/", flush=True)
+
+    threading.Thread(target=announce, name="sdlocal-announce", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        services.close()
+    return 0

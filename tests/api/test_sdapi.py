@@ -1,0 +1,320 @@
+"""The /sdapi/v1 routes as AUTOMATIC1111 clients read them, over real HTTP against a tiny model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.api.conftest import MODEL_A, MODEL_B, Server
+
+
+def small(**values: Any) -> dict[str, Any]:
+    body = {"prompt": "a red cube", "negative_prompt": "blurry", "steps": 2, "width": 64, "height": 64,
+            "seed": 1234, "sampler_name": "Euler", "cfg_scale": 7}
+    body.update(values)
+    return body
+
+
+def decode_png(data: str) -> Image.Image:
+    assert not data.startswith("data:")
+    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("the condition did not become true in time")
+
+
+class Background:
+    """A request run in a thread, so a test can poll /progress meanwhile."""
+
+    def __init__(self, api: Server, path: str, body: dict[str, Any], timeout: float = 300) -> None:
+        self.response: httpx.Response | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                with api.client(timeout=timeout) as http:
+                    self.response = http.post(path, json=body)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float = 300) -> httpx.Response:
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+
+def running_step(client: httpx.Client) -> int:
+    return client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["state"]["sampling_step"]
+
+
+# ---------------------------------------------------------------------------------------------- txt2img
+def test_txt2img_returns_raw_base64_pngs_with_parameters_and_a_json_info(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/txt2img", json=small(batch_size=2, some_unknown_field=1))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    info = json.loads(body["info"])
+    assert info["seed"] == 1234 and info["all_seeds"] == [1234, 1235]
+    assert info["prompt"] == "a red cube" and info["all_prompts"] == ["a red cube"] * 2
+    assert info["negative_prompt"] == "blurry" and info["sampler_name"] == "Euler"
+    assert info["steps"] == 2 and info["cfg_scale"] == 7 and (info["width"], info["height"]) == (64, 64)
+    assert info["sd_model_name"] == MODEL_A and len(info["job_timestamp"]) == 14
+    assert len(body["images"]) == 2
+    for image, infotext, seed in zip(body["images"], info["infotexts"], [1234, 1235], strict=True):
+        png = decode_png(image)
+        assert png.size == (64, 64)
+        assert png.info["parameters"] == infotext
+        assert infotext.startswith("a red cube\nNegative prompt: blurry\n") and f"Seed: {seed}," in infotext
+
+
+def test_txt2img_echoes_the_request_with_a1111_defaults(client: httpx.Client) -> None:
+    body = client.post("/sdapi/v1/txt2img", json={"prompt": "p", "steps": 2, "width": 64, "height": 64}).json()
+    echoed = body["parameters"]
+    assert echoed["prompt"] == "p" and echoed["steps"] == 2
+    assert echoed["cfg_scale"] == 7.0 and echoed["seed"] == -1 and echoed["n_iter"] == 1
+    assert echoed["sampler_index"] == "Euler" and echoed["save_images"] is False and echoed["send_images"] is True
+    info = json.loads(body["info"])
+    assert info["sampler_name"] == "Euler" and 0 <= info["seed"] < 2**32  # -1 became a concrete seed
+
+
+def test_send_images_false_returns_no_images(client: httpx.Client) -> None:
+    body = client.post("/sdapi/v1/txt2img", json=small(send_images=False)).json()
+    assert body["images"] == [] and json.loads(body["info"])["all_seeds"] == [1234]
+
+
+def test_images_are_saved_only_when_asked(client: httpx.Client, api: Server) -> None:
+    outputs = api.data_dir / "outputs"
+    before = set(outputs.rglob("*.png")) if outputs.exists() else set()
+    client.post("/sdapi/v1/txt2img", json=small(seed=777))
+    assert (set(outputs.rglob("*.png")) if outputs.exists() else set()) == before
+    info = json.loads(client.post("/sdapi/v1/txt2img", json=small(seed=778, save_images=True)).json()["info"])
+    new = set(outputs.rglob("*.png")) - before
+    assert len(new) == 1 and [str(p) for p in new] == info["saved_paths"]
+    saved = new.pop()
+    assert saved.name.endswith("-778.png") and saved.parent.parent.name == "txt2img"
+    assert Image.open(saved).info["parameters"] == info["infotexts"][0]
+
+
+def test_sampler_aliases_and_scheduler_names_are_accepted(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/txt2img", json=small(sampler_name="k_dpmpp_2m", scheduler="karras"))
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["sampler_name"] == "DPM++ 2M" and "Schedule type: Karras" in info["infotexts"][0]
+
+
+# ---------------------------------------------------------------------------------------------- models
+def test_sd_models_lists_a1111_records(client: httpx.Client, api: Server) -> None:
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert sorted(m["model_name"] for m in models) == [MODEL_A, MODEL_B]
+    for model in models:
+        assert set(model) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+        assert model["title"].startswith(model["model_name"])
+        assert model["filename"].startswith(str(api.models_dir))
+
+
+def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client) -> None:
+    options = client.get("/sdapi/v1/options").json()
+    for key in ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "token_merging_ratio", "samples_save",
+                "outdir_txt2img_samples"):
+        assert key in options
+    titles = {m["model_name"]: m["title"] for m in client.get("/sdapi/v1/sd-models").json()}
+    try:
+        response = client.post("/sdapi/v1/options", json={**options, "sd_model_checkpoint": titles[MODEL_B]})
+        assert response.status_code == 200, response.text
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_B)
+        info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
+        assert info["sd_model_name"] == MODEL_B
+    finally:
+        response = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": MODEL_A})
+        assert response.status_code == 200, response.text
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
+
+
+def test_options_keep_other_values_and_check_the_ones_sdlocal_uses(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "some_extension_option": "x"})
+    assert response.status_code == 200, response.text
+    options = client.get("/sdapi/v1/options").json()
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["some_extension_option"] == "x"
+    info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
+    assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
+    client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+    bad = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0})
+    assert bad.status_code == 422 and bad.json()["field"] == "CLIP_stop_at_last_layers"
+    assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_an_unknown_model_is_404_listing_the_known_ones(client: httpx.Client) -> None:
+    for response in (client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "no-such-model"}),
+                     client.post("/sdapi/v1/txt2img",
+                                 json=small(override_settings={"sd_model_checkpoint": "no-such-model"}))):
+        assert response.status_code == 404
+        body = response.json()
+        assert "no-such-model" in body["detail"] and any(k.startswith(MODEL_A) for k in body["known"])
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
+
+
+def test_refresh_checkpoints_finds_a_new_model(client: httpx.Client, api: Server) -> None:
+    from sdlocal.engine.synthetic import save_tiny_model
+
+    save_tiny_model(api.models_dir / "tiny-late", family="sd1", fmt="diffusers")
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    assert "tiny-late" in [m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()]
+
+
+# ---------------------------------------------------------------------------------------------- lists
+def test_samplers_and_schedulers(client: httpx.Client) -> None:
+    samplers = client.get("/sdapi/v1/samplers").json()
+    by_name = {s["name"]: s for s in samplers}
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM"} <= set(by_name)
+    assert "k_euler_a" in by_name["Euler a"]["aliases"] and by_name["Euler"]["options"] == {}
+    schedulers = client.get("/sdapi/v1/schedulers").json()
+    assert {(s["name"], s["label"]) for s in schedulers} >= {("automatic", "Automatic"), ("karras", "Karras")}
+
+
+def test_loras_embeddings_and_memory(client: httpx.Client) -> None:
+    assert client.get("/sdapi/v1/loras").json() == []
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    memory = client.get("/sdapi/v1/memory").json()
+    ram = memory["ram"]
+    assert ram["total"] > 0 and ram["used"] + ram["free"] == ram["total"]
+    assert "error" in memory["cuda"] or memory["cuda"]["system"]["total"] > 0
+
+
+def test_png_info_reads_the_parameters_back(client: httpx.Client) -> None:
+    image = client.post("/sdapi/v1/txt2img", json=small(seed=4321)).json()["images"][0]
+    for sent in (image, "data:image/png;base64," + image):
+        body = client.post("/sdapi/v1/png-info", json={"image": sent}).json()
+        assert body["info"].startswith("a red cube\nNegative prompt: blurry\n")
+        assert body["items"]["parameters"] == body["info"]
+        assert body["parameters"]["Seed"] == "4321" and body["parameters"]["Prompt"] == "a red cube"
+    bad = client.post("/sdapi/v1/png-info", json={"image": "not an image"})
+    assert bad.status_code == 422 and bad.json()["field"] == "image"
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def test_progress_moves_during_a_long_generation_and_interrupt_stops_it(client: httpx.Client,
+                                                                        api: Server) -> None:
+    idle = client.get("/sdapi/v1/progress").json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
+    run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=3))
+    wait_for(lambda: running_step(client) > 0)
+    first = client.get("/sdapi/v1/progress").json()
+    assert first["state"]["job_count"] == 1 and first["state"]["sampling_steps"] == 150
+    assert first["state"]["job"].startswith("task(") and 0 < first["progress"] < 1
+    step = first["state"]["sampling_step"]
+    later = wait_for(lambda: (p := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] > step and p)
+    assert later["progress"] > first["progress"] or later["state"]["job_no"] > first["state"]["job_no"]
+    assert later["eta_relative"] >= 0 and later["textinfo"].startswith("Step ")
+    if later["current_image"] is not None:
+        assert decode_png(later["current_image"]).size[0] > 0
+    assert client.post("/sdapi/v1/interrupt").json() == {}
+    response = run.result()
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["interrupted"] is True and len(response.json()["images"]) < 3
+    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_skip_abandons_the_current_batch_and_goes_on(client: httpx.Client, api: Server) -> None:
+    run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=2, seed=5000))
+    wait_for(lambda: running_step(client) > 0)
+    assert client.post("/sdapi/v1/skip").json() == {}
+    response = run.result()
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == [5001] and len(response.json()["images"]) == 1
+
+
+def test_past_the_queue_bound_the_api_answers_503_with_retry_after(client: httpx.Client, api: Server) -> None:
+    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=5))
+    wait_for(lambda: running_step(client) > 0)
+    waiting = [Background(api, "/sdapi/v1/txt2img", small(seed=10 + i)) for i in range(2)]
+    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 3)
+    refused = client.post("/sdapi/v1/txt2img", json=small())
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) >= 1 and "queue is full" in refused.json()["detail"]
+    client.post("/sdapi/v1/interrupt")
+    assert long_run.result().status_code == 200
+    for run, seed in zip(waiting, (10, 11), strict=True):
+        response = run.result()
+        assert response.status_code == 200 and json.loads(response.json()["info"])["seed"] == seed
+
+
+def test_a_client_that_disconnects_breaks_nothing(client: httpx.Client, api: Server) -> None:
+    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=2))
+    wait_for(lambda: running_step(client) > 0)
+    # A queued request whose client gives up is taken out of the queue ...
+    with pytest.raises(httpx.ReadTimeout), api.client(timeout=0.5) as impatient:
+        impatient.post("/sdapi/v1/txt2img", json=small(seed=99))
+    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 1, timeout=10)
+    # ... and the running one, whose client also gives up, finishes without harming the next job.
+    client.post("/sdapi/v1/interrupt")
+    long_run.result()
+    with pytest.raises(httpx.ReadTimeout), api.client(timeout=0.3) as impatient:
+        impatient.post("/sdapi/v1/txt2img", json=small(steps=60, n_iter=2, seed=98))
+    response = client.post("/sdapi/v1/txt2img", json=small(seed=97))
+    assert response.status_code == 200 and json.loads(response.json()["info"])["all_seeds"] == [97]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(("values", "field", "mentions"), [
+    ({"width": 100}, "width", "multiple of 8"),
+    ({"steps": 1000}, "steps", "1000"),
+    ({"sampler_name": "Nope"}, "sampler_name", "Nope"),
+    ({"n_iter": 0}, "n_iter", "0"),
+    ({"steps": "many"}, "steps", "integer"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "override_settings.CLIP_stop_at_last_layers", "99"),
+])
+def test_a_bad_request_is_422_naming_the_a1111_field(client: httpx.Client, values: dict, field: str,
+                                                     mentions: str) -> None:
+    response = client.post("/sdapi/v1/txt2img", json=small(**values))
+    assert response.status_code == 422
+    body = response.json()
+    assert body["field"] == field and body["detail"].startswith(field) and mentions in body["detail"]
+    assert set(body) >= {"error", "detail", "errors"}
+
+
+def test_an_internal_error_is_500_without_internals_and_the_server_goes_on(client: httpx.Client, api: Server,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = api.services.engine
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(engine, "samplers", broken)
+    monkeypatch.setattr(engine, "generate", broken)
+    for response in (client.get("/sdapi/v1/samplers"), client.post("/sdapi/v1/txt2img", json=small())):
+        assert response.status_code == 500
+        assert "secret" not in response.text and "Traceback" not in response.text
+        assert "incident" in response.json()["detail"]
+    monkeypatch.undo()
+    assert client.get("/sdapi/v1/samplers").status_code == 200
+    assert client.post("/sdapi/v1/txt2img", json=small()).status_code == 200
+
+
+def test_openapi_description_is_served(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/sdapi/v1/txt2img", "/sdapi/v1/options", "/sdapi/v1/progress", "/health", "/metrics"} <= set(paths)
