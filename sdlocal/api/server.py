@@ -280,17 +280,23 @@ def serve(settings: Any) -> int:
             return
         for line in describe(settings):
             print(f"[sdlocal] {line}", flush=True)
-        if settings.share:
+        if settings.share and getattr(settings, "offline", False):
+            print("[sdlocal] Could not create a share link: --share needs the internet and offline mode is on. "
+                  f"Still serving locally at http://127.0.0.1:{settings.port}/", flush=True)
+        elif settings.share:
             try:
                 url = open_share_link(int(settings.port))
                 print(f"[sdlocal] Public share URL: {url}", flush=True)
             except Exception as exc:  # noqa: BLE001 - sharing is optional; keep serving locally
-                print(f"[sdlocal] Could not create a share link: {exc}. Still serving locally at "
+                print(f"[sdlocal] Could not create a share link: {exc} Still serving locally at "
                       f"http://127.0.0.1:{settings.port}/", flush=True)
 
     threading.Thread(target=announce, name="sdlocal-announce", daemon=True).start()
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn has already shut down gracefully; no traceback for Ctrl+C
+        pass
     finally:
         services.close()
+    print("[sdlocal] stopped", flush=True)
     return 0
