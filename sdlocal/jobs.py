@@ -261,7 +261,8 @@ class JobQueue:
         return self._running
 
     def progress(self, job: Job | None = None) -> ProgressState:
-        """A copy of the current progress; with ``job``, ``queue_position`` says how many jobs are ahead of it."""
+        """A copy of the current progress. With ``job`` still waiting: its own view (state "queued", text, and
+        ``queue_position``, the number of jobs ahead of it) instead of the running job's steps."""
         with self._cond:
             waiting = list(self._waiting)
             running = self._running
@@ -273,7 +274,10 @@ class JobQueue:
             state = ProgressState(job_count=state.job_count, queued=state.queued, preview=state.preview,
                                   preview_id=state.preview_id)
         if job is not None and job in waiting:
-            state.queue_position = waiting.index(job) + (1 if running is not None else 0)
+            # Seen by a job still waiting: its place in line, not the running job's steps and preview.
+            ahead = waiting.index(job) + (1 if running is not None else 0)
+            return ProgressState(job_count=state.job_count, queued=state.queued, job_id=job.id, job_kind=job.kind,
+                                 state=QUEUED, text="Waiting in the queue…", queue_position=ahead)
         return state
 
     # ------------------------------------------------------------------------------------------ control

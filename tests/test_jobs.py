@@ -165,7 +165,9 @@ def test_cancel_removes_a_waiting_job_only(queue: JobQueue, engine: ScriptedEngi
     running = queue.submit(req("running"))
     assert engine.running.wait(5)
     waiting = queue.submit(req("cancel me"))
-    assert queue.progress(waiting).queue_position == 1
+    seen_by_waiting = queue.progress(waiting)
+    assert seen_by_waiting.queue_position == 1 and seen_by_waiting.state == "queued" and seen_by_waiting.step == 0
+    assert queue.progress(running).job_id == running.id and queue.progress().queue_position == 0
     assert waiting.cancel() and waiting.state == CANCELLED
     assert not running.cancel()
     with pytest.raises(JobCancelledError):
