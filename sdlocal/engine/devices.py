@@ -8,10 +8,13 @@ tested with the flags of machines we do not have.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sdlocal.engine.config import EngineConfig
@@ -117,9 +120,68 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def choose_cpu_precision(requested: str, flags: set[str] | frozenset[str], machine: str) -> tuple[str, str, list[str]]:
-    """(precision, reason, warnings) for the CPU; pure so it can be tested with fake flag sets."""
-    native, why = cpu_native_bf16(flags, machine)
+def bf16_by_timing(fp32_seconds: float, bf16_seconds: float) -> tuple[bool, str]:
+    """Native bf16 judged from a matmul timing, for CPUs whose features the OS does not tell (Windows, macOS x86).
+
+    Emulated bf16 runs through fp32 plus conversions, so it is never much faster than fp32; hardware bf16 is about
+    twice as fast. Anything under 0.8x the fp32 time can only be hardware.
+    """
+    ratio = bf16_seconds / fp32_seconds if fp32_seconds > 0 else float("inf")
+    if ratio <= 0.8:
+        return True, f"bf16 matmuls ran {1 / ratio:.1f}x faster than fp32 on this CPU (timed: the OS does not list " \
+                     "its features)"
+    return False, f"bf16 matmuls were not faster than fp32 on this CPU ({ratio:.2f}x the time; timed: the OS does " \
+                  "not list its features)"
+
+
+def measure_bf16_speed(size: int = 512, repeats: int = 5) -> tuple[float, float]:
+    """Fastest time of one ``size``-square matmul in fp32 and in bf16, interleaved so load spikes hit both."""
+    import time
+
+    import torch
+
+    a32 = torch.randn(size, size)
+    a16 = a32.to(torch.bfloat16)
+    best = {"fp32": float("inf"), "bf16": float("inf")}
+    for _ in range(repeats):
+        for name, a in (("fp32", a32), ("bf16", a16)):
+            started = time.perf_counter()
+            torch.mm(a, a)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best["fp32"], best["bf16"]
+
+
+def timed_native_bf16(cache_file: Path, measure: Callable[[], tuple[float, float]] = measure_bf16_speed,
+                      ) -> tuple[bool, str]:
+    """``bf16_by_timing`` measured once per CPU and torch version and cached in ``cache_file`` (a JSON file)."""
+    import torch
+
+    key = {"torch": torch.__version__, "cpu": cpu_name(), "machine": platform.machine()}
+    try:
+        cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        if all(cached.get(k) == v for k, v in key.items()):
+            return bf16_by_timing(float(cached["fp32_seconds"]), float(cached["bf16_seconds"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    fp32_seconds, bf16_seconds = measure()
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_name(cache_file.name + ".partial")
+        partial.write_text(json.dumps({**key, "fp32_seconds": fp32_seconds, "bf16_seconds": bf16_seconds}),
+                           encoding="utf-8")
+        os.replace(partial, cache_file)
+    except OSError:
+        pass  # a read-only data dir: measure again next start
+    return bf16_by_timing(fp32_seconds, bf16_seconds)
+
+
+def choose_cpu_precision(requested: str, flags: set[str] | frozenset[str], machine: str,
+                         timed: tuple[bool, str] | None = None) -> tuple[str, str, list[str]]:
+    """(precision, reason, warnings) for the CPU; pure so it can be tested with fake flag sets.
+
+    ``timed`` is the timing verdict (``timed_native_bf16``), used instead of the flags when the OS gave none.
+    """
+    native, why = timed if timed is not None and not flags else cpu_native_bf16(flags, machine)
     warnings: list[str] = []
     if requested == "auto":
         if native:
@@ -229,7 +291,10 @@ def resolve_runtime(config: EngineConfig, cpu_flags: set[str] | None = None) -> 
     else:
         precisions["fp16"] = ""
         precisions["bf16"] = ""
-        precision, reason, cpu_warnings = choose_cpu_precision(config.precision, flags, machine)
+        timed = None
+        if not flags and config.precision == "auto":  # the OS does not list CPU features: time it once
+            timed = timed_native_bf16(config.data_dir / "cache" / "cpu-bf16.json")
+        precision, reason, cpu_warnings = choose_cpu_precision(config.precision, flags, machine, timed)
         warnings += cpu_warnings
 
     # fp16 VAEs overflow (black or NaN images, notably SDXL's); bf16 has fp32's exponent range so it may follow.

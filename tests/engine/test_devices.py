@@ -108,3 +108,51 @@ def test_engine_capabilities_and_memory_without_a_model(tmp_path: Path) -> None:
     caps = engine.capabilities()
     assert caps.device == "cpu" and caps.precision in ("bf16", "fp32")
     assert engine.memory()
+
+
+# ------------------------------------------------------------------------- timing where the OS lists no flags
+@pytest.mark.parametrize(("fp32", "bf16", "native"), [(1.0, 0.45, True), (1.0, 0.8, True), (1.0, 0.95, False),
+                                                       (1.0, 3.0, False), (0.0, 1.0, False)])
+def test_bf16_judged_by_timing(fp32: float, bf16: float, native: bool) -> None:
+    from sdlocal.engine.devices import bf16_by_timing
+
+    result, reason = bf16_by_timing(fp32, bf16)
+    assert result is native and "timed" in reason
+
+
+def test_timing_is_used_only_without_flags_and_cached_per_torch(tmp_path: Path) -> None:
+    import json
+
+    from sdlocal.engine.devices import timed_native_bf16
+
+    calls: list[int] = []
+
+    def fast_bf16() -> tuple[float, float]:
+        calls.append(1)
+        return 1.0, 0.5
+
+    cache = tmp_path / "cache" / "cpu-bf16.json"
+    assert timed_native_bf16(cache, fast_bf16)[0] is True
+    assert timed_native_bf16(cache, fast_bf16)[0] is True
+    assert len(calls) == 1, "the second start must reuse the cached timing"
+    stored = json.loads(cache.read_text())
+    stored["torch"] = "0.0-another-build"
+    cache.write_text(json.dumps(stored))
+    assert timed_native_bf16(cache, lambda: (1.0, 2.0))[0] is False, "a new torch is timed again"
+    cache.write_text("{not json")
+    assert timed_native_bf16(cache, fast_bf16)[0] is True  # a damaged cache is measured again, not fatal
+
+    timed = (True, "bf16 matmuls ran 2.0x faster (timed)")
+    assert choose_cpu_precision("auto", set(), "x86_64", timed)[0] == "bf16"
+    assert choose_cpu_precision("auto", OLD_LAPTOP, "x86_64", timed)[0] == "fp32", "known flags win over timing"
+    assert choose_cpu_precision("fp32", set(), "x86_64", timed)[0] == "fp32", "an explicit choice still wins"
+
+
+def test_resolve_runtime_times_the_cpu_when_flags_are_unknown(tmp_path: Path, monkeypatch) -> None:
+    from sdlocal.engine import devices
+
+    monkeypatch.setattr(devices, "measure_bf16_speed", lambda: (1.0, 2.5))
+    monkeypatch.setattr(devices.timed_native_bf16, "__defaults__", (devices.measure_bf16_speed,))
+    runtime = resolve_runtime(_config(tmp_path), cpu_flags=set())
+    assert runtime.precision == "fp32" and "timed" in runtime.capabilities.precision_reason
+    assert (tmp_path / "cache" / "cpu-bf16.json").is_file()
