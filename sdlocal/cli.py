@@ -217,28 +217,45 @@ def run_doctor(settings: Settings, out: Any = None) -> int:
 
 
 def run_serve(settings: Settings, launched: bool = False) -> int:
+    """Quick checks, then the server; the checks that import torch run once the page is up.
+
+    Importing torch costs seconds that the page should not wait for; a failure found then still stops sdlocal
+    with the full report and exit code 1.
+    """
     from sdlocal import doctor
 
     for note in settings.notes:
         print(f"[sdlocal] note: {note}", flush=True)
-    report = doctor.diagnose(settings)
-    if report.failed:
-        print(report.text(), flush=True)
+    quick = doctor.diagnose(settings, parts=(doctor.QUICK,))
+    if quick.failed:
+        print(quick.text(), flush=True)
         return 1
-    for finding in report.findings:
+    for finding in quick.findings:
         if finding.level != doctor.OK:
             print(finding.line(), flush=True)
-    if report.device == "cpu":
-        print("\n" + "!" * 78 + "\n!! No usable NVIDIA GPU: sdlocal runs on the CPU. Expect minutes per image.\n"
-              + "!" * 78 + "\n", flush=True)
-    doctor.apply(report, settings)
+    doctor.apply(quick, settings)
     message = settings.secure_sharing()
     if message:
         print(message, flush=True)
+
+    def torch_checks() -> int:
+        report = doctor.diagnose(settings, check_port_free=False, parts=(doctor.TORCH,))
+        if report.failed:
+            print(report.text(), flush=True)
+            print("[sdlocal] stopping: fix the failure above and start again", flush=True)
+            return 1
+        for finding in report.findings:
+            if finding.level != doctor.OK:
+                print(finding.line(), flush=True)
+        if report.device == "cpu":
+            print("\n" + "!" * 78 + "\n!! No usable NVIDIA GPU: sdlocal runs on the CPU. Expect minutes per image.\n"
+                  + "!" * 78 + "\n", flush=True)
+        return 0
+
     from sdlocal.api.server import serve
 
     print(f"[sdlocal] starting on {settings.url} (data: {settings.data_dir})", flush=True)
-    return serve(settings) or 0
+    return serve(settings, after_start=torch_checks) or 0
 
 
 def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, err: Any = None) -> int:

@@ -333,40 +333,53 @@ class Machine:
     platform: str = sys.platform
 
 
-def diagnose(settings: Settings, machine: Machine | None = None, check_port_free: bool = True) -> Report:
-    """Run every check in order; later checks that need torch are skipped (not faked) when torch is broken."""
+QUICK = "quick"  # standard library only: Python, packages, data dir, port, Hub; runs before the server starts
+TORCH = "torch"  # the checks that import torch (about 4 s): run after the page is up when serving
+
+
+def diagnose(settings: Settings, machine: Machine | None = None, check_port_free: bool = True,
+             parts: tuple[str, ...] = (QUICK, TORCH)) -> Report:
+    """Run the checks of ``parts`` in order; checks that need torch are skipped (not faked) when torch is broken.
+
+    Serving runs the quick part first and the torch part once the page is up, so the UI is not held back by
+    importing torch; a failure in either still stops sdlocal with the report and exit code 1.
+    """
     machine = machine or Machine()
     started = time.monotonic()
     report = Report(port=settings.port, offline=settings.offline)
     add = report.findings.append
-    add(check_python(machine.python_version))
-    try:
-        add(check_packages(machine.pins(), machine.installed))
-    except (OSError, ValueError) as exc:
-        add(Finding("Pinned packages", WARNING, f"cannot read the lock file: {exc}",
-                    "Restore requirements.lock from the repository (git checkout requirements.lock)."))
-    torch_finding, torch = check_torch_import(machine.import_torch)
-    add(torch_finding)
-    smi = machine.nvidia_smi()
-    has_driver = preflight.parse_nvidia_smi(smi) is not None
-    if torch is not None:
-        add(check_nvidia_driver(smi, getattr(torch.version, "cuda", None), machine.platform))
-        cuda = check_cuda_available(torch, has_driver, settings.require_gpu)
-        add(cuda)
-        if cuda.ok:
-            for index in range(torch.cuda.device_count()):
-                props = torch.cuda.get_device_properties(index)
-                add(check_gpu_arch(props.name, props.total_memory, torch.cuda.get_device_capability(index),
-                                   list(torch.cuda.get_arch_list())))
-        if settings.xformers:
-            add(check_xformers(machine.import_xformers, torch.__version__, cuda.ok))
-    add(check_data_dir(settings.data_dir, machine.disk_free, machine.writable))
-    if check_port_free:
-        port_finding, port = check_port(settings.host, settings.port, machine.port_free)
-        add(port_finding)
-        report.port = port
-    hub_finding, report.offline = check_hub(settings.offline, machine.hub_reachable)
-    add(hub_finding)
+    if QUICK in parts:
+        add(check_python(machine.python_version))
+        try:
+            add(check_packages(machine.pins(), machine.installed))
+        except (OSError, ValueError) as exc:
+            add(Finding("Pinned packages", WARNING, f"cannot read the lock file: {exc}",
+                        "Restore requirements.lock from the repository (git checkout requirements.lock)."))
+    torch = None
+    if TORCH in parts:
+        torch_finding, torch = check_torch_import(machine.import_torch)
+        add(torch_finding)
+        smi = machine.nvidia_smi()
+        has_driver = preflight.parse_nvidia_smi(smi) is not None
+        if torch is not None:
+            add(check_nvidia_driver(smi, getattr(torch.version, "cuda", None), machine.platform))
+            cuda = check_cuda_available(torch, has_driver, settings.require_gpu)
+            add(cuda)
+            if cuda.ok:
+                for index in range(torch.cuda.device_count()):
+                    props = torch.cuda.get_device_properties(index)
+                    add(check_gpu_arch(props.name, props.total_memory, torch.cuda.get_device_capability(index),
+                                       list(torch.cuda.get_arch_list())))
+            if settings.xformers:
+                add(check_xformers(machine.import_xformers, torch.__version__, cuda.ok))
+    if QUICK in parts:
+        add(check_data_dir(settings.data_dir, machine.disk_free, machine.writable))
+        if check_port_free:
+            port_finding, port = check_port(settings.host, settings.port, machine.port_free)
+            add(port_finding)
+            report.port = port
+        hub_finding, report.offline = check_hub(settings.offline, machine.hub_reachable)
+        add(hub_finding)
     if torch is not None:
         try:
             caps = machine.capabilities(settings)

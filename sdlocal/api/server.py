@@ -258,8 +258,12 @@ def open_share_link(port: int) -> str:
         raise RuntimeError(f"the share server could not be reached ({exc}); is this machine offline?") from exc
 
 
-def serve(settings: Any) -> int:
-    """Run the server until Ctrl+C; returns the process exit code."""
+def serve(settings: Any, after_start: Callable[[], int] | None = None) -> int:
+    """Run the server until Ctrl+C; returns the process exit code.
+
+    ``after_start`` runs on a thread once the page answers (the doctor's torch checks, which take seconds and
+    must not hold the page back); a non-zero return stops the server with that exit code.
+    """
     import uvicorn
 
     from sdlocal.services import build_services
@@ -273,11 +277,20 @@ def serve(settings: Any) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=int(settings.port), log_level="warning",
                                            timeout_graceful_shutdown=5))
 
+    exit_code = 0
+
     def announce() -> None:
+        nonlocal exit_code
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if not server.started:
             return
+        if after_start is not None:
+            code = after_start()
+            if code:
+                exit_code = code
+                server.should_exit = True
+                return
         for line in describe(settings):
             print(f"[sdlocal] {line}", flush=True)
         if settings.share and getattr(settings, "offline", False):
@@ -299,4 +312,4 @@ def serve(settings: Any) -> int:
     finally:
         services.close()
     print("[sdlocal] stopped", flush=True)
-    return 0
+    return exit_code

@@ -231,6 +231,25 @@ def test_cpu_only_machine_starts_with_warnings(tmp_path):
     assert "Ready: 0 failure(s), 4 warning(s)" in report.text()
 
 
+def test_serving_splits_the_checks_so_the_page_does_not_wait_for_torch(tmp_path):
+    """The quick part never imports torch; the torch part (run after the page is up) never probes the port."""
+    def no_torch():
+        raise AssertionError("the quick checks imported torch")
+
+    quick = doctor.diagnose(Settings(data_dir=tmp_path), machine(import_torch=no_torch), parts=(doctor.QUICK,))
+    assert [f.check for f in quick.findings] == ["Python", "Pinned packages", "Data folder", "Port",
+                                                 "Hugging Face Hub"]
+    assert quick.device is None and quick.port == 7860
+
+    def port_probed(host, port):
+        raise AssertionError("the torch checks probed the port")
+
+    late = doctor.diagnose(Settings(data_dir=tmp_path, require_gpu=True), machine(port_free=port_probed),
+                           check_port_free=False, parts=(doctor.TORCH,))
+    assert [f.check for f in late.findings] == ["torch", "NVIDIA driver", "CUDA", "Device and precision"]
+    assert late.failed and late.device == "cpu", "--require-gpu on a CPU machine still stops sdlocal"
+
+
 def test_require_gpu_on_a_cpu_machine_fails(tmp_path):
     report = doctor.diagnose(Settings(data_dir=tmp_path, require_gpu=True), machine())
     assert report.failed
