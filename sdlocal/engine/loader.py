@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sdlocal.engine.devices import Runtime
+from sdlocal.engine.families import family_of_folder as _family_of_folder
+from sdlocal.engine.families import unet_in_channels as _unet_in_channels
 from sdlocal.engine.models import ModelEntry
 from sdlocal.engine.request import EngineError
 
@@ -91,29 +93,6 @@ def pipeline_class(family: str, inpainting: bool) -> Any:
     if family in ("sd1", "sd2"):
         return diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionPipeline
     raise EngineError(f"The model family {family!r} is not supported.", "Supported: SD 1.x, SD 2.x and SDXL.")
-
-
-def _family_of_folder(folder: Path) -> str | None:
-    """sd1/sd2/sdxl from a diffusers folder's own configs (used for sidecar folders and diffusers models)."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    name = str(index.get("_class_name", ""))
-    if "XL" in name:
-        return "sdxl"
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return "sd1"
-    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
-
-
-def _unet_in_channels(folder: Path) -> int:
-    try:
-        return int(json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8")).get("in_channels", 4))
-    except (OSError, json.JSONDecodeError, ValueError):
-        return 4
 
 
 def _inpaint_config_dir(base: Path, cache_root: Path) -> Path:
