@@ -31,11 +31,11 @@ def _bundled(family: str) -> Path:
     return folder
 
 
-def _text_config(tokenizer: Any, projection: bool) -> Any:
+def _text_config(tokenizer: Any, projection: bool, width: int = 32) -> Any:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=tokenizer.model_max_length, projection_dim=32,
         hidden_act="gelu" if projection else "quick_gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -87,14 +87,15 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = F
         scheduler = scheduler_cls.from_config(scheduler_config)
         if family == "sdxl":
             tokenizer_2 = CLIPTokenizer.from_pretrained(str(config / "tokenizer_2"))
-            text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection=True)).eval()
+            # A wider second encoder: diffusers tells SDXL's two encoders apart in a single file by their widths.
+            text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection=True, width=48)).eval()
             unet = UNet2DConditionModel(
                 block_out_channels=(32, 64), layers_per_block=1, sample_size=64, in_channels=in_channels,
                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
                 transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
-                cross_attention_dim=64, norm_num_groups=32,
+                cross_attention_dim=32 + 48, norm_num_groups=32,
             ).eval()
             cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
             return cls(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
