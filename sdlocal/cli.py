@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS
+from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS
 from sdlocal.settings import DEFAULT_PORT, THEMES, Settings, SettingsError, parse_auth, resolve
 
 COMMANDS = ("serve", "doctor", "generate", "selftest")
@@ -111,6 +111,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                      help="default token merging ratio, 0 (off) to 0.9: faster, slightly different images")
     run.add_argument("--max-loaded-models", type=int, default=S, metavar="N",
                      help="checkpoints kept in memory at once (default 1)")
+    run.add_argument("--sd2-prediction", choices=SD2_PREDICTIONS, default=S,
+                     help="SD 2.x single files without a <name>.yaml/.json sidecar: v_prediction (default, SD 2.1 "
+                          "768) or epsilon (the 512 base models)")
     run.add_argument("--preset", default=S, help="the preset selected at start (e.g. 'SD 1.5')")
     run.add_argument("--offline", action="store_true", default=S,
                      help="never touch the network (no Hugging Face Hub check, no downloads)")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, EngineConfig
+from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS, EngineConfig
 
 APP_NAME = "sdlocal"
 SETTINGS_FILE = "settings.json"
@@ -70,6 +70,7 @@ class Settings:
     cpu_offload: bool = False
     token_merging_ratio: float = 0.0
     max_loaded_models: int = 1
+    sd2_prediction: str = "v_prediction"  # SD 2.x single files without a sidecar: 2.1 768-v (the base 512 is epsilon)
     listen: bool = False
     port: int = DEFAULT_PORT
     share: bool = False
@@ -104,6 +105,7 @@ class Settings:
         _choice("precision", self.precision, PRECISIONS)
         _choice("attention", self.attention, ATTENTIONS)
         _choice("theme", self.theme, THEMES)
+        _choice("sd2_prediction", self.sd2_prediction, SD2_PREDICTIONS)
         if not 1 <= int(self.port) <= 65535:
             raise SettingsError("port", self.port, "Use a port number from 1 to 65535 (the default is 7860).")
         if not 0.0 <= float(self.token_merging_ratio) <= 0.9:
@@ -186,6 +188,7 @@ class Settings:
             cpu_offload=self.cpu_offload,
             max_loaded_models=self.max_loaded_models,
             token_merging_ratio=self.token_merging_ratio,
+            sd2_prediction=self.sd2_prediction,  # type: ignore[arg-type]
         )
 
     # ----- sharing ------------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ _INTS = {"port", "max_loaded_models", "queue_size"}
 _FLOATS = {"token_merging_ratio"}
 _PATHS = {"data_dir", "gradio_auth_path"}
 _OPTIONAL_TEXT = {"preset"}
-_TEXT = {"device", "precision", "attention", "theme"}
+_TEXT = {"device", "precision", "attention", "theme", "sd2_prediction"}
 FIELD_NAMES: tuple[str, ...] = tuple(sorted(_PATH_LISTS | _AUTH_LISTS | _BOOLS | _INTS | _FLOATS | _PATHS
                                             | _OPTIONAL_TEXT | _TEXT))
 # Fields that only the command line or the environment may set.

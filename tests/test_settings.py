@@ -160,3 +160,11 @@ def test_public_dict_hides_passwords(tmp_path):
     s = Settings(data_dir=tmp_path, gradio_auth=[("me", "s3cr3t-pw")], api_auth=[("api", "k3y-xyz")])
     text = json.dumps(s.public_dict())
     assert "s3cr3t-pw" not in text and "k3y-xyz" not in text and "me:***" in text
+
+
+def test_sd2_prediction_default_reaches_the_engine_and_is_checked(tmp_path):
+    assert Settings(data_dir=tmp_path).to_engine_config().sd2_prediction == "v_prediction"
+    s = resolve({"data_dir": tmp_path}, env={"SDLOCAL_SD2_PREDICTION": "epsilon"})
+    assert s.to_engine_config().sd2_prediction == "epsilon"
+    with pytest.raises(SettingsError, match="sd2_prediction: 'v' is not valid. Choose one of: v_prediction, epsilon"):
+        Settings(data_dir=tmp_path, sd2_prediction="v")

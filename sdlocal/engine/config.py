@@ -18,6 +18,7 @@ PredictionType = Literal["epsilon", "v_prediction"]
 DEVICES: tuple[str, ...] = ("auto", "cuda", "mps", "cpu")
 PRECISIONS: tuple[str, ...] = ("auto", "fp16", "bf16", "fp32")
 ATTENTIONS: tuple[str, ...] = ("auto", "sdpa", "xformers")
+SD2_PREDICTIONS: tuple[str, ...] = ("v_prediction", "epsilon")
 
 
 @dataclass
