@@ -31,15 +31,21 @@ def saved_images(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "outputs" / "txt2img").rglob("*.png"))
 
 
+def value_of(output):
+    """A component's value from a client result: Gradio sends updates (choices and value) as a dict."""
+    return output["value"] if isinstance(output, dict) and "value" in output else output
+
+
 def test_page_state_lists_models_and_reports_the_bad_preset(client: Client, running_app: RunningApp) -> None:
     state = client.predict(api_name="/page_state")
     model_value, problems = state[0], state[3]
-    assert model_value == running_app.model_name
+    assert value_of(model_value) == running_app.model_name
+    assert [value for _label, value in model_value["choices"]][0] == running_app.model_name
     assert "broken.json" in problems and "width" in problems and "513" in problems
     labels = [label for label, _value in model_choices(running_app.services.engine.models())]
     assert any(label.startswith("⊘ not-a-model") for label in labels)  # the bad file is listed, marked
     refreshed = client.predict(running_app.model_name, api_name="/refresh_models")
-    assert refreshed[0] == running_app.model_name
+    assert value_of(refreshed[0]) == running_app.model_name
 
 
 def test_generate_saves_images_with_parameters(client: Client, running_app: RunningApp) -> None:
