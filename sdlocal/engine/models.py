@@ -9,10 +9,12 @@ at once. Hashes come from the cache; missing ones are computed by one background
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -149,6 +151,40 @@ class ModelCatalog:
         self.hasher = BackgroundHasher(self.hashes)
         self._warned: set[str] = set()
         self._detections: dict[str, tuple[int, int, Detection]] = {}  # path -> (size, mtime_ns, what it is)
+        self._detections_file = config.data_dir / "cache" / "detections.json"
+        self._detections_loaded = False
+        self._detections_dirty = False
+
+    # ------------------------------------------------------------------------------------------ detection cache
+    def _load_detections(self) -> None:
+        """What earlier starts read from headers, so a restart lists a hundred models from one small JSON file."""
+        if self._detections_loaded:
+            return
+        self._detections_loaded = True
+        try:
+            stored = json.loads(self._detections_file.read_text(encoding="utf-8"))
+            for path, (size, mtime_ns, fields) in stored.items():
+                self._detections.setdefault(path, (int(size), int(mtime_ns), Detection(**fields)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # damaged: read the headers again
+            log.warning("ignoring the damaged detection cache %s (%s)", self._detections_file, exc)
+            self._detections.clear()
+
+    def _save_detections(self) -> None:
+        if not self._detections_dirty:
+            return
+        data = {path: [size, mtime_ns, asdict(detection)] for path, (size, mtime_ns, detection)
+                in self._detections.items() if Path(path).exists()}
+        try:
+            self._detections_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._detections_file.parent, prefix=".detections-", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self._detections_file)
+            self._detections_dirty = False
+        except OSError as exc:  # a read-only data dir: headers are read again next start
+            self._warn_once(str(self._detections_file), "cannot write %s (%s)", self._detections_file, exc)
 
     # ------------------------------------------------------------------------------------------ folders
     @property
@@ -191,7 +227,11 @@ class ModelCatalog:
 
     # ------------------------------------------------------------------------------------------ scan
     def scan(self) -> list[ModelEntry]:
-        """Every model in every root, supported or not, sorted by name; reads headers only, never hashes."""
+        """Every model in every root, supported or not, sorted by name; reads headers only, never hashes.
+
+        Headers are read once per file version (path, size, mtime), also across restarts (the detection cache).
+        """
+        self._load_detections()
         found: list[_Found] = []
         seen: set[str] = set()
         for index, root in enumerate(self.roots()):
@@ -201,6 +241,7 @@ class ModelCatalog:
                     seen.add(key)
                     found.append(_Found(index, root, path, fmt))
         entries = [self._entry(item, name) for item, name in _unique_names(found)]
+        self._save_detections()
         entries.sort(key=lambda e: (e.name.casefold(), e.name))
         for entry in entries:
             self._fill_cached_hash(entry)
@@ -232,6 +273,7 @@ class ModelCatalog:
         else:
             detection = detect_file(path)
             self._detections[str(path)] = (stat.st_size, stat.st_mtime_ns, detection)
+            self._detections_dirty = True
         config_dir = None
         sidecar = sidecar_config_dir(path)
         if detection.kind in ("checkpoint", "unknown") and (sidecar / "model_index.json").is_file():

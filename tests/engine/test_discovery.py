@@ -339,3 +339,27 @@ def test_a_rescan_reads_only_changed_headers(tmp_path: Path, monkeypatch: pytest
     os.utime(changing, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     entries = by_name(cat.scan())
     assert read == ["b.safetensors"] and entries["b"].family == "sdxl" and entries["a"].family == "sd1"
+
+
+def test_a_restart_reuses_the_headers_read_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new catalog (the next start) lists unchanged files from the detection cache, without reading them."""
+    from sdlocal.engine import models
+
+    folder = tmp_path / "models"
+    write_safetensors(folder / "a.safetensors", HEADERS["sd1"])
+    write_safetensors(folder / "b.safetensors", HEADERS["sdxl"])
+    first = by_name(catalog(tmp_path, [folder]).scan())
+    read: list[str] = []
+    real = models.detect_file
+
+    def counting(path: Path):  # type: ignore[no-untyped-def]
+        read.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(models, "detect_file", counting)
+    again = by_name(catalog(tmp_path, [folder]).scan())
+    assert read == [] and {k: (e.family, e.supported) for k, e in again.items()} == \
+        {k: (e.family, e.supported) for k, e in first.items()}
+    (tmp_path / "data" / "cache" / "detections.json").write_text("{damaged")
+    assert by_name(catalog(tmp_path, [folder]).scan())["b"].family == "sdxl"
+    assert read == ["a.safetensors", "b.safetensors"], "a damaged cache means reading the headers again"
