@@ -107,6 +107,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                      help="attention kernel (default auto: PyTorch SDPA)")
     run.add_argument("--xformers", action="store_true", default=S,
                      help="same as --attention xformers (NVIDIA GPUs only; installs the xformers extra)")
+    run.add_argument("--fast", action="store_true", default=S,
+                     help="fast mode: channels-last, fused attention projections and torch.compile on NVIDIA GPUs "
+                          "(the first image at each size compiles); nothing on the CPU, where none of it helps")
     run.add_argument("--token-merging-ratio", type=float, default=S, metavar="R",
                      help="default token merging ratio, 0 (off) to 0.9: faster, slightly different images")
     run.add_argument("--max-loaded-models", type=int, default=S, metavar="N",

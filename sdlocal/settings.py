@@ -70,6 +70,7 @@ class Settings:
     cpu_offload: bool = False
     token_merging_ratio: float = 0.0
     max_loaded_models: int = 1
+    fast: bool = False
     sd2_prediction: str = "v_prediction"  # SD 2.x single files without a sidecar: 2.1 768-v (the base 512 is epsilon)
     listen: bool = False
     port: int = DEFAULT_PORT
@@ -189,6 +190,7 @@ class Settings:
             max_loaded_models=self.max_loaded_models,
             token_merging_ratio=self.token_merging_ratio,
             sd2_prediction=self.sd2_prediction,  # type: ignore[arg-type]
+            fast=self.fast,
         )
 
     # ----- sharing ------------------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ class Settings:
 _PATH_LISTS = {"models_dirs", "extra_model_paths"}
 _AUTH_LISTS = {"gradio_auth", "api_auth"}
 _BOOLS = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload", "listen", "share", "no_auth", "api",
-          "nowebui", "offline", "require_gpu"}
+          "nowebui", "offline", "require_gpu", "fast"}
 _INTS = {"port", "max_loaded_models", "queue_size"}
 _FLOATS = {"token_merging_ratio"}
 _PATHS = {"data_dir", "gradio_auth_path"}

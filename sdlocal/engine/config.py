@@ -45,6 +45,7 @@ class EngineConfig:
     max_loaded_models: int = 1
     sd2_prediction: PredictionType = "v_prediction"
     token_merging_ratio: float = 0.0
+    fast: bool = False  # fast mode (``engine.fast``): what the benchmarks showed helps on this device
 
     @property
     def own_models_dir(self) -> Path:

@@ -52,6 +52,7 @@ class Runtime:
     vae_slicing: bool
     cpu_offload: bool
     capabilities: Capabilities
+    fast: bool = False  # apply ``engine.fast.apply_fast_mode`` after placing a pipeline
 
     @property
     def dtype(self) -> Any:
@@ -327,7 +328,7 @@ def resolve_runtime(config: EngineConfig, cpu_flags: set[str] | None = None) -> 
                         precisions=precisions, attention=attention, attentions=attentions, warnings=warnings)
     return Runtime(device=device, precision=precision, vae_precision=vae_precision, attention=attention,
                    attention_slicing=config.attention_slicing, vae_slicing=config.vae_slicing,
-                   cpu_offload=cpu_offload, capabilities=caps)
+                   cpu_offload=cpu_offload, capabilities=caps, fast=config.fast)
 
 
 def memory_figures(device: str) -> dict[str, str]:

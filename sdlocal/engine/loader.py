@@ -49,6 +49,7 @@ class LoadedModel:
     vae_tiling: bool = False
     vae_upcast: bool = False  # the VAE was moved to fp32 after it produced NaNs in half precision
     scheduler_config: Any = None  # the model's own scheduler config: every sampler is built on top of it
+    fast_applied: list[str] | None = None  # what fast mode changed on this pipeline ([] when it is off)
 
     @property
     def key(self) -> str:
@@ -232,9 +233,16 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
     _set_prediction_type(pipe, entry)
     clip_skip_compat(pipe)
     _place(pipe, runtime)
+    fast_applied: list[str] = []
+    if runtime.fast:
+        from sdlocal.engine.fast import apply_fast_mode
+
+        fast_applied = apply_fast_mode(pipe, runtime.device)
+        log.info("fast mode on %s: %s", runtime.device, ", ".join(fast_applied) or "nothing helps on this device")
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(entry=entry, pipe=pipe, family=family, load_seconds=time.perf_counter() - started,
-                       runtime_key=runtime_key(runtime), scheduler_config=dict(pipe.scheduler.config))
+                       runtime_key=runtime_key(runtime), scheduler_config=dict(pipe.scheduler.config),
+                       fast_applied=fast_applied)
 
 
 def _set_prediction_type(pipe: Any, entry: ModelEntry) -> None:
@@ -288,7 +296,7 @@ def _place(pipe: Any, runtime: Runtime) -> None:
 
 def runtime_key(runtime: Runtime) -> tuple:
     return (runtime.device, runtime.precision, runtime.vae_precision, runtime.attention, runtime.attention_slicing,
-            runtime.vae_slicing, runtime.cpu_offload)
+            runtime.vae_slicing, runtime.cpu_offload, runtime.fast)
 
 
 def free_memory() -> None:

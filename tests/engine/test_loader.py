@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdlocal.engine import EngineError, ModelNotFoundError
-from tests.engine.conftest import TINY_FORMATS, make_engine, model_name
+from tests.engine.conftest import TINY_FORMATS, make_engine, model_name, pixels
 
 
 @pytest.mark.parametrize("filename", list(TINY_FORMATS))
@@ -202,3 +202,23 @@ def test_cpu_offload_is_refused_on_cpu_with_a_reason(tiny_models_dir: Path, tmp_
                          vae_slicing=True)
     assert any("offload" in w for w in engine.capabilities().warnings)
     assert engine.generate(request_for()).images
+
+
+def test_fast_mode_is_applied_at_load_and_keeps_the_image(tiny_models_dir: Path, tmp_path: Path, request_for,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--fast reaches the loader through the runtime; switching it reloads; the image stays the same."""
+    from sdlocal.engine import fast
+
+    engine = make_engine(tiny_models_dir, tmp_path, precision="fp32")
+    plain = pixels(engine.generate(request_for("tiny-sd1-diffusers")).images[0].image)
+    loaded = engine._cache._models[str(engine.current_model.path)]
+    assert loaded.fast_applied == []
+    # On the CPU the plan is empty (nothing measured helped): use channels-last to see the wiring work.
+    monkeypatch.setitem(fast.PLAN, "cpu", ("channels_last",))
+    engine.configure(fast=True)
+    image = pixels(engine.generate(request_for("tiny-sd1-diffusers")).images[0].image)
+    loaded = engine._cache._models[str(engine.current_model.path)]
+    assert loaded.fast_applied and "channels-last" in loaded.fast_applied[0]
+    assert abs(image - plain).max() <= 2
+    with pytest.raises(Exception, match="fast"):
+        engine.configure(fast="yes")
