@@ -1,0 +1,133 @@
+"""Every benchmark script still runs: its ``--tiny`` mode in a subprocess, and the JSON it writes has its fields.
+
+Only the shape of the results is checked (and a few facts that are behaviour, not speed, such as the engine's
+image equalling plain diffusers' for the same seed); timings are never judged here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS: dict[str, list[str]] = {
+    "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
+    "cpu": [],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, str, Path]]:
+    """All scripts' --tiny runs at once (each is mostly importing torch; together they share the cores).
+
+    One torch thread each: six processes with two OpenMP threads on a small machine would spin against
+    each other, and tiny-mode timings mean nothing anyway.
+    """
+    base = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+           "SDLOCAL_BENCH_CACHE": str(base / "cache")}
+    started = {}
+    for name, extra in SCRIPTS.items():
+        folder = base / name
+        folder.mkdir()
+        with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+            command = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--tiny", "--results-dir", str(folder),
+                       *extra]
+            started[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err), folder)
+    finished = {}
+    for name, (process, folder) in started.items():
+        try:
+            code = process.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = -9
+        finished[name] = (code, (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text(), folder)
+    return finished
+
+
+def results(tiny_runs: dict[str, tuple[int, str, str, Path]], script: str) -> dict[str, Any]:
+    code, stdout, stderr, folder = tiny_runs[script]
+    assert code == 0, f"bench/{script}.py --tiny failed ({code}):\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    assert "-----" in stdout, f"no table printed:\n{stdout[-2000:]}"
+    data = json.loads((folder / f"{script}.json").read_text(encoding="utf-8"))
+    assert data["benchmark"] == script and data["tiny"] is True
+    assert {"date", "cpu", "cpu_native_bf16", "torch", "diffusers"} <= set(data["machine"])
+    return data
+
+
+def assert_stats(stats: dict[str, Any]) -> None:
+    assert {"median", "min", "max", "runs"} <= set(stats)
+    assert stats["runs"] and stats["min"] <= stats["median"] <= stats["max"]
+
+
+def test_overhead(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "overhead")
+    assert set(data["seconds"]) == {"diffusers", "engine", "engine+progress", "queue", "api"}
+    for stats in data["seconds"].values():
+        assert_stats(stats)
+    assert data["ratios_vs_diffusers"]["diffusers"]["median"] == 1.0
+    assert {"engine_vs_diffusers_median", "api_vs_diffusers_median"} == set(data["targets"])
+    assert data["image_difference"]["max"] == 0  # the same seed gives the same image through both paths
+    assert {c["piece"] for c in data["components_ms"]} >= {"infotext", "latent preview (4x3 map, no VAE)"}
+
+
+def test_startup(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "startup")
+    assert set(data["seconds"]) == {"import_gradio_s", "bare_gradio_http_200_s", "http_200_s", "model_ready_s",
+                                    "first_image_s"}
+    for stats in data["seconds"].values():
+        assert_stats(stats)
+    assert data["seconds"]["http_200_s"]["median"] <= data["seconds"]["first_image_s"]["median"]
+    assert {"page_up_minus_import_gradio_s", "target_s", "page_up_over_bare_gradio"} == set(data["target"])
+
+
+def test_switching(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "switching")
+    for scenario in ("cache1", "cache2"):
+        run = data["runs"][scenario][0]
+        assert [t["step"] for t in run["timings"]] == ["first load A", "switch to B", "back to A", "back to B"]
+        assert run["peak_rss_mib"] > 0
+    cached = data["runs"]["cache2"][0]["timings"]
+    assert [len(t["loaded"]) for t in cached] == [1, 2, 2, 2]  # behaviour: two models stay loaded
+    single = data["runs"]["cache1"][0]["timings"]
+    assert [len(t["loaded"]) for t in single] == [1, 1, 1, 1]  # and one when the cache holds one
+    assert {"one_model_mib", "after_switch_over_one_model", "left_after_unload_mib"} <= set(data["memory_released"])
+    assert "back_switch_over_first_load" in data["target"]
+
+
+def test_gallery(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "gallery")
+    assert set(data["ms"]) == {"cold", "restart", "warm", "after a save", "read_parameters"}
+    for stats in data["ms"].values():
+        assert_stats(stats)
+    assert data["setup"]["images"] == 300 and data["setup"]["thumbnails_per_page"] == data["setup"]["per_page"]
+
+
+def test_gpu_reduced_on_the_cpu(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "gpu")
+    sides = {(r["family"], r["variant"], r["side"]) for r in data["results"]}
+    assert {("sd15", "sdpa", "diffusers"), ("sd15", "sdpa", "sdlocal"), ("sd15", "fast", "sdlocal")} <= sides
+    for result in data["results"]:
+        assert_stats(result["seconds_per_image"])
+        assert result["steps_per_s"]["median"] > 0
+        assert result["image_vs_other_side"]["max"] == 0  # both sides make the same image from the same seed
+    assert "sd15/compile" in data["skipped"]
+    assert "sd15/sdpa" in data["sdlocal_over_diffusers"]
+
+
+def test_cpu(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "cpu")
+    configurations = data["configurations"]
+    assert {"diffusers fp32", "sdlocal auto", "sdlocal auto + ToMe 0.5"} <= set(configurations)
+    for figures in configurations.values():
+        assert_stats(figures["seconds"]["64"])
+        assert figures["peak_rss_mib"] > 0
+        assert figures["vs_diffusers"]["64"]["median"] is not None
+    assert configurations["sdlocal auto"]["precision"] == ("bf16" if data["cpu_native_bf16"] else "fp32")
+    assert configurations["sdlocal auto + ToMe 0.5"]["token_merging_ratio"] == 0.5
