@@ -64,7 +64,7 @@ def build_ui(services: Any) -> gr.Blocks:
     with gr.Blocks(title="sdlocal", analytics_enabled=False) as blocks:
         with gr.Row(elem_id="sd-header"):
             gr.HTML('<h1>sdlocal</h1><span class="sd-sub">local Stable Diffusion</span>')
-            sharing = gr.HTML("", elem_id="sd-share-badge")
+            sharing = gr.HTML("", label="Sharing", elem_id="sd-share-badge")
         with gr.Tabs(selected="generate") as tabs:
             generate = build_generate_tab(services, ui_state)
             build_gallery_tab(services, generate, tabs)
@@ -81,9 +81,9 @@ def build_ui(services: Any) -> gr.Blocks:
             return text, gr.Timer(active=not ready)
 
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")
-        blocks.load(tick, outputs=[status_md, timer])
-        blocks.load(lambda: sharing_banner(services.settings), outputs=sharing)
-        timer.tick(tick, outputs=[status_md, timer])
+        blocks.load(tick, outputs=[status_md, timer], api_visibility="private")
+        blocks.load(lambda: sharing_banner(services.settings), outputs=sharing, api_visibility="private")
+        timer.tick(tick, outputs=[status_md, timer], api_visibility="private")
 
         def load_status() -> str:
             """The model loading status line, for scripts and tests waiting for the first model."""

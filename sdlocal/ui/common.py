@@ -29,6 +29,8 @@ FORM_FIELDS: tuple[str, ...] = (
     "vae_tiling",
 )
 DEFAULTS: dict[str, Any] = {name: getattr(GenerationRequest(), name) for name in FORM_FIELDS}
+# The controls' labels: the Generate tab shows these, error messages name fields by them, and API clients
+# (gradio_client's view_api) see them as the names of the values each endpoint returns.
 LABELS: dict[str, str] = {
     "prompt": "Prompt",
     "negative_prompt": "Negative prompt",
@@ -43,7 +45,7 @@ LABELS: dict[str, str] = {
     "batch_count": "Batch count",
     "batch_size": "Batch size",
     "clip_skip": "Clip skip",
-    "token_merging_ratio": "Token merging",
+    "token_merging_ratio": "Token merging ratio",
     "vae_tiling": "VAE tiling",
 }
 

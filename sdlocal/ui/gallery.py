@@ -22,24 +22,27 @@ def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
     store = services.store
 
     with gr.Tab("Gallery", id="gallery") as tab:
-        folder = gr.Markdown("", elem_id="sd-gallery-folder")
+        folder = gr.Markdown("", label="Folder", elem_id="sd-gallery-folder")
         with gr.Row(equal_height=True):
             first = gr.Button("«", scale=0, min_width=48)
             prev = gr.Button("‹ Newer", scale=1)
-            page_label = gr.Markdown("", elem_id="sd-gallery-page")
+            page_label = gr.Markdown("", label="Page", elem_id="sd-gallery-page")
             nxt = gr.Button("Older ›", scale=1)
             reload_btn = gr.Button("↻", scale=0, min_width=48, elem_id="sd-gallery-refresh")
-        page = gr.State(0)
-        items = gr.State([])  # relpaths shown, in order
-        chosen = gr.State("")
+        # Hidden components, not gr.State: Gradio leaves State out of the API, and scripts need the page number,
+        # the relative paths of the page shown and the chosen path to browse, select and delete by path.
+        page = gr.Number(0, precision=0, visible=False, label="Page number")
+        items = gr.JSON([], visible=False, label="Paths")  # relpaths shown, in order
+        chosen = gr.Textbox("", visible=False, label="Chosen path")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
+                # fit_columns=False: a page with one image keeps a thumbnail-sized tile instead of filling the grid
                 gallery = gr.Gallery(label="Saved images", columns=6, height=620, allow_preview=False, preview=False,
-                                     object_fit="cover", elem_id="sd-gallery")
+                                     object_fit="cover", fit_columns=False, elem_id="sd-gallery")
             with gr.Column(scale=2):
                 picked = gr.Image(label="Selected", interactive=False, height=320, elem_id="sd-gallery-picked")
                 params = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="sd-gallery-params")
-                path_md = gr.Markdown("")
+                path_md = gr.Markdown("", label="File")
                 with gr.Row():
                     reuse = gr.Button("Reuse parameters", variant="primary", elem_id="sd-gallery-reuse")
                     delete = gr.Button("Delete", variant="stop", elem_id="sd-gallery-delete")
@@ -67,11 +70,11 @@ def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
         return number, shown, rels, where, label
 
     page_outputs = [page, gallery, items, folder, page_label]
-    tab.select(show_page, inputs=page, outputs=page_outputs)
+    tab.select(show_page, inputs=page, outputs=page_outputs, api_visibility="private")
     reload_btn.click(show_page, inputs=page, outputs=page_outputs, api_name="gallery_page")
-    first.click(lambda: show_page(0), outputs=page_outputs)
-    prev.click(lambda n: show_page(n - 1), inputs=page, outputs=page_outputs)
-    nxt.click(lambda n: show_page(n + 1), inputs=page, outputs=page_outputs)
+    first.click(lambda: show_page(0), outputs=page_outputs, api_visibility="private")
+    prev.click(lambda n: show_page(n - 1), inputs=page, outputs=page_outputs, api_visibility="private")
+    nxt.click(lambda n: show_page(n + 1), inputs=page, outputs=page_outputs, api_visibility="private")
 
     def on_select(rels: list[str], evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else 0
@@ -88,7 +91,8 @@ def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
             return "", None, "", "", gr.update(visible=False)
         return rel, str(path), text, f"`{html.escape(str(path))}`", gr.update(visible=False)
 
-    gallery.select(on_select, inputs=items, outputs=[chosen, picked, params, path_md, confirm_row])
+    gallery.select(on_select, inputs=items, outputs=[chosen, picked, params, path_md, confirm_row],
+                   api_visibility="private")
     select_api.click(select_item, inputs=chosen, outputs=[chosen, picked, params, path_md, confirm_row],
                                    api_name="gallery_select")
 
@@ -107,8 +111,8 @@ def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
             return gr.update(visible=False)
         return gr.update(visible=True)
 
-    delete.click(ask_delete, inputs=chosen, outputs=confirm_row)
-    cancel.click(lambda: gr.update(visible=False), outputs=confirm_row)
+    delete.click(ask_delete, inputs=chosen, outputs=confirm_row, api_visibility="private")
+    cancel.click(lambda: gr.update(visible=False), outputs=confirm_row, api_visibility="private")
 
     def do_delete(rel: str, number: int):
         try:

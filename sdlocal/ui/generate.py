@@ -15,7 +15,7 @@ import gradio as gr
 
 from sdlocal.engine.request import GenerationRequest, RequestError
 from sdlocal.presets import FAMILY_LABELS, FAMILY_SIZES, PresetError
-from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_box, error_text
+from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, LABELS, UiState, coerce_fields, error_box, error_text
 
 NO_PRESET = "(keep my settings)"
 UNSUPPORTED_PREFIX = "!unsupported:"
@@ -134,74 +134,85 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     schedules = _safe_list(engine.schedules, FALLBACK_SCHEDULES)
 
     with gr.Tab("Generate", id="generate") as tab:
-        cpu_warning = gr.HTML("", elem_id="sd-cpu-warning", visible=False)
-        load_status = gr.Markdown("Starting…", elem_id="sd-load-status")
+        cpu_warning = gr.HTML("", label="CPU warning", elem_id="sd-cpu-warning", visible=False)
+        load_status = gr.Markdown("Starting…", label="Model status", elem_id="sd-load-status")
         with gr.Row(equal_height=True):
+            # The model and preset lists are filled per page load (models and presets come and go), so a
+            # script's session may not hold the current list: Gradio would refuse any name as "not in the list
+            # of choices". The handlers check names themselves (unknown model or preset -> a message).
             model = gr.Dropdown(
                 label="Model", choices=[], value=None, scale=6, elem_id="sd-model", interactive=True,
+                allow_custom_value=True,
                 info="Family and short hash are shown; ⊘ marks files sdlocal cannot run, with the reason.",
             )
             refresh = gr.Button("↻ Refresh", scale=1, min_width=110, elem_id="sd-refresh")
             preset = gr.Dropdown(
-                label="Preset", choices=[NO_PRESET] + presets.names(), value=NO_PRESET, scale=3, elem_id="sd-preset"
+                label="Preset", choices=[NO_PRESET] + presets.names(), value=NO_PRESET, scale=3, elem_id="sd-preset",
+                allow_custom_value=True,
             )
-        preset_problems = gr.Markdown("", visible=False, elem_classes=["sd-warning"], elem_id="sd-preset-problems")
+        preset_problems = gr.Markdown("", label="Preset problems", visible=False, elem_classes=["sd-warning"],
+                                      elem_id="sd-preset-problems")
 
         with gr.Column(visible=False, elem_classes=["sd-empty"], elem_id="sd-empty") as empty_panel:
-            empty_text = gr.Markdown(empty_state_markdown(services))
+            empty_text = gr.Markdown(empty_state_markdown(services), label="No models")
             download = gr.Button("Download the starter model (SD 1.5)", variant="secondary", elem_id="sd-download")
-            download_status = gr.Markdown("")
+            download_status = gr.Markdown("", label="Download status")
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=360):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="sd-prompt",
+                prompt = gr.Textbox(label=LABELS["prompt"], lines=3, elem_id="sd-prompt",
                                     placeholder="a lighthouse on a cliff at dawn, oil painting")
-                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="sd-negative")
+                negative = gr.Textbox(label=LABELS["negative_prompt"], lines=2, elem_id="sd-negative")
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", scale=3, elem_id="sd-generate")
                     interrupt_btn = gr.Button("Interrupt", variant="stop", scale=1, elem_id="sd-interrupt")
                     skip_btn = gr.Button("Skip", scale=1, elem_id="sd-skip")
                 with gr.Row():
-                    sampler = gr.Dropdown(label="Sampler", choices=samplers, value=_pick(samplers, "Euler a"))
-                    schedule = gr.Dropdown(label="Schedule type", choices=schedules,
+                    sampler = gr.Dropdown(label=LABELS["sampler"], choices=samplers, value=_pick(samplers, "Euler a"))
+                    schedule = gr.Dropdown(label=LABELS["schedule"], choices=schedules,
                                            value=_pick(schedules, "Automatic"))
                 with gr.Row():
-                    steps = gr.Slider(1, 150, value=DEFAULTS["steps"], step=1, label="Steps", elem_id="sd-steps")
-                    cfg = gr.Slider(0, 30, value=DEFAULTS["cfg_scale"], step=0.5, label="CFG scale")
+                    steps = gr.Slider(1, 150, value=DEFAULTS["steps"], step=1, label=LABELS["steps"],
+                                      elem_id="sd-steps")
+                    cfg = gr.Slider(0, 30, value=DEFAULTS["cfg_scale"], step=0.5, label=LABELS["cfg_scale"])
                 with gr.Row(equal_height=True):
-                    width = gr.Slider(64, 2048, value=DEFAULTS["width"], step=8, label="Width", elem_id="sd-width")
-                    height = gr.Slider(64, 2048, value=DEFAULTS["height"], step=8, label="Height", elem_id="sd-height")
+                    width = gr.Slider(64, 2048, value=DEFAULTS["width"], step=8, label=LABELS["width"],
+                                      elem_id="sd-width")
+                    height = gr.Slider(64, 2048, value=DEFAULTS["height"], step=8, label=LABELS["height"],
+                                       elem_id="sd-height")
                 size_buttons = gr.Radio(
                     choices=_size_choices("sd1"), value=None, label="Sizes for this model", elem_id="sd-sizes",
                     elem_classes=["sd-sizes"],
                 )
                 with gr.Row(equal_height=True):
-                    seed = gr.Number(label="Seed (-1 = random)", value=-1, precision=0, scale=4, elem_id="sd-seed")
+                    seed = gr.Number(label=LABELS["seed"], info="-1 = random", value=-1, precision=0, scale=4,
+                                     elem_id="sd-seed")
                     random_seed = gr.Button("⚄", scale=0, min_width=48, elem_id="sd-seed-random")
                     reuse_seed = gr.Button("↺", scale=0, min_width=48, elem_id="sd-seed-reuse")
                 with gr.Row():
-                    batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count")
-                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+                    batch_count = gr.Slider(1, 100, value=1, step=1, label=LABELS["batch_count"])
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label=LABELS["batch_size"])
                 with gr.Accordion("Advanced", open=False, elem_id="sd-advanced"):
                     with gr.Row():
                         precision = gr.Radio(["auto", "fp16", "bf16", "fp32"], value="auto", label="Precision",
                                              elem_id="sd-precision")
                         attention = gr.Radio(["auto", "sdpa", "xformers"], value="auto", label="Attention",
                                              elem_id="sd-attention")
-                    runtime_status = gr.Markdown("")
+                    runtime_status = gr.Markdown("", label="Runtime status")
                     with gr.Row():
-                        vae_tiling = gr.Checkbox(label="VAE tiling (large images with less memory)", value=False)
-                        clip_skip = gr.Slider(1, 12, value=1, step=1, label="Clip skip")
-                    token_merging = gr.Slider(0, 0.9, value=0, step=0.05, label="Token merging ratio",
+                        vae_tiling = gr.Checkbox(label=LABELS["vae_tiling"], value=False,
+                                                 info="Large images with less memory.")
+                        clip_skip = gr.Slider(1, 12, value=1, step=1, label=LABELS["clip_skip"])
+                    token_merging = gr.Slider(0, 0.9, value=0, step=0.05, label=LABELS["token_merging_ratio"],
                                               info="Faster on big images at some cost in detail; 0 = off.")
                     with gr.Row(equal_height=True):
                         preset_name = gr.Textbox(label="Save these settings as a preset", placeholder="My portrait",
                                                  scale=3, elem_id="sd-preset-name")
                         save_preset = gr.Button("Save preset", scale=1, elem_id="sd-save-preset")
-                    preset_status = gr.Markdown("")
+                    preset_status = gr.Markdown("", label="Preset status")
             with gr.Column(scale=6, min_width=360):
-                progress = gr.HTML("", elem_id="sd-progress")
-                error = gr.HTML("", elem_id="sd-error")
+                progress = gr.HTML("", label="Progress", elem_id="sd-progress")
+                error = gr.HTML("", label="Error", elem_id="sd-error")
                 preview = gr.Image(label="Preview", visible=False, interactive=False, height=256, elem_id="sd-preview")
                 gallery = gr.Gallery(label="Images", columns=2, height=520, object_fit="contain", preview=True,
                                      elem_id="sd-results", format="png")
@@ -304,9 +315,9 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
         w, h = (int(part) for part in choice.split("×"))
         return w, h
 
-    size_buttons.input(on_size, inputs=size_buttons, outputs=[width, height])
-    random_seed.click(lambda: -1, outputs=seed)
-    reuse_seed.click(lambda last: last, inputs=last_seed, outputs=seed)
+    size_buttons.input(on_size, inputs=size_buttons, outputs=[width, height], api_visibility="private")
+    random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
+    reuse_seed.click(lambda last: last, inputs=last_seed, outputs=seed, api_visibility="private")
 
     # -------------------------------------------------------------- generate
     def run(model_name: str | None, *values: Any):
@@ -375,8 +386,9 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     run_outputs = [progress, error, preview, gallery, results, selected, info]
     generate_event = generate_btn.click(run, inputs=[model, *controls], outputs=run_outputs, api_name="generate",
                                         concurrency_limit=None)
-    prompt.submit(run, inputs=[model, *controls], outputs=run_outputs)
-    generate_event.then(lambda rows: rows[0][0] if rows else -1, inputs=results, outputs=last_seed)
+    prompt.submit(run, inputs=[model, *controls], outputs=run_outputs, api_visibility="private")
+    generate_event.then(lambda rows: rows[0][0] if rows else -1, inputs=results, outputs=last_seed,
+                        api_visibility="private")
 
     def do_interrupt() -> str:
         queue.interrupt()
@@ -396,7 +408,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
             return 0, ""
         return index, rows[index][1]
 
-    gallery.select(on_select, inputs=results, outputs=[selected, info])
+    gallery.select(on_select, inputs=results, outputs=[selected, info], api_visibility="private")
 
     def reuse_selected_seed(rows: list, index: int):
         if not rows:
@@ -404,7 +416,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
             return gr.update()
         return rows[min(index, len(rows) - 1)][0]
 
-    reuse_image_seed.click(reuse_selected_seed, inputs=[results, selected], outputs=seed)
+    reuse_image_seed.click(reuse_selected_seed, inputs=[results, selected], outputs=seed, api_visibility="private")
 
     def reuse_selected_all(rows: list, index: int):
         if not rows:
@@ -412,7 +424,8 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
             return [gr.update() for _ in range(len(controls) + 1)]
         return fill_from_infotext(engine, rows[min(index, len(rows) - 1)][1])
 
-    reuse_all.click(reuse_selected_all, inputs=[results, selected], outputs=[model, *controls])
+    reuse_all.click(reuse_selected_all, inputs=[results, selected], outputs=[model, *controls],
+                    api_visibility="private")
 
     # -------------------------------------------------------------- precision / attention
     def on_runtime(prec: str, attn: str):
@@ -434,7 +447,8 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
 
     precision.input(on_runtime, inputs=[precision, attention], outputs=[precision, attention, runtime_status],
                     api_name="set_runtime")
-    attention.input(on_runtime, inputs=[precision, attention], outputs=[precision, attention, runtime_status])
+    attention.input(on_runtime, inputs=[precision, attention], outputs=[precision, attention, runtime_status],
+                    api_visibility="private")
 
     # -------------------------------------------------------------- starter download
     def do_download(progress_bar=gr.Progress()):  # noqa: B008 - gradio's documented pattern

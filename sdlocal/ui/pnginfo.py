@@ -57,11 +57,11 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
             with gr.Column(scale=2):
                 upload = gr.File(label="Drop a PNG here", file_types=["image", ".png", ".jpg", ".jpeg", ".webp"],
                                  type="filepath", elem_id="sd-pnginfo-file")
-                message = gr.Markdown("")
+                message = gr.Markdown("", label="Message")
             with gr.Column(scale=3):
                 text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="sd-pnginfo-text",
                                   buttons=["copy"])
-                table = gr.HTML("")
+                table = gr.HTML("", label="Parameters table")
                 send = gr.Button("Send to Generate", variant="primary", elem_id="sd-pnginfo-send")
 
     def on_upload(path: str | None):

@@ -170,11 +170,11 @@ def system_markdown(services: Any) -> str:
 
 def build_system_tab(services: Any) -> Any:
     with gr.Tab("System", id="system") as tab:
-        sharing = gr.Markdown("", elem_id="sd-sharing")
-        info = gr.Markdown("", elem_id="sd-system")
+        sharing = gr.Markdown("", label="Sharing", elem_id="sd-sharing")
+        info = gr.Markdown("", label="System", elem_id="sd-system")
         with gr.Accordion("Doctor", open=True):
             doctor_btn = gr.Button("Run the checks", size="sm", elem_id="sd-doctor")
-            doctor = gr.Markdown("", elem_id="sd-doctor-report")
+            doctor = gr.Markdown("", label="Doctor", elem_id="sd-doctor-report")
 
     def refresh():
         return sharing_text(services.settings), system_markdown(services)
