@@ -49,8 +49,11 @@ def _wait_http(url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def start_app(data_dir: Path) -> Iterator[RunningApp]:
-    """Build the tiny model and the services, serve the app with the real server, and wait for the model."""
+def start_app(data_dir: Path, bad_files: bool = True) -> Iterator[RunningApp]:
+    """Build the tiny model and the services, serve the app with the real server, and wait for the model.
+
+    ``bad_files`` adds a file that is not a model and a preset with a bad width, which the page must report.
+    """
     from sdlocal.engine.synthetic import save_tiny_model
     from sdlocal.services import build_services
     from sdlocal.settings import Settings
@@ -58,14 +61,16 @@ def start_app(data_dir: Path) -> Iterator[RunningApp]:
     models = data_dir / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     save_tiny_model(models / "tiny-sd15.safetensors", family="sd1", fmt="safetensors")
-    (models / "not-a-model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     port = _free_port()
     settings = Settings(data_dir=data_dir, port=port)
-    settings.presets_dir.mkdir(parents=True, exist_ok=True)
-    (settings.presets_dir / "broken.json").write_text(json.dumps(BAD_PRESET))
+    if bad_files:
+        (models / "not-a-model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+        settings.presets_dir.mkdir(parents=True, exist_ok=True)
+        (settings.presets_dir / "broken.json").write_text(json.dumps(BAD_PRESET))
     services = build_services(settings)
 
     import uvicorn
+
     from sdlocal.api.server import create_app
 
     app = create_app(services)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gradio_client import Client, handle_file
 
 from sdlocal.outputs import read_image_parameters
-from sdlocal.ui.common import FORM_FIELDS
-from sdlocal.ui.generate import model_choices
+from sdlocal.ui.common import FORM_FIELDS, LABELS
 from tests.ui.conftest import RunningApp
 
 
@@ -31,37 +32,72 @@ def saved_images(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "outputs" / "txt2img").rglob("*.png"))
 
 
-def value_of(output):
+KEEP = {"__type__": "update"}  # an update without a value: the page keeps what the control holds
+
+
+def value_of(output: Any) -> Any:
     """A component's value from a client result: Gradio sends updates (choices and value) as a dict."""
     return output["value"] if isinstance(output, dict) and "value" in output else output
 
 
+def call(client: Client, api_name: str, *args: Any) -> dict[str, Any]:
+    """The endpoint's results by the name view_api gives each output: its component's label.
+
+    Gradio leaves gr.State and layout outputs (Tabs, Rows) out of what a client receives, so positions shift
+    whenever such an output is added; names do not. Each name must be unique within the endpoint.
+    """
+    return named(output_names(client, api_name), client.predict(*args, api_name=api_name))
+
+
+def output_names(client: Client, api_name: str) -> list[str]:
+    returns = client.view_api(return_format="dict", print_info=False)["named_endpoints"][api_name]["returns"]
+    names = [item["label"] for item in returns]
+    assert len(set(names)) == len(names), f"{api_name} returns two values under one name: {names}"
+    return names
+
+
+def named(names: list[str], result: Any) -> dict[str, Any]:
+    values = result if len(names) > 1 else (result,)
+    assert len(values) == len(names), (names, values)
+    return dict(zip(names, values, strict=True))
+
+
+def form_of(results: dict[str, Any]) -> dict[str, Any]:
+    """The Generate form as an endpoint filled it (each control under its label), by FORM_FIELDS name."""
+    return {name: value_of(results[LABELS[name]]) for name in FORM_FIELDS}
+
+
+def raw_form(results: dict[str, Any]) -> dict[str, Any]:
+    return {name: results[LABELS[name]] for name in FORM_FIELDS}
+
+
 def test_page_state_lists_models_and_reports_the_bad_preset(client: Client, running_app: RunningApp) -> None:
-    state = client.predict(api_name="/page_state")
-    model_value, problems = state[0], state[3]
-    assert value_of(model_value) == running_app.model_name
-    assert [value for _label, value in model_value["choices"]][0] == running_app.model_name
-    assert "broken.json" in problems and "width" in problems and "513" in problems
-    labels = [label for label, _value in model_choices(running_app.services.engine.models())]
+    state = call(client, "/page_state")
+    model = state["Model"]
+    assert value_of(model) == running_app.model_name
+    assert [value for _label, value in model["choices"]][0] == running_app.model_name
+    problems = state["Preset problems"]
+    assert problems["visible"] is True
+    assert "broken.json" in problems["value"] and "width" in problems["value"] and "513" in problems["value"]
+    labels = [label for label, _value in model["choices"]]
     assert any(label.startswith("⊘ not-a-model") for label in labels)  # the bad file is listed, marked
-    refreshed = client.predict(running_app.model_name, api_name="/refresh_models")
-    assert value_of(refreshed[0]) == running_app.model_name
+    refreshed = call(client, "/refresh_models", running_app.model_name)
+    assert value_of(refreshed["Model"]) == running_app.model_name
 
 
 def test_generate_saves_images_with_parameters(client: Client, running_app: RunningApp) -> None:
     before = set(saved_images(running_app.data_dir))
-    progress, error, _preview, gallery, rows, _selected, info = client.predict(
-        running_app.model_name, *form(seed=1234), api_name="/generate"
-    )
-    assert error == "", error
-    assert "Done: 2 images" in progress
-    assert len(gallery) == 2
+    out = call(client, "/generate", running_app.model_name, *form(seed=1234))
+    assert out["Error"] == "", out["Error"]
+    assert "Done: 2 images" in out["Progress"]
+    assert len(out["Images"]) == 2
     new = sorted(set(saved_images(running_app.data_dir)) - before)
     assert [path.name.split("-", 1)[1] for path in new] == ["1234.png", "1235.png"]
     for path, seed in zip(new, (1234, 1235), strict=True):
         text = read_image_parameters(path)
         assert text.startswith("a tiny red fox\nNegative prompt: blurry\n")
         assert f"Seed: {seed}" in text and "Steps: 4" in text and "Size: 64x64" in text and "Sampler: Euler" in text
+    info = out["Parameters"]
     assert info.startswith("a tiny red fox") and "Seed: 1234" in info
     # the last model and form values persist for the next start
     saved = running_app.services.settings.load_ui_state()
@@ -73,12 +109,13 @@ def test_png_info_round_trips_into_the_form(client: Client, running_app: Running
     client.predict(running_app.model_name, *form(seed=777, steps=3, width=72, height=64, batch_size=1,
                                                  prompt="round trip", cfg_scale=5.5), api_name="/generate")
     path = next(p for p in saved_images(running_app.data_dir) if p.name.endswith("-777.png"))
-    text, message, _table = client.predict(handle_file(str(path)), api_name="/png_info")
-    assert message == ""
-    assert text == read_image_parameters(path)
-    _tabs, model, *values = client.predict(text, api_name="/send_to_generate")
-    filled = dict(zip(FORM_FIELDS, values, strict=True))
-    assert model == running_app.model_name
+    info = call(client, "/png_info", handle_file(str(path)))
+    assert info["Message"] == ""
+    assert info["Parameters"] == read_image_parameters(path)
+    assert "<th>Seed</th><td>777</td>" in info["Parameters table"]
+    sent = call(client, "/send_to_generate", info["Parameters"])
+    filled = form_of(sent)
+    assert value_of(sent["Model"]) == running_app.model_name
     assert filled["prompt"] == "round trip" and filled["negative_prompt"] == "blurry"
     assert filled["seed"] == 777 and filled["steps"] == 3 and filled["cfg_scale"] == 5.5
     assert (filled["width"], filled["height"]) == (72, 64) and filled["sampler"] == "Euler"
@@ -97,60 +134,80 @@ def test_png_info_without_parameters_is_a_message(client: Client, tmp_path: Path
     assert text == "" and "not an image" in message
 
 
-def test_presets_apply_and_user_presets_save(client: Client, running_app: RunningApp) -> None:
-    chose, *values = client.predict("SD 1.5", *form(), api_name="/apply_preset")
-    applied = dict(zip(FORM_FIELDS, values, strict=True))
-    assert chose is True
+def test_presets_apply_and_user_presets_save(running_app: RunningApp) -> None:
+    # A client of its own: whether the user chose a preset is per-session state (gr.State) on the server.
+    client = Client(running_app.url, verbose=False)
+    # picking a model applies its family's preset while the user has not chosen one
+    picked = call(client, "/select_model", running_app.model_name, *form(steps=9))
+    assert value_of(picked["Preset"]) == "SD 1.5" and form_of(picked)["steps"] == 25
+    assert "512×512" in [value for _label, value in picked["Sizes for this model"]["choices"]]
+    # choosing a preset applies it to the form, never touching the prompt
+    applied = form_of(call(client, "/apply_preset", "SD 1.5", *form()))
     assert (applied["width"], applied["height"], applied["steps"]) == (512, 512, 25)
     assert applied["sampler"] == "DPM++ 2M" and applied["schedule"] == "Karras"
-    assert applied["prompt"] == "a tiny red fox"  # a preset never touches the prompt
-    # picking a model applies its family's preset unless the user chose one
-    _model, _sizes, preset, family, *values = client.predict(running_app.model_name, False, *form(),
-                                                             api_name="/select_model")
-    assert preset == "SD 1.5" and family == "sd1" and values[FORM_FIELDS.index("steps")] == 25
-    _model, _sizes, preset, _family, *values = client.predict(running_app.model_name, True, *form(steps=9),
-                                                              api_name="/select_model")
-    assert values[FORM_FIELDS.index("steps")] == 9
-    # saving the current settings as a preset, and refusing a taken name
-    _preset, status = client.predict("Tiny test preset", "sd1", *form(steps=6), api_name="/save_preset")
-    assert "Saved" in status
-    saved = running_app.services.settings.presets_dir / "Tiny-test-preset.json"
-    assert saved.is_file() and '"steps": 6' in saved.read_text()
-    _preset, status = client.predict("SD 1.5", "sd1", *form(), api_name="/save_preset")
-    assert "already exists" in status
+    assert applied["prompt"] == "a tiny red fox"
+    # once the user chose a preset, picking a model leaves the preset and the form alone
+    picked = call(client, "/select_model", running_app.model_name, *form(steps=9))
+    assert picked["Preset"] == KEEP
+    assert all(value == KEEP for value in raw_form(picked).values())
+    # saving the current settings as a preset (for the model's family), and refusing a taken name
+    saved = call(client, "/save_preset", "Tiny test preset", *form(steps=6))
+    assert "Saved" in saved["Preset status"] and value_of(saved["Preset"]) == "Tiny test preset"
+    assert "Tiny test preset" in [value for _label, value in saved["Preset"]["choices"]]
+    path = running_app.services.settings.presets_dir / "Tiny-test-preset.json"
+    stored = json.loads(path.read_text())
+    assert stored["steps"] == 6 and stored["family"] == "sd1"
+    refused = call(client, "/save_preset", "SD 1.5", *form())
+    assert "already exists" in refused["Preset status"] and refused["Preset"] == KEEP
 
 
 def test_bad_values_are_shown_as_messages_naming_the_field(client: Client, running_app: RunningApp) -> None:
-    progress, error, *_ = client.predict(running_app.model_name, *form(width=100), api_name="/generate")
-    assert "Width" in error and "100" in error and "multiple of 8" in error
+    before = set(saved_images(running_app.data_dir))
+    out = call(client, "/generate", running_app.model_name, *form(width=100))
+    assert "Width" in out["Error"] and "100" in out["Error"] and "multiple of 8" in out["Error"]
+    assert 'role="alert"' in out["Error"] and out["Progress"] == ""
+    out = call(client, "/generate", running_app.model_name, *form(seed=-5))
+    assert LABELS["seed"] in out["Error"] and "-5" in out["Error"]
+    out = call(client, "/generate", "no-such-model", *form())
+    assert "no-such-model" in out["Error"] and running_app.model_name in out["Error"]  # names the known models
+    assert set(saved_images(running_app.data_dir)) == before
 
 
 def test_interrupt_keeps_finished_images(client: Client, running_app: RunningApp) -> None:
-    job = client.submit(running_app.model_name, *form(steps=150, batch_count=6, batch_size=1, seed=4242),
+    names = output_names(client, "/generate")
+    job = client.submit(running_app.model_name, *form(steps=50, batch_count=6, batch_size=1, seed=4242),
                         api_name="/generate")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         state = running_app.services.queue.progress()
-        if state is not None and (getattr(state, "step", 0) or 0) > 0:
+        if state is not None and (getattr(state, "batch_index", 0) or 0) >= 1:  # the first image is done
             break
         time.sleep(0.05)
     client.predict(api_name="/interrupt")
-    progress, error, _preview, gallery, *_ = job.result(timeout=300)
-    assert error == ""
-    assert "Interrupted" in progress
-    assert len(gallery) < 6
+    out = named(names, job.result(timeout=300))
+    assert out["Error"] == ""
+    assert "Interrupted" in out["Progress"]
+    assert 1 <= len(out["Images"]) < 6
+    kept = [path for path in saved_images(running_app.data_dir) if int(path.stem.split("-", 1)[1]) in range(4242, 4248)]
+    assert len(kept) == len(out["Images"])  # the finished images are saved, with the seeds they had
 
 
 def test_gallery_lists_newest_first_and_reuses_parameters(client: Client, running_app: RunningApp) -> None:
     client.predict(running_app.model_name, *form(seed=9090, batch_size=1, prompt="newest"), api_name="/generate")
-    _page, thumbs, rels, folder, label = client.predict(0, api_name="/gallery_page")
-    assert rels[0].endswith("-9090.png") and str(running_app.data_dir / "outputs") in folder
-    assert len(thumbs) == len(rels) and label.startswith("Page 1 of")
-    chosen, _picked, params, _path, _confirm = client.predict(rels[0], api_name="/gallery_select")
-    assert chosen == rels[0] and params.startswith("newest")
-    _tabs, model, *values = client.predict(params, api_name="/gallery_reuse")
-    assert values[FORM_FIELDS.index("seed")] == 9090 and model == running_app.model_name
-    # delete (after the confirmation in the page) removes the file
+    listed = call(client, "/gallery_page", 0)
+    rels = listed["Paths"]
+    assert listed["Page number"] == 0 and rels[0].endswith("-9090.png")
+    assert str(running_app.data_dir / "outputs") in listed["Folder"]
+    assert len(listed["Saved images"]) == len(rels) and listed["Page"].startswith("Page 1 of")
+    chosen = call(client, "/gallery_select", rels[0])
+    assert chosen["Chosen path"] == rels[0] and chosen["Parameters"].startswith("newest")
+    assert chosen["Selected"] and Path(chosen["Selected"]).suffix == ".png"
+    reused = call(client, "/gallery_reuse", chosen["Parameters"])
+    values = form_of(reused)
+    assert values["seed"] == 9090 and values["prompt"] == "newest"
+    assert value_of(reused["Model"]) == running_app.model_name
+    # delete (after the confirmation in the page) removes the file and the page no longer lists it
     target = running_app.data_dir / "outputs" / rels[0]
-    client.predict(rels[0], 0, api_name="/gallery_delete")
+    after = call(client, "/gallery_delete", rels[0], 0)
     assert not target.exists()
+    assert rels[0] not in after["Paths"] and after["Chosen path"] == ""
