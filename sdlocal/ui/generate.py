@@ -198,6 +198,11 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
                                              elem_id="sd-precision")
                         attention = gr.Radio(["auto", "sdpa", "xformers"], value="auto", label="Attention",
                                              elem_id="sd-attention")
+                    fast_mode = gr.Checkbox(
+                        label="Fast mode", value=bool(getattr(getattr(engine, "config", None), "fast", False)),
+                        info="torch.compile, channels-last and fused attention on NVIDIA GPUs (the first image at "
+                             "each size compiles first); on the CPU nothing measured helps, so it changes nothing.",
+                        elem_id="sd-fast")
                     runtime_status = gr.Markdown("", label="Runtime status")
                     with gr.Row():
                         vae_tiling = gr.Checkbox(label=LABELS["vae_tiling"], value=False,
@@ -450,6 +455,15 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     attention.input(on_runtime, inputs=[precision, attention], outputs=[precision, attention, runtime_status],
                     api_visibility="private")
 
+    def on_fast(flag: bool):
+        try:
+            return apply_runtime_options(services, fast=bool(flag))
+        except Exception as exc:  # noqa: BLE001
+            gr.Warning(error_text(exc))
+            return f"⚠ {error_text(exc)}"
+
+    fast_mode.input(on_fast, inputs=[fast_mode], outputs=[runtime_status], api_name="set_fast_mode")
+
     # -------------------------------------------------------------- starter download
     def do_download(progress_bar=gr.Progress()):  # noqa: B008 - gradio's documented pattern
         from sdlocal.starter import StarterDownloadError, download_starter
@@ -529,24 +543,32 @@ def fill_from_infotext(engine: Any, text: str) -> list[Any]:
     return updates
 
 
-def apply_runtime_options(services: Any, precision: str, attention: str) -> str:
-    """Reload the model with another precision/attention, through the queue so it never races a generation."""
+def apply_runtime_options(services: Any, precision: str | None = None, attention: str | None = None,
+                          fast: bool | None = None) -> str:
+    """Reload the model with another precision/attention/fast mode, through the queue so it never races a run."""
     engine, queue = services.engine, services.queue
     configure = getattr(engine, "configure", None) or getattr(engine, "set_runtime_options", None)
     if configure is None:
         raise RuntimeError("this engine cannot change precision or attention while running; restart with the flag")
 
     def reload() -> None:
-        configure(precision=precision, attention=attention)
+        configure(**changes)
         if engine.current_model is not None:
             engine.load(engine.current_model.name)
 
+    asked = (("precision", precision), ("attention", attention), ("fast", fast))
+    changes: dict[str, Any] = {key: value for key, value in asked if value is not None}
     submit_call = getattr(queue, "submit_call", None)
     if submit_call is None:
         reload()
     else:
         job = submit_call(reload, label="Reloading the model")
         job.wait(600)  # re-raises the reload's error, shown to the user
+    if fast is not None:
+        loaded = engine.current_model is not None
+        state = "on" if fast else "off"
+        return f"Fast mode **{state}**" + ("; the model was reloaded." if loaded else
+                                           "; it applies when a model loads.")
     return f"Using precision **{precision}** and attention **{attention}**; the model was reloaded."
 
 

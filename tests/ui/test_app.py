@@ -211,3 +211,17 @@ def test_gallery_lists_newest_first_and_reuses_parameters(client: Client, runnin
     after = call(client, "/gallery_delete", rels[0], 0)
     assert not target.exists()
     assert rels[0] not in after["Paths"] and after["Chosen path"] == ""
+
+
+def test_fast_mode_toggle_reaches_the_engine(client: Client, running_app: RunningApp) -> None:
+    engine = running_app.services.engine
+    assert engine.config.fast is False
+    try:
+        message = client.predict(True, api_name="/set_fast_mode")
+        assert "Fast mode **on**" in message and engine.config.fast is True
+        # A generation still works with fast mode on (on the CPU its plan changes nothing).
+        results = call(client, "/generate", running_app.model_name, *form(batch_size=1, steps=2))
+        assert results["Error"] == "" and "Done: 1 image" in results["Progress"]
+    finally:
+        assert "Fast mode **off**" in client.predict(False, api_name="/set_fast_mode")
+    assert engine.config.fast is False
