@@ -318,14 +318,10 @@ def test_scan_imports_no_torch(tmp_path: Path) -> None:
     assert result == {"families": ["sd1", "sd2", "sd1"], "heavy": []}
 
 
-def test_a_rescan_reads_only_changed_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def count_header_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files whose headers discovery reads from now on."""
     from sdlocal.engine import models
 
-    folder = tmp_path / "models"
-    write_safetensors(folder / "a.safetensors", HEADERS["sd1"])
-    changing = write_safetensors(folder / "b.safetensors", HEADERS["sd1"])
-    cat = catalog(tmp_path, [folder])
-    cat.scan()
     read: list[str] = []
     real = models.detect_file
 
@@ -334,6 +330,17 @@ def test_a_rescan_reads_only_changed_headers(tmp_path: Path, monkeypatch: pytest
         return real(path)
 
     monkeypatch.setattr(models, "detect_file", counting)
+    return read
+
+
+def test_a_rescan_reads_only_changed_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+    folder = tmp_path / "models"
+    write_safetensors(folder / "a.safetensors", HEADERS["sd1"])
+    changing = write_safetensors(folder / "b.safetensors", HEADERS["sd1"])
+    cat = catalog(tmp_path, [folder])
+    cat.scan()
+    read = count_header_reads(monkeypatch)
     write_safetensors(changing, HEADERS["sdxl"])
     stat = changing.stat()
     os.utime(changing, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
@@ -343,20 +350,12 @@ def test_a_rescan_reads_only_changed_headers(tmp_path: Path, monkeypatch: pytest
 
 def test_a_restart_reuses_the_headers_read_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new catalog (the next start) lists unchanged files from the detection cache, without reading them."""
-    from sdlocal.engine import models
 
     folder = tmp_path / "models"
     write_safetensors(folder / "a.safetensors", HEADERS["sd1"])
     write_safetensors(folder / "b.safetensors", HEADERS["sdxl"])
     first = by_name(catalog(tmp_path, [folder]).scan())
-    read: list[str] = []
-    real = models.detect_file
-
-    def counting(path: Path):  # type: ignore[no-untyped-def]
-        read.append(path.name)
-        return real(path)
-
-    monkeypatch.setattr(models, "detect_file", counting)
+    read = count_header_reads(monkeypatch)
     again = by_name(catalog(tmp_path, [folder]).scan())
     assert read == [] and {k: (e.family, e.supported) for k, e in again.items()} == \
         {k: (e.family, e.supported) for k, e in first.items()}
