@@ -63,7 +63,7 @@ def materialise(module: Any, dtype: Any, device: str, seed: int) -> Any:
     generator = torch.Generator(device=device).manual_seed(seed)
     for name, param in list(module.named_parameters()):
         value = random_value(name, tuple(param.shape), dtype, device, generator)
-        set_module_tensor_to_device(module, name, device, value=value)
+        set_module_tensor_to_device(module, name, device, value=value, dtype=dtype)
     return module.to(device).eval()
 
 
@@ -203,6 +203,10 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cpu-compile", action="store_true", help="include torch.compile in the reduced CPU run")
+    ap.add_argument("--real-shapes", action="store_true",
+                    help="build the real-shape models even without CUDA (fp32 on the CPU: checks the build path)")
+    ap.add_argument("--size", type=int, help="override the image side of every family")
+    ap.add_argument("--steps", type=int, help="override the steps of every family")
     args = ap.parse_args()
     setup()
     import numpy as np
@@ -217,17 +221,21 @@ def main() -> int:
     quiet_libraries()
     cuda = torch.cuda.is_available() and not args.tiny
     device, precision = ("cuda", "fp16") if cuda else ("cpu", "fp32")
-    shapes = REAL if cuda else REDUCED
+    real_shapes = cuda or args.real_shapes
+    shapes = {name: {**shape, **({"size": args.size} if args.size else {}), **({"steps": args.steps} if args.steps
+                                                                                else {})}
+              for name, shape in (REAL if real_shapes else REDUCED).items()}
     runs = args.runs if cuda else min(args.runs, 2)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp16 throughout; leave library defaults otherwise
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
             size, steps = shapes[family]["size"], shapes[family]["steps"]
             started = time.perf_counter()
-            pipe = build_realshape(family, device, torch.float16) if cuda else build_reduced(family)
+            if real_shapes:
+                pipe = build_realshape(family, device, torch.float16 if cuda else torch.float32)
+            else:
+                pipe = build_reduced(family)
             pipe.set_progress_bar_config(disable=True)
             loaded, runtime = sdlocal_side(pipe, family, device, precision, Path(tmp))
             build_seconds = time.perf_counter() - started
@@ -256,7 +264,7 @@ def main() -> int:
                         continue
                 elif variant == "compile":
                     if not cuda and not args.cpu_compile:
-                        skipped[key] = "reduced CPU run (add --cpu-compile)"
+                        skipped[key] = "on the CPU compiling takes minutes (add --cpu-compile)"
                         continue
                     pipe.unet.compile(fullgraph=False)
                 applied: list[str] = []
@@ -309,7 +317,8 @@ def main() -> int:
                      r["steps_per_s"]["median"],
                      r["seconds_per_image"]["median"], r["seconds_per_image"]["min"], speedup,
                      None if r["peak_gib"] is None else round(r["peak_gib"], 2), r["first_run_s"]])
-    where = torch.cuda.get_device_name(0) if cuda else "CPU (reduced: tiny models, fp32)"
+    where = torch.cuda.get_device_name(0) if cuda else (
+        "CPU (real shapes, fp32)" if real_shapes else "CPU (reduced: tiny models, fp32)")
     print(f"{where}, {precision}, {runs} timed runs per side after a warm-up, interleaved")
     print(table(["model", "variant", "side", "steps/s", "s/image", "min s", "x vs sdpa", "peak GiB", "first run s"],
                 rows))
@@ -323,7 +332,7 @@ def main() -> int:
     print("\nsdlocal / diffusers, s/image medians: " + ", ".join(f"{k} {v}" for k, v in pairs.items()))
     for key, why in skipped.items():
         print(f"skipped {key}: {why}")
-    write_json("gpu", {"benchmark": "gpu", "tiny": not cuda, "machine": machine(), "device": where,
+    write_json("gpu", {"benchmark": "gpu", "tiny": not real_shapes, "machine": machine(), "device": where,
                        "results": results, "sdlocal_over_diffusers": pairs, "skipped": skipped}, args.results_dir)
     return 0
 
