@@ -109,8 +109,11 @@ def req(prompt: str = "p", **values) -> GenerationRequest:
 
 
 def test_jobs_run_in_submission_order_on_one_worker_thread(queue: JobQueue, engine: ScriptedEngine) -> None:
-    jobs = [queue.submit(req(name)) for name in ("a", "b")]
-    jobs.append(queue.submit(req("c")))
+    engine.tokens = threading.Semaphore(0)  # "a" holds the worker until the tokens are handed out
+    jobs = [queue.submit(req("a"))]
+    assert engine.running.wait(5)  # "a" left the line, so "b" and "c" fit its two waiting places
+    jobs += [queue.submit(req(name)) for name in ("b", "c")]
+    engine.tokens.release(1000)
     results = [job.wait(10) for job in jobs]
     assert engine.order == ["a", "b", "c"]
     assert engine.threads == {"sdlocal-worker"}
