@@ -330,19 +330,20 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
         form = coerce_fields(dict(zip(FORM_FIELDS, values, strict=True)))
         if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
             model_name = ""
-        blank = (gr.update(), gr.update(visible=False), gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+        # After the progress and error outputs: preview hidden, gallery, results, selected and info unchanged.
+        blank = (gr.update(visible=False), gr.update(), gr.update(), gr.update(), gr.update())
         try:
             request = GenerationRequest.build(model=model_name or "", **form)
         except RequestError as exc:
             gr.Warning(error_text(exc))
-            yield ("", error_box(error_text(exc)), *blank[1:])
+            yield ("", error_box(error_text(exc)), *blank)
             return
         ui_state.save({"model": model_name or "", "form": form})
         try:
             job = queue.submit(request, save=True, source="ui")
         except Exception as exc:  # noqa: BLE001 - QueueFullError and friends: a message, not an error page
             gr.Warning(error_text(exc))
-            yield ("", error_box(error_text(exc)), *blank[1:])
+            yield ("", error_box(error_text(exc)), *blank)
             return
         yield (progress_html(_Waiting()), "", gr.update(visible=True, value=None), gr.update(), gr.update(),
                gr.update(), gr.update())
