@@ -4,7 +4,8 @@ Off by default (diffusers' own rule: usability first, speed when asked). Each ca
 benchmark showed it helps (``bench/gpu.py`` on CUDA, ``bench/cpu.py`` and ``bench/gpu.py --tiny`` on the CPU;
 figures in docs/benchmarks.md):
 
-- ``channels_last``: UNet and VAE weights in NHWC, the layout cuDNN's fp16 convolutions run fastest in.
+- ``channels_last``: UNet and VAE weights in NHWC, the layout cuDNN's fp16 convolutions (and oneDNN's on the
+  CPU) run fastest in.
 - ``fuse_qkv``: one matmul for the query, key and value projections of each self-attention (key and value for
   cross-attention), in the UNet and the VAE. diffusers keeps the unfused weights too, so the attention weights
   take about twice their memory (SD 1.5 UNet: +0.2 GB in fp16). Only with PyTorch SDPA attention: fusing swaps
@@ -12,8 +13,10 @@ figures in docs/benchmarks.md):
 - ``compile``: ``torch.compile`` of the UNet's forward (the part that runs once per step). The first run at a
   new size compiles (tens of seconds on a GPU); later runs at that size are faster. Needs triton.
 
-On the CPU none of them helped the measured models (channels-last and fused QKV within noise, compile slower
-to start than it saves on a 20-step image), so fast mode changes nothing there and says so.
+On the CPU (fp32, real-size SD 1.5, 2-core EPYC without native bf16) only channels-last helped, a little:
+3-4% off the median image time, 5 of 6 interleaved pairs faster, at most 1/255 pixel difference. Fused QKV was
+slower there (+9% median), and torch.compile took 150 s to compile the tiny model's UNet for a 15% gain per
+image, paid again at every new size: not worth it for a UI. So on the CPU fast mode is channels-last only.
 The preview decoder is already cheap (a 4x3 latent-to-RGB map, ``generate.latent_preview``), so fast mode
 leaves it alone.
 """
@@ -29,7 +32,8 @@ log = logging.getLogger(__name__)
 
 CANDIDATES: tuple[str, ...] = ("channels_last", "fuse_qkv", "compile")
 # What fast mode applies per device type, from the benchmarks (see the module docstring).
-PLAN: dict[str, tuple[str, ...]] = {"cuda": ("channels_last", "fuse_qkv", "compile"), "cpu": (), "mps": ()}
+PLAN: dict[str, tuple[str, ...]] = {"cuda": ("channels_last", "fuse_qkv", "compile"), "cpu": ("channels_last",),
+                                    "mps": ()}
 COMPILE_MODE = "default"  # "max-autotune" tunes each GEMM: minutes of compiling per size for a few percent
 
 

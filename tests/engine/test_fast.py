@@ -42,10 +42,19 @@ def reference() -> np.ndarray:
     return _image(_pipe())
 
 
-def test_the_cpu_plan_changes_nothing_and_says_so(reference: np.ndarray) -> None:
+def test_the_cpu_plan_is_channels_last_only_and_keeps_the_image(reference: np.ndarray) -> None:
     pipe = _pipe()
-    assert plan_for("cpu") == ()
-    assert apply_fast_mode(pipe, "cpu") == []
+    assert plan_for("cpu") == ("channels_last",)
+    applied = apply_fast_mode(pipe, "cpu")
+    assert applied == ["channels-last memory format (unet, vae)"]
+    difference = np.abs(_image(pipe) - reference)
+    assert difference.max() <= MAX_PIXEL_DIFFERENCE
+    assert difference.mean() <= MAX_MEAN_DIFFERENCE
+
+
+def test_nothing_is_applied_where_nothing_was_measured_to_help(reference: np.ndarray) -> None:
+    pipe = _pipe()
+    assert apply_fast_mode(pipe, "mps") == []  # the plan is empty: the pipeline is left exactly as it was
     assert np.array_equal(_image(pipe), reference)
 
 
