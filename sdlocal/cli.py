@@ -109,7 +109,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                      help="same as --attention xformers (NVIDIA GPUs only; installs the xformers extra)")
     run.add_argument("--fast", action="store_true", default=S,
                      help="fast mode: channels-last, fused attention projections and torch.compile on NVIDIA GPUs "
-                          "(the first image at each size compiles); nothing on the CPU, where none of it helps")
+                          "(the first image at each size compiles); on the CPU channels-last only (a few percent)")
     run.add_argument("--token-merging-ratio", type=float, default=S, metavar="R",
                      help="default token merging ratio, 0 (off) to 0.9: faster, slightly different images")
     run.add_argument("--max-loaded-models", type=int, default=S, metavar="N",

@@ -201,7 +201,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
                     fast_mode = gr.Checkbox(
                         label="Fast mode", value=bool(getattr(getattr(engine, "config", None), "fast", False)),
                         info="torch.compile, channels-last and fused attention on NVIDIA GPUs (the first image at "
-                             "each size compiles first); on the CPU nothing measured helps, so it changes nothing.",
+                             "each size compiles first); on the CPU channels-last only, a few percent faster.",
                         elem_id="sd-fast")
                     runtime_status = gr.Markdown("", label="Runtime status")
                     with gr.Row():

@@ -219,7 +219,7 @@ def test_fast_mode_toggle_reaches_the_engine(client: Client, running_app: Runnin
     try:
         message = client.predict(True, api_name="/set_fast_mode")
         assert "Fast mode **on**" in message and engine.config.fast is True
-        # A generation still works with fast mode on (on the CPU its plan changes nothing).
+        # A generation still works with fast mode on (on the CPU: channels-last).
         results = call(client, "/generate", running_app.model_name, *form(batch_size=1, steps=2))
         assert results["Error"] == "" and "Done: 1 image" in results["Progress"]
     finally:
