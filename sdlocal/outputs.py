@@ -59,7 +59,8 @@ class OutputStore:
         self._next_number: dict[Path, int] = {}
         self._cleaned: set[Path] = set()
         self._cache_signature: tuple | None = None
-        self._cache_items: list[GalleryItem] = []
+        self._cache_rows: list[tuple[str, int, str, str, int]] = []
+        self._folder_rows: dict[str, tuple[int, list[tuple[str, int, str, str, int]]]] = {}
 
     # ------------------------------------------------------------------ saving
     def save(
@@ -98,6 +99,7 @@ class OutputStore:
                 pass
         _fsync_dir(folder)
         self._cache_signature = None
+        self._folder_rows.pop(str(folder), None)  # a folder's mtime may not tick between two quick saves
         return final
 
     def _publish(self, temp: Path, folder: Path, seed: int) -> Path:
@@ -137,55 +139,62 @@ class OutputStore:
 
     # ----------------------------------------------------------------- listing
     def list(self, page: int = 0, per_page: int = 48) -> list[GalleryItem]:
-        """One page (0-based) of saved images, newest first."""
+        """One page (0-based) of saved images, newest first; only that page's items are built and stat'ed."""
         if page < 0 or per_page < 1:
             raise OutputError(f"page {page} / per_page {per_page}: page must be >= 0 and per_page >= 1")
-        items = self._all_items()
-        return items[page * per_page : (page + 1) * per_page]
+        rows = self._all_rows()
+        return [self._item(row) for row in rows[page * per_page : (page + 1) * per_page]]
 
     def count(self) -> int:
-        return len(self._all_items())
+        return len(self._all_rows())
 
     def pages(self, per_page: int = 48) -> int:
         return max(1, -(-self.count() // per_page))
 
-    def _all_items(self) -> list[GalleryItem]:
+    def _item(self, row: tuple[str, int, str, str, int]) -> GalleryItem:
+        date, number, kind, name, seed = row
+        path = self.root / kind / date / name
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:  # deleted since the listing: still listed until the next scan notices
+            mtime = 0.0
+        return GalleryItem(path=path, relpath=f"{kind}/{date}/{name}", kind=kind, date=date, number=number,
+                           seed=seed, mtime=mtime)
+
+    def _all_rows(self) -> list[tuple[str, int, str, str, int]]:
+        """(date, number, kind, file name, seed) of every image, newest first.
+
+        Plain tuples from the directory listings alone (no Path or stat per file: with 10,000 images those cost
+        more than the listing itself), cached per date folder by its mtime, so a save rescans only its folder.
+        """
         folders = self._date_folders()
         signature = tuple((str(path), _mtime_ns(path)) for path in folders) + ((str(self.root), _mtime_ns(self.root)),)
         if signature == self._cache_signature:
-            return self._cache_items
-        items: list[GalleryItem] = []
-        for folder in folders:
-            kind, date = folder.parent.name, folder.name
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for entry in entries:
-                match = _NAME_RE.match(entry.name)
-                if not match or not entry.is_file():
-                    continue
+            return self._cache_rows
+        rows: list[tuple[str, int, str, str, int]] = []
+        folder_rows: dict[str, tuple[int, list[tuple[str, int, str, str, int]]]] = {}
+        for (key, mtime_ns), folder in zip(signature[:-1], folders, strict=True):
+            cached = self._folder_rows.get(key)
+            if cached is not None and cached[0] == mtime_ns:
+                found = cached[1]
+            else:
+                kind, date = folder.parent.name, folder.name
                 try:
-                    mtime = entry.stat().st_mtime
+                    with os.scandir(folder) as entries:
+                        found = [(date, int(match.group(1)), kind, entry.name, int(match.group(2)))
+                                 for entry in entries
+                                 if (match := _NAME_RE.match(entry.name)) and entry.is_file()]
                 except OSError:
                     continue
-                items.append(
-                    GalleryItem(
-                        path=Path(entry.path),
-                        relpath=f"{kind}/{date}/{entry.name}",
-                        kind=kind,
-                        date=date,
-                        number=int(match.group(1)),
-                        seed=int(match.group(2)),
-                        mtime=mtime,
-                    )
-                )
+            folder_rows[key] = (mtime_ns, found)
+            rows.extend(found)
         # Newest first: by day, then by the counter (which orders a day's images even when mtimes are equal or
-        # were changed by a copy), then by mtime to interleave kinds sharing a day.
-        items.sort(key=lambda item: (item.date, item.number, item.mtime), reverse=True)
-        self._cache_items = items
+        # were changed by a copy), then by kind for kinds sharing a day.
+        rows.sort(reverse=True)
+        self._folder_rows = folder_rows
+        self._cache_rows = rows
         self._cache_signature = signature
-        return items
+        return rows
 
     def _date_folders(self) -> list[Path]:
         folders: list[Path] = []

@@ -208,3 +208,13 @@ def test_bad_kind_and_seed_are_refused(tmp_path: Path) -> None:
         store.save(_image(), "", seed=1, kind="../evil")
     with pytest.raises(OutputError, match="seed"):
         store.save(_image(), "", seed=-1)
+
+
+def test_each_quick_save_is_listed_at_once(tmp_path: Path) -> None:
+    """The listing is cached per folder by mtime, which may not tick between two saves: a save must still show."""
+    store = OutputStore(tmp_path)
+    image = Image.new("RGB", (8, 8))
+    for seed in range(5):
+        path = store.save(image, f"p\nSteps: 1, Seed: {seed}, Size: 8x8", seed)
+        assert store.count() == seed + 1 and store.list()[0].path == path
+    assert [item.seed for item in store.list()] == [4, 3, 2, 1, 0]
