@@ -304,11 +304,29 @@ def free_memory() -> None:
     import torch
 
     gc.collect()
+    _trim_heap()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     mps = getattr(torch, "mps", None)
     if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         mps.empty_cache()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap back to the OS on glibc: an evicted model otherwise stays in the process's RSS.
+
+    Measured (bench/switching.py): 2.0 GiB above the start after unloading a real-size SD 1.5, 15 MiB after
+    ``malloc_trim(0)``. Other platforms' allocators return large blocks themselves.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc without malloc_trim
+        pass
 
 
 class PipelineCache:
