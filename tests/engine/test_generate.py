@@ -82,6 +82,8 @@ def test_token_merging_is_applied_and_removed(engine, request_for) -> None:
     merged = engine.generate(request_for(width=128, height=128, token_merging_ratio=0.5))
     assert "Token merging ratio: 0.5" in merged.images[0].infotext
     assert _tome_blocks(engine) > 0
+    repeat = engine.generate(request_for(width=128, height=128, token_merging_ratio=0.5))
+    assert np.array_equal(pixels(repeat.images[0].image), pixels(merged.images[0].image)), "same seed and ratio"
     again = pixels(engine.generate(request_for(width=128, height=128)).images[0].image)
     assert _tome_blocks(engine) == 0
     assert np.array_equal(plain, again)
