@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_generate_unknown_model_is_an_error_naming_it(tmp_path):
                             out=io.StringIO(), err=err)
     assert code in (1, 2)
     assert "no-such-model" in err.getvalue()
+
+
+def test_serve_stops_with_the_report_when_the_late_checks_fail(tmp_path):
+    """The torch checks run after the page is up; a failure there (--require-gpu on a CPU machine) still stops
+    the server with the report and exit code 1."""
+    import socket
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a usable GPU, so --require-gpu passes")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "sdlocal", "serve", "--require-gpu", "--offline", "--port",
+                           str(port), "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILURE  CUDA" in done.stdout and "stopping: fix the failure above" in done.stdout
