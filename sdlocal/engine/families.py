@@ -28,7 +28,7 @@ from sdlocal.engine.headers import HeaderError, read_ckpt_shapes, read_safetenso
 log = logging.getLogger(__name__)
 
 FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
-SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a single file's own diffusers config folder (as in loader)
+SIDECAR_SUFFIX = ".config"  # "<file stem>.config/": a single file's own diffusers config folder
 
 UNET = "model.diffusion_model."
 SD_CONTEXT_KEY = UNET + "input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"

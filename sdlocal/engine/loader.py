@@ -26,6 +26,7 @@ from typing import Any
 
 from sdlocal.engine.devices import Runtime
 from sdlocal.engine.families import family_of_folder as _family_of_folder
+from sdlocal.engine.families import sidecar_config_dir
 from sdlocal.engine.families import unet_in_channels as _unet_in_channels
 from sdlocal.engine.models import ModelEntry
 from sdlocal.engine.request import EngineError
@@ -33,7 +34,6 @@ from sdlocal.engine.request import EngineError
 log = logging.getLogger(__name__)
 
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
-SIDECAR_SUFFIX = ".config"  # "<file stem>.config/" next to a single file: that model's own diffusers config folder
 
 
 @dataclass
@@ -58,11 +58,6 @@ class LoadedModel:
     @property
     def inpainting(self) -> bool:
         return int(self.pipe.unet.config.in_channels) == 9
-
-
-def sidecar_config_dir(path: Path) -> Path:
-    """Where a single file's own config folder would be: ``model.safetensors`` -> ``model.config/``."""
-    return path.with_name(path.stem + SIDECAR_SUFFIX)
 
 
 def config_dir_for(entry: ModelEntry) -> Path:
