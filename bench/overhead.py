@@ -56,10 +56,10 @@ def main() -> int:
     import uvicorn
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    from sdlocal.api.server import create_app
     from sdlocal.engine import GenerationRequest
     from sdlocal.engine.loader import sidecar_config_dir
     from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.server import create_app
     from sdlocal.services import build_services
     from sdlocal.settings import Settings
 

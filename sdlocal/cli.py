@@ -258,7 +258,7 @@ def run_serve(settings: Settings, launched: bool = False) -> int:
                   + "!" * 78 + "\n", flush=True)
         return 0
 
-    from sdlocal.api.server import serve
+    from sdlocal.server import serve
 
     print(f"[sdlocal] starting on {settings.url} (data: {settings.data_dir})", flush=True)
     return serve(settings, after_start=torch_checks) or 0

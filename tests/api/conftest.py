@@ -46,8 +46,8 @@ def start_server(data_dir: Path, models: list[str], **settings_values: Any) -> I
     """Write tiny models, build the services and the app, serve it, and wait until the first model is loaded."""
     import uvicorn
 
-    from sdlocal.api.server import create_app
     from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.server import create_app
     from sdlocal.services import build_services
     from sdlocal.settings import Settings
 

@@ -91,7 +91,7 @@ def test_ready_is_503_with_the_reason_until_a_model_can_be_served(guarded: Serve
 
 
 def test_listening_on_the_network_makes_the_api_ask_for_the_ui_login() -> None:
-    from sdlocal.api.server import api_credentials
+    from sdlocal.api.auth import api_credentials
     from sdlocal.settings import Settings
 
     assert api_credentials(Settings(data_dir="/tmp/unused")) == []

@@ -71,7 +71,7 @@ def start_app(data_dir: Path, bad_files: bool = True) -> Iterator[RunningApp]:
 
     import uvicorn
 
-    from sdlocal.api.server import create_app
+    from sdlocal.server import create_app
 
     app = create_app(services)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -18,137 +18,18 @@ import secrets
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
+from sdlocal.api.auth import api_credentials, basic_auth, ui_credentials
+from sdlocal.api.errors import CatchAll, error_for, install_error_handlers
 from sdlocal.api.ops import Metrics, RequestCounter, ops_router
-from sdlocal.api.sdapi import ApiError, ApiOptions, build_router, model_not_found, request_error
-from sdlocal.engine.request import EngineError, ModelNotFoundError, RequestError
-from sdlocal.jobs import JobCancelledError, QueueFullError
+from sdlocal.api.sdapi import ApiOptions, build_router
 
-log = logging.getLogger("sdlocal.api")
-
-
-# ---------------------------------------------------------------------------------------------- auth
-def api_credentials(settings: Any) -> list[tuple[str, str]]:
-    """Logins the API accepts: ``--api-auth``; else, when shared or listening, the UI's logins; else none."""
-    if settings.api_auth:
-        return list(settings.api_auth)
-    if (settings.share or settings.listen) and not settings.no_auth:
-        return list(settings.auth)
-    return []
-
-
-def ui_credentials(settings: Any) -> list[tuple[str, str]] | None:
-    if settings.no_auth:
-        return None
-    return list(settings.auth) or None
-
-
-def basic_auth(pairs: list[tuple[str, str]]) -> Callable[..., Any]:
-    """A FastAPI dependency requiring HTTP Basic credentials from ``pairs`` (constant-time comparison)."""
-    scheme = HTTPBasic(auto_error=False, realm="sdlocal")
-
-    def check(credentials: HTTPBasicCredentials | None = Depends(scheme)) -> str:  # noqa: B008 - FastAPI's pattern
-        if credentials is not None:
-            user = credentials.username.encode()
-            password = credentials.password.encode()
-            for known_user, known_password in pairs:
-                user_ok = secrets.compare_digest(user, known_user.encode())
-                password_ok = secrets.compare_digest(password, known_password.encode())
-                if user_ok and password_ok:
-                    return credentials.username
-        raise ApiError(401, "Unauthorized", "This API needs a user name and password (HTTP Basic auth); "
-                       "the server was started with --api-auth, --gradio-auth, --listen or --share.",
-                       headers={"WWW-Authenticate": 'Basic realm="sdlocal"'})
-
-    return check
-
-
-# ---------------------------------------------------------------------------------------------- errors
-def error_for(exc: BaseException) -> ApiError:
-    """Any exception as an ``ApiError``: 4xx for what the client can fix, 500 without internals otherwise."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, RequestError):
-        return request_error(exc)
-    if isinstance(exc, ModelNotFoundError):
-        return model_not_found(exc)
-    if isinstance(exc, QueueFullError):
-        return ApiError(503, "Service Unavailable", f"The queue is full: {exc}",
-                        headers={"Retry-After": str(exc.retry_after)})
-    if isinstance(exc, JobCancelledError):
-        return ApiError(503, "Service Unavailable", str(exc), headers={"Retry-After": "1"})
-    if isinstance(exc, EngineError):
-        return ApiError(500, "EngineError", f"{exc.message} {exc.hint}".strip())
-    incident = uuid.uuid4().hex[:8]
-    log.error("internal error %s: %s", incident, exc, exc_info=exc)
-    return ApiError(500, "Internal Server Error",
-                    f"An internal error occurred (incident {incident}); the server log has the details.")
-
-
-def _error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def on_api_error(_request: Request, exc: Exception) -> JSONResponse:
-        return _error_response(error_for(exc))
-
-    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        problems = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
-        first = problems[0] if problems else {}
-        loc = [str(part) for part in first.get("loc", []) if part != "body"]
-        name = ".".join(loc) or "body"
-        detail = f"{name}: {first.get('msg', 'invalid value')}"
-        if "input" in first and loc:
-            detail += f" (got {first['input']!r})"
-        return JSONResponse({"error": "Unprocessable Entity", "detail": detail, "errors": problems, "field": name},
-                            status_code=422)
-
-    for kind in (ApiError, RequestError, ModelNotFoundError, QueueFullError, EngineError):
-        app.add_exception_handler(kind, on_api_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-
-
-class CatchAll:
-    """ASGI middleware: any other exception becomes a JSON 500 without internals, sent here.
-
-    Letting it reach Starlette's outermost handler would also answer 500, but that handler re-raises, and
-    uvicorn then closes the connection, which can cut the response short for the client.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watch(message: dict) -> None:
-            nonlocal started
-            if message.get("type") == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        except Exception as exc:  # noqa: BLE001 - the server keeps serving
-            error = error_for(exc)
-            if started:
-                log.error("error after the response started on %s: %s", scope.get("path"), exc)
-                return
-            await _error_response(error)(scope, receive, send)
+log = logging.getLogger("sdlocal.server")
 
 
 # ---------------------------------------------------------------------------------------------- the app
