@@ -84,6 +84,11 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                      help="require HTTP basic auth for the API")
     net.add_argument("--nowebui", action="store_true", default=S, help="serve only the API, no web UI (implies --api)")
     net.add_argument("--theme", choices=THEMES, default=S, help="web UI colour theme (default: follow the system)")
+    net.add_argument("--tls-keyfile", type=Path, default=S, metavar="FILE",
+                     help="serve HTTPS with this PEM private key (with --tls-certfile); use it with --listen and a "
+                          "login, or passwords cross the network in clear")
+    net.add_argument("--tls-certfile", type=Path, default=S, metavar="FILE",
+                     help="the PEM certificate for --tls-keyfile")
     net.add_argument("--queue-size", type=int, default=S, metavar="N",
                      help="most jobs waiting in the queue before new ones are refused (default 64)")
 
@@ -107,6 +112,18 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                      help="attention kernel (default auto: PyTorch SDPA)")
     run.add_argument("--xformers", action="store_true", default=S,
                      help="same as --attention xformers (NVIDIA GPUs only; installs the xformers extra)")
+    run.add_argument("--medvram", action="store_true", default=S,
+                     help="less GPU memory, a little slower: each model part moves to the GPU only while it runs "
+                          "(model CPU offload) and the VAE decodes in slices (NVIDIA GPUs; also a UI control)")
+    run.add_argument("--lowvram", action="store_true", default=S,
+                     help="least GPU memory, much slower: layers move to the GPU one at a time (sequential CPU "
+                          "offload) and attention is sliced (NVIDIA GPUs; also a UI control)")
+    run.add_argument("--attention-slicing", action="store_true", default=S,
+                     help="compute attention in slices: less memory at large sizes, slightly slower")
+    run.add_argument("--vae-slicing", action="store_true", default=S,
+                     help="decode a batch's images one at a time: less memory for large batches")
+    run.add_argument("--cpu-offload", action="store_true", default=S,
+                     help="keep models in RAM and move each part to the GPU only while it runs (NVIDIA GPUs)")
     run.add_argument("--fast", action="store_true", default=S,
                      help="fast mode: channels-last, fused attention projections and torch.compile on NVIDIA GPUs "
                           "(the first image at each size compiles); on the CPU channels-last only (a few percent)")

@@ -68,6 +68,8 @@ class Settings:
     attention_slicing: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False
+    medvram: bool = False
+    lowvram: bool = False
     token_merging_ratio: float = 0.0
     max_loaded_models: int = 1
     fast: bool = False
@@ -86,6 +88,8 @@ class Settings:
     require_gpu: bool = False
     queue_size: int = 64
     theme: str = "system"
+    tls_keyfile: Path | None = None
+    tls_certfile: Path | None = None
     # Set by secure_sharing() when --share/--listen come without credentials: printed once, never saved.
     generated_password: str | None = field(default=None, compare=False, repr=False)
     # Things worth telling the user about how the settings were read (e.g. an ignored, misspelt variable).
@@ -97,6 +101,10 @@ class Settings:
         self.extra_model_paths = [Path(p).expanduser() for p in self.extra_model_paths]
         if self.gradio_auth_path is not None:
             self.gradio_auth_path = Path(self.gradio_auth_path).expanduser()
+        for name in ("tls_keyfile", "tls_certfile"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value).expanduser())
         self.validate()
 
     # ----- checks -------------------------------------------------------------------------------------------
@@ -114,6 +122,10 @@ class Settings:
                                 "Use a ratio from 0 (off) to 0.9; 0.3-0.5 is a common choice.")
         if int(self.max_loaded_models) < 1:
             raise SettingsError("max_loaded_models", self.max_loaded_models, "Keep at least 1 model loaded.")
+        if (self.tls_keyfile is None) != (self.tls_certfile is None):
+            given = "tls_keyfile" if self.tls_keyfile is not None else "tls_certfile"
+            raise SettingsError(given, str(getattr(self, given)),
+                                "HTTPS needs both --tls-keyfile and --tls-certfile (a PEM key and its certificate).")
         if int(self.queue_size) < 1:
             raise SettingsError("queue_size", self.queue_size, "The queue must hold at least 1 job.")
         return self
@@ -187,6 +199,8 @@ class Settings:
             attention_slicing=self.attention_slicing,
             vae_slicing=self.vae_slicing,
             cpu_offload=self.cpu_offload,
+            medvram=self.medvram,
+            lowvram=self.lowvram,
             max_loaded_models=self.max_loaded_models,
             token_merging_ratio=self.token_merging_ratio,
             sd2_prediction=self.sd2_prediction,  # type: ignore[arg-type]
@@ -257,11 +271,11 @@ class Settings:
 
 _PATH_LISTS = {"models_dirs", "extra_model_paths"}
 _AUTH_LISTS = {"gradio_auth", "api_auth"}
-_BOOLS = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload", "listen", "share", "no_auth", "api",
-          "nowebui", "offline", "require_gpu", "fast"}
+_BOOLS = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload", "medvram", "lowvram", "listen", "share",
+          "no_auth", "api", "nowebui", "offline", "require_gpu", "fast"}
 _INTS = {"port", "max_loaded_models", "queue_size"}
 _FLOATS = {"token_merging_ratio"}
-_PATHS = {"data_dir", "gradio_auth_path"}
+_PATHS = {"data_dir", "gradio_auth_path", "tls_keyfile", "tls_certfile"}
 _OPTIONAL_TEXT = {"preset"}
 _TEXT = {"device", "precision", "attention", "theme", "sd2_prediction"}
 FIELD_NAMES: tuple[str, ...] = tuple(sorted(_PATH_LISTS | _AUTH_LISTS | _BOOLS | _INTS | _FLOATS | _PATHS
@@ -431,7 +445,7 @@ def _coerce_mapping(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, list):
                 raise SettingsError(where, value, 'Use a list of "user:password" strings.')
             out[key] = parse_auth(",".join(str(v) for v in value), where)
-        elif value is None and key in (_OPTIONAL_TEXT | {"gradio_auth_path"}):
+        elif value is None and key in (_OPTIONAL_TEXT | {"gradio_auth_path", "tls_keyfile", "tls_certfile"}):
             out[key] = None
         else:
             raise SettingsError(where, value, "Use a text value.")

@@ -42,6 +42,10 @@ class EngineConfig:
     attention_slicing: bool = False
     vae_slicing: bool = False
     cpu_offload: bool = False
+    # A1111's memory modes: medvram moves whole models to the GPU only while they run (model CPU offload)
+    # and slices the VAE; lowvram moves each layer (sequential offload) and slices attention too.
+    medvram: bool = False
+    lowvram: bool = False
     max_loaded_models: int = 1
     sd2_prediction: PredictionType = "v_prediction"
     token_merging_ratio: float = 0.0

@@ -142,7 +142,7 @@ class Engine:
         Runs under the run lock, so it waits for a generation in progress instead of pulling a model from under it.
         """
         allowed = {"device": DEVICES, "precision": PRECISIONS, "attention": ATTENTIONS}
-        flags = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload", "fast"}
+        flags = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload", "medvram", "lowvram", "fast"}
         for key, value in changes.items():
             if key in allowed and value not in allowed[key]:
                 raise RequestError(key, value, f"must be one of: {', '.join(allowed[key])}")
