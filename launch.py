@@ -6,7 +6,7 @@ it can report and repair a broken environment instead of failing on an import.
 
 Launcher flags (all other flags go to the app; ``python launch.py --help`` lists every one):
   --skip-install           check the installed versions, change nothing
-  --torch-index-url URL    install torch from URL (also TORCH_INDEX_URL)
+  --torch-index-url URL    install torch from URL (also TORCH_INDEX_URL); reinstalls torch if its build differs
   --pick-python PY...      (used by webui.sh/.bat) print the Python to build a new venv with
   --install-only           (used by run-tests.sh) make the environment match the lock, then exit
   --lock FILE              the lock to check against (default requirements.lock)
@@ -71,53 +71,101 @@ def ensure_environment(skip_install: bool, torch_index: str | None, xformers: bo
             pins[name] = version
         else:
             say("WARNING: --xformers needs an NVIDIA GPU; not installing xformers (PyTorch SDPA is used instead).")
+    override = torch_index or os.environ.get("TORCH_INDEX_URL") or None
     mismatches = preflight.compare(pins)
-    if not mismatches:
+    rebuild = plan_torch_rebuild(pins, mismatches, override)
+    specs = [f"{m.name}=={m.pinned}" for m in mismatches] + ([rebuild.spec] if rebuild and rebuild.spec else [])
+    if not specs:
         say(f"Environment: all {len(pins)} pinned packages match the lock ({time.monotonic() - started:.1f} s).")
         ensure_self_installed(skip_install)
         return True
+    report_mismatches(mismatches)
+    if skip_install:
+        say(f"--skip-install: {len(specs)} package(s) differ from the lock or the asked torch build and were left "
+            "as they are. Run without --skip-install to fix them.")
+        return True
+    index = override if rebuild and rebuild.spec else None
+    if any(m.name == "torch" for m in mismatches):
+        index = choose_index(pins["torch"], has_nvidia, override)
+    if not install(specs, index, lock):
+        return False
+    if not verify(pins, rebuild):
+        return False
+    say(f"Environment ready: {len(specs)} package(s) installed in {time.monotonic() - started:.0f} s.")
+    ensure_self_installed(skip_install)
+    return True
+
+
+def plan_torch_rebuild(pins: dict[str, str], mismatches: list[preflight.Mismatch],
+                       override: str | None) -> preflight.TorchRebuild | None:
+    """``--torch-index-url`` on a venv whose torch is already the pinned release: reinstall it if the build differs.
+
+    Without this the flag was a silent no-op on an existing venv (the version matched, so nothing was installed).
+    When torch is missing or at another release it is installed from the override anyway, so None then.
+    """
+    if not override or "torch" not in pins or any(m.name == "torch" for m in mismatches):
+        return None
+    installed = preflight.installed_version("torch")
+    if installed is None:
+        return None
+    rebuild = preflight.torch_rebuild(installed, pins["torch"], override, sys.platform)
+    say(f"--torch-index-url: {rebuild.message}.")
+    return rebuild
+
+
+def report_mismatches(mismatches: list[preflight.Mismatch]) -> None:
     missing = [m for m in mismatches if m.installed is None]
     if len(missing) > 10:  # a new venv: one line, not seventy
         say(f"New environment: {len(missing)} pinned packages to install (a few minutes, once).")
     for mismatch in mismatches:
         if len(missing) <= 10 or mismatch.installed is not None:
             say(f"  {mismatch.describe()}")
-    if skip_install:
-        say(f"--skip-install: {len(mismatches)} package(s) differ from the lock and were left as they are. "
-            "Run without --skip-install to fix them.")
-        return True
-    index = None
-    if any(m.name == "torch" for m in mismatches):
-        override = torch_index or os.environ.get("TORCH_INDEX_URL") or None
-        index, why = preflight.choose_torch_index(sys.platform, has_nvidia, override,
-                                                  lambda: preflight.url_reachable(preflight.CPU_INDEX_URL))
-        say(f"torch {pins['torch']}: {why}.")
-        if index is None and not has_nvidia and not preflight.platform_is_mac():
-            build = preflight.probe_torch_build(sys.executable)
-            version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-            if build is True:
-                say(f"The default index offers the CPU build of torch for Python {version}: using it.")
-            elif build is False:
-                say(f"WARNING: for Python {version} the reachable indexes offer only the CUDA build of torch (about "
-                    "3 GB of NVIDIA libraries this machine cannot use). Installing it anyway; to avoid it, delete the "
-                    "venv and rerun webui.sh with another Python 3.10-3.12, or set TORCH_INDEX_URL.")
-            else:
-                say(f"Could not tell which torch build the default index offers for Python {version}.")
-    specs = [f"{m.name}=={m.pinned}" for m in mismatches]
+
+
+def choose_index(torch_pin: str, has_nvidia: bool, override: str | None) -> str | None:
+    """The index to install torch from (None: pip's default), said to the user with the reason."""
+    index, why = preflight.choose_torch_index(sys.platform, has_nvidia, override,
+                                              lambda: preflight.url_reachable(preflight.CPU_INDEX_URL))
+    say(f"torch {torch_pin}: {why}.")
+    if index is None and not has_nvidia and not preflight.platform_is_mac():
+        build = preflight.probe_torch_build(sys.executable)
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        if build is True:
+            say(f"The default index offers the CPU build of torch for Python {version}: using it.")
+        elif build is False:
+            say(f"WARNING: for Python {version} the reachable indexes offer only the CUDA build of torch (about "
+                "3 GB of NVIDIA libraries this machine cannot use). Installing it anyway; to avoid it, delete the "
+                "venv and rerun webui.sh with another Python 3.10-3.12, or set TORCH_INDEX_URL.")
+        else:
+            say(f"Could not tell which torch build the default index offers for Python {version}.")
+    return index
+
+
+def install(specs: list[str], index: str | None, lock: Path) -> bool:
     say(f"Installing {len(specs)} package(s) at their pinned versions...")
     cmd = preflight.pip_install_command(sys.executable, specs, index, lock)
     if subprocess.run(cmd, check=False).returncode != 0:
         say("FAILURE: pip could not install the pinned packages (see pip's message above). Fix: check your internet "
             "connection or proxy, then run webui.sh again; to start over, delete the venv folder.")
         return False
+    return True
+
+
+def verify(pins: dict[str, str], rebuild: preflight.TorchRebuild | None) -> bool:
+    """After pip: every pin matches, and a reinstalled torch is the build that was asked for (said either way)."""
     left = preflight.compare(pins)
     if left:
         for mismatch in left:
             say(f"  still different: {mismatch.describe()}")
         say("FAILURE: the environment still differs from the lock. Fix: delete the venv folder and run webui.sh again.")
         return False
-    say(f"Environment ready: {len(specs)} package(s) installed in {time.monotonic() - started:.0f} s.")
-    ensure_self_installed(skip_install)
+    if rebuild and rebuild.spec and rebuild.build:
+        now = preflight.installed_version("torch") or "not installed"
+        if preflight.installed_build(now, sys.platform) != rebuild.build:
+            say(f"FAILURE: torch is {now} after pip, not the {preflight.describe_build(rebuild.build)} build asked "
+                "for. Fix: delete the venv folder and run webui.sh again with the same --torch-index-url.")
+            return False
+        say(f"torch reinstalled: now {now} ({preflight.describe_build(rebuild.build)} build).")
     return True
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -189,6 +190,77 @@ def choose_torch_index(platform: str, has_nvidia: bool, override: str | None,
         return CPU_INDEX_URL, f"no NVIDIA GPU: torch's CPU build from {CPU_INDEX_URL}"
     return None, (f"no NVIDIA GPU, and {CPU_INDEX_URL} cannot be reached: torch from the default index "
                   "(your pip configuration)")
+
+
+# ----- which build of torch: the local version label ---------------------------------------------------------------
+
+# The last part of a PyTorch wheel index's address names the build it serves, and that build's wheels carry the same
+# name as their local version label: .../whl/cu130 serves 2.13.0+cu130, .../whl/rocm7.2 serves 2.13.0+rocm7.2.
+INDEX_BUILD = re.compile(r"cpu|cu\d{2,3}|rocm\d+(?:\.\d+)*|xpu")
+
+
+def build_label(version: str) -> str | None:
+    """``2.13.0+cu130`` -> ``cu130``; None for a plain version (the wheel of PyPI, the default index)."""
+    _, sep, label = version.partition("+")
+    return label.lower() if sep and label else None
+
+
+def default_build(platform: str) -> str:
+    """The build of PyPI's plain torch wheel: CUDA 13.0 on Linux (FACTS), the CPU build on Windows and macOS."""
+    if platform.startswith("linux"):
+        return "cu" + TORCH_CUDA_FOR_INDEX.replace(".", "")
+    return "cpu"
+
+
+def installed_build(version: str, platform: str) -> str:
+    """The build an installed torch is: its label, or the default index's build when it has none."""
+    return build_label(version) or default_build(platform)
+
+
+def index_build(index_url: str) -> str | None:
+    """The build an index serves, from its address (``.../whl/cu130`` -> ``cu130``); None when it cannot be told."""
+    last = urllib.parse.urlsplit(index_url.strip()).path.rstrip("/").rsplit("/", 1)[-1].lower()
+    return last if INDEX_BUILD.fullmatch(last) else None
+
+
+def describe_build(build: str) -> str:
+    """``cu130`` -> ``CUDA 13.0``, ``rocm7.2`` -> ``ROCm 7.2``, ``cpu`` -> ``CPU``: for messages."""
+    if build.startswith("cu") and build[2:].isdigit():
+        return f"CUDA {build[2:-1]}.{build[-1]}"
+    if build.startswith("rocm"):
+        return f"ROCm {build[4:]}"
+    return {"cpu": "CPU", "xpu": "Intel XPU"}.get(build, build)
+
+
+@dataclass(frozen=True)
+class TorchRebuild:
+    """What ``--torch-index-url`` means for a torch already at the pinned release: a spec to install, and why."""
+
+    spec: str | None  # e.g. "torch==2.13.0+cu130"; None when nothing is to be installed
+    message: str
+    build: str | None = None  # the build the index serves, when known
+
+
+def torch_rebuild(installed: str, pinned: str, index_url: str, platform: str) -> TorchRebuild:
+    """Reinstall torch from ``index_url`` only when the installed build differs from the one that index serves.
+
+    The version numbers already match, so ``pip install torch==2.13.0`` would be a no-op: the spec names the build
+    (``torch==2.13.0+cu130``), which the lock's ``torch==2.13.0`` constraint allows (PEP 440 ignores local labels
+    when the constraint has none). An index whose address does not name a build is left alone, said so.
+    """
+    want = index_build(index_url)
+    if want is None:
+        return TorchRebuild(None, f"cannot tell from its address which torch build {index_url} serves (it does "
+                                  "not end in /cpu, /cu130, /rocm7.2 or the like), so torch "
+                                  f"{installed} was left as it is. To install torch from it anyway, delete the venv "
+                                  "folder and run webui.sh again with the same --torch-index-url")
+    have = installed_build(installed, platform)
+    if want == have:
+        return TorchRebuild(None, f"torch {installed} is already the {describe_build(want)} build that {index_url} "
+                                  "serves: nothing changed", want)
+    spec = f"torch=={base_version(pinned)}+{want}"
+    return TorchRebuild(spec, f"torch {installed} is the {describe_build(have)} build; {index_url} serves the "
+                              f"{describe_build(want)} build: reinstalling {spec} from it", want)
 
 
 def url_reachable(url: str, timeout: float = 4.0) -> bool:

@@ -36,6 +36,7 @@ def launch(monkeypatch, tmp_path):
     monkeypatch.setattr(preflight, "compare", lambda pins, get=installed.get: _compare(pins, get))
     monkeypatch.setattr(preflight, "has_nvidia_gpu", lambda: False)
     monkeypatch.setattr(module.subprocess, "run", fake_run)
+    monkeypatch.delenv("TORCH_INDEX_URL", raising=False)
     module.test_state = {"lock": lock, "installed": installed, "calls": calls}
     return module
 
@@ -83,6 +84,70 @@ def test_torch_override_index_is_used(launch, capsys):
     [cmd] = state["calls"]
     assert ["--extra-index-url", "https://mirror.example/whl"] == cmd[cmd.index("--extra-index-url"):][:2]
     assert "torch==2.13.0" in cmd and "TORCH_INDEX_URL" in capsys.readouterr().out
+
+
+CU130 = "https://download.pytorch.org/whl/cu130"
+
+
+def test_torch_index_url_reinstalls_a_cpu_torch_as_the_build_that_index_serves(launch, capsys):
+    """Existing venv, torch 2.13.0+cpu at the pinned release: --torch-index-url .../cu130 reinstalls it, said so."""
+    state = launch.test_state
+    state["installed"]["diffusers"] = "0.42.1"
+    assert launch.ensure_environment(False, CU130, False, state["lock"]) is True
+    [cmd] = state["calls"]
+    assert cmd[-1] == "torch==2.13.0+cu130"
+    assert ["--extra-index-url", CU130] == cmd[cmd.index("--extra-index-url"):][:2]
+    assert ["-c", str(state["lock"])] == cmd[cmd.index("-c"):][:2]
+    out = capsys.readouterr().out
+    assert ("torch 2.13.0+cpu is the CPU build; https://download.pytorch.org/whl/cu130 serves the CUDA 13.0 build: "
+            "reinstalling torch==2.13.0+cu130 from it") in out
+    assert "torch reinstalled: now 2.13.0+cu130 (CUDA 13.0 build)" in out
+
+
+def test_torch_index_url_from_the_environment_variable_and_beside_other_packages(launch, capsys, monkeypatch):
+    state = launch.test_state
+    monkeypatch.setenv("TORCH_INDEX_URL", "https://download.pytorch.org/whl/rocm7.2/")
+    assert launch.ensure_environment(False, None, False, state["lock"]) is True
+    [cmd] = state["calls"]
+    assert cmd[-2:] == ["diffusers==0.42.1", "torch==2.13.0+rocm7.2"]
+    assert "--extra-index-url" in cmd
+    assert "torch reinstalled: now 2.13.0+rocm7.2 (ROCm 7.2 build)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("installed", "url", "said"), [
+    ("2.13.0+cpu", "https://download.pytorch.org/whl/cpu",
+     "torch 2.13.0+cpu is already the CPU build that https://download.pytorch.org/whl/cpu serves: nothing changed"),
+    ("2.13.0", CU130, "torch 2.13.0 is already the CUDA 13.0 build"),  # PyPI's plain Linux wheel is CUDA 13.0
+    ("2.13.0+cpu", "https://mirror.example/simple", "cannot tell from its address which torch build"),
+])
+def test_torch_index_url_that_matches_or_cannot_be_told_installs_nothing_and_says_so(launch, capsys, monkeypatch,
+                                                                                      installed, url, said):
+    monkeypatch.setattr(launch.sys, "platform", "linux")
+    state = launch.test_state
+    state["installed"].update(diffusers="0.42.1", torch=installed)
+    assert launch.ensure_environment(False, url, False, state["lock"]) is True
+    assert state["calls"] == []
+    out = capsys.readouterr().out
+    assert said in out and "all 3 pinned packages match the lock" in out
+
+
+def test_torch_rebuild_is_only_reported_with_skip_install(launch, capsys):
+    state = launch.test_state
+    state["installed"]["diffusers"] = "0.42.1"
+    assert launch.ensure_environment(True, CU130, False, state["lock"]) is True
+    assert state["calls"] == []
+    out = capsys.readouterr().out
+    assert "reinstalling torch==2.13.0+cu130" in out and "--skip-install: 1 package(s) differ" in out
+
+
+def test_a_reinstall_that_leaves_the_old_build_fails_with_a_fix(launch, capsys, monkeypatch):
+    state = launch.test_state
+    state["installed"]["diffusers"] = "0.42.1"
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd, check=False, **k: subprocess.CompletedProcess(cmd, 0))
+    assert launch.ensure_environment(False, CU130, False, state["lock"]) is False
+    out = capsys.readouterr().out
+    assert "FAILURE: torch is 2.13.0+cpu after pip, not the CUDA 13.0 build asked for" in out
+    assert "delete the venv folder" in out
 
 
 def test_failed_pip_stops_with_a_fix(launch, capsys, monkeypatch):

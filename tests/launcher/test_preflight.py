@@ -103,6 +103,48 @@ def test_choose_torch_index(platform, nvidia, override, cpu_ok, expected, why):
     assert why in reason
 
 
+@pytest.mark.parametrize(("url", "build"), [
+    ("https://download.pytorch.org/whl/cu130", "cu130"),
+    ("https://download.pytorch.org/whl/cpu/", "cpu"),
+    ("https://download.pytorch.org/whl/rocm7.2", "rocm7.2"),
+    ("https://download.pytorch.org/whl/nightly/cu128", "cu128"),
+    ("https://mirror.example/whl", None),
+    ("https://pypi.org/simple", None),
+])
+def test_index_build_is_read_from_the_address(url, build):
+    assert preflight.index_build(url) == build
+
+
+@pytest.mark.parametrize(("installed", "platform", "url", "spec"), [
+    ("2.13.0+cpu", "linux", "https://download.pytorch.org/whl/cu130", "torch==2.13.0+cu130"),
+    ("2.13.0+cu130", "linux", "https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu"),
+    ("2.13.0+cpu", "linux", "https://download.pytorch.org/whl/rocm7.2", "torch==2.13.0+rocm7.2"),
+    ("2.13.0", "linux", "https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu"),  # plain = PyPI's CUDA 13.0
+    ("2.13.0", "linux", "https://download.pytorch.org/whl/cu126", "torch==2.13.0+cu126"),
+    ("2.13.0", "linux", "https://download.pytorch.org/whl/cu130", None),
+    ("2.13.0", "win32", "https://download.pytorch.org/whl/cpu", None),  # PyPI's Windows wheel is the CPU build
+    ("2.13.0", "win32", "https://download.pytorch.org/whl/cu130", "torch==2.13.0+cu130"),
+    ("2.13.0", "darwin", "https://download.pytorch.org/whl/cpu", None),
+    ("2.13.0+cpu", "linux", "https://download.pytorch.org/whl/cpu", None),
+    ("2.13.0+cpu", "linux", "https://mirror.example/whl", None),
+])
+def test_torch_rebuild_compares_the_build_labels(installed, platform, url, spec):
+    rebuild = preflight.torch_rebuild(installed, "2.13.0", url, platform)
+    assert rebuild.spec == spec
+    if spec:
+        assert rebuild.message.endswith(f"reinstalling {spec} from it")
+    elif rebuild.build:
+        assert rebuild.message.endswith("nothing changed")
+    else:
+        assert f"torch {installed} was left as it is" in rebuild.message
+
+
+def test_build_names_for_messages():
+    assert [preflight.describe_build(b) for b in ("cu130", "cu128", "rocm7.2", "cpu")] == [
+        "CUDA 13.0", "CUDA 12.8", "ROCm 7.2", "CPU"]
+    assert preflight.build_label("2.13.0+CU130") == "cu130" and preflight.build_label("2.13.0") is None
+
+
 def test_pip_report_tells_cpu_from_cuda_builds():
     cpu = {"install": [{"metadata": {"name": "torch", "version": "2.13.0+cpu"}},
                        {"metadata": {"name": "sympy", "version": "1.14.0"}}]}
