@@ -124,10 +124,11 @@ def report_mismatches(mismatches: list[preflight.Mismatch]) -> None:
 
 def choose_index(torch_pin: str, has_nvidia: bool, override: str | None) -> str | None:
     """The index to install torch from (None: pip's default), said to the user with the reason."""
+    amd = None if has_nvidia or override else preflight.local_amd_gpu()
     index, why = preflight.choose_torch_index(sys.platform, has_nvidia, override,
-                                              lambda: preflight.url_reachable(preflight.CPU_INDEX_URL))
+                                              lambda: preflight.url_reachable(preflight.CPU_INDEX_URL), amd)
     say(f"torch {torch_pin}: {why}.")
-    if index is None and not has_nvidia and not preflight.platform_is_mac():
+    if index is None and not has_nvidia and not (amd and amd.usable) and not preflight.platform_is_mac():
         build = preflight.probe_torch_build(sys.executable)
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         if build is True:
@@ -181,6 +182,11 @@ def ensure_self_installed(skip_install: bool) -> None:
         say("note: could not register the 'sdlocal' command in the venv; 'python launch.py' works the same.")
 
 
+def has_rocm_gpu() -> bool:
+    amd = preflight.local_amd_gpu()
+    return amd is not None and amd.usable
+
+
 def pick_python_main(paths: list[str]) -> int:
     """``launch.py --pick-python PY...``: print the interpreter webui.sh/.bat should build the venv with."""
     candidates = []
@@ -198,7 +204,7 @@ def pick_python_main(paths: list[str]) -> int:
         print(f"No supported Python found (sdlocal needs Python {preflight.supported_text()}).", file=sys.stderr)
         return 1
     chosen = preflight.pick_python(
-        candidates, preflight.has_nvidia_gpu(), os.environ.get("TORCH_INDEX_URL"),
+        candidates, preflight.has_nvidia_gpu() or has_rocm_gpu(), os.environ.get("TORCH_INDEX_URL"),
         lambda: preflight.url_reachable(preflight.CPU_INDEX_URL),
         preflight.probe_torch_build, lambda message: print(f"[sdlocal] {message}", file=sys.stderr))
     print(chosen.path)

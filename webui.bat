@@ -44,7 +44,8 @@ if not defined FIRST (
     goto :error
 )
 
-rem 5. Choose among them: without an NVIDIA GPU prefer one that gets torch's CPU build (see launch.py --pick-python).
+rem 5. Choose among them: without an NVIDIA GPU prefer one that gets torch's CPU build (see launch.py --pick-python;
+rem    torch's ROCm wheels for AMD GPUs are Linux-only).
 set "PY=%FIRST%"
 rem (the outer quotes keep cmd from stripping the quotes around the paths)
 for /f "delims=" %%p in ('""%FIRST%" launch.py --pick-python %CANDIDATES%"') do set "PY=%%p"

@@ -46,7 +46,8 @@ else
         [ -n "$FOUND_OTHER" ] && say "found unsupported Python:$FOUND_OTHER"
         fail "sdlocal needs Python $SUPPORTED. Install one (e.g. from python.org or your package manager) and run ./webui.sh again."
     fi
-    # 5. Choose among them: without an NVIDIA GPU prefer one that gets torch's CPU build (see launch.py --pick-python).
+    # 5. Choose among them: without a GPU torch has a build for (NVIDIA; AMD with ROCm on Linux) prefer one that gets
+    #    torch's CPU build (see launch.py --pick-python).
     PY="${CANDIDATES[0]}"
     if [ ${#CANDIDATES[@]} -gt 1 ]; then
         PY="$("$PY" launch.py --pick-python "${CANDIDATES[@]}")" || fail "could not choose a Python"

@@ -109,9 +109,16 @@ def check_torch_import(importer: Callable[[], ModuleType]) -> tuple[Finding, Mod
     except Exception as exc:  # noqa: BLE001 - any import error is the finding
         return (Finding("torch", FAILURE, f"cannot be imported: {type(exc).__name__}: {exc}",
                         "Delete the venv folder and run webui.sh again to reinstall torch."), None)
+    return Finding("torch", OK, f"{torch.__version__} ({torch_build(torch)})"), torch
+
+
+def torch_build(torch: Any) -> str:
+    """"ROCm 7.2 build", "CUDA 13.0 build" or "CPU build": ROCm builds set torch.version.hip (and no .cuda)."""
+    hip = getattr(torch.version, "hip", None)
+    if hip:
+        return f"ROCm {'.'.join(str(hip).split('.')[:2])} build"
     cuda = getattr(torch.version, "cuda", None)
-    build = f"CUDA {cuda} build" if cuda else "CPU build"
-    return Finding("torch", OK, f"{torch.__version__} ({build})"), torch
+    return f"CUDA {cuda} build" if cuda else "CPU build"
 
 
 def check_nvidia_driver(smi_output: str | None, torch_cuda: str | None, platform: str = sys.platform) -> Finding:
@@ -139,6 +146,76 @@ def check_nvidia_driver(smi_output: str | None, torch_cuda: str | None, platform
                        f"driver {info.driver} runs CUDA up to {info.cuda}, but torch was built for CUDA {torch_cuda}",
                        f"Update the NVIDIA driver to one for CUDA {torch_cuda}{need}.")
     return Finding("NVIDIA driver", OK, f"driver {info.driver}{gpus}, CUDA up to {info.cuda} (torch uses {torch_cuda})")
+
+
+def check_rocm(amd: preflight.AmdInfo | None, torch: Any) -> Finding:
+    """An AMD GPU on Linux: can ROCm reach it, and is this torch the ROCm build that uses it?"""
+    hip = getattr(torch.version, "hip", None)
+    reinstall = (f"Install torch's ROCm build: run webui.sh --torch-index-url {preflight.ROCM_INDEX_URL} (or delete "
+                 "the venv folder and run webui.sh again).")
+    if amd is None:
+        return Finding("AMD GPU (ROCm)", WARNING, f"this torch is a {torch_build(torch)}, but no AMD GPU was found "
+                       "(no /dev/kfd, no AMD display device)",
+                       f"Install the build for this machine: webui.sh --torch-index-url {preflight.CPU_INDEX_URL} "
+                       f"(or {preflight.CUDA_INDEX_URL} for an NVIDIA GPU).")
+    rocm = amd.rocm or (".".join(str(hip).split(".")[:2]) if hip else None)
+    desc = amd.describe() + (f", ROCm {rocm}" if rocm else ", no ROCm installed")
+    if not amd.usable:
+        return Finding("AMD GPU (ROCm)", WARNING, f"{desc}, but /dev/kfd is missing: the amdgpu kernel driver's "
+                       "ROCm interface is not loaded, so the GPU cannot be used: RUNNING ON THE CPU",
+                       "Install AMD's GPU driver with ROCm support (amdgpu-install --usecase=rocm) and reboot; "
+                       f"then run webui.sh --torch-index-url {preflight.ROCM_INDEX_URL}.")
+    if not amd.kfd_access:
+        return Finding("AMD GPU (ROCm)", WARNING, f"{desc}, but this user may not open /dev/kfd, so ROCm cannot "
+                       "use the GPU", "Add yourself to the render and video groups (sudo usermod -aG render,video "
+                       "$USER), then log out and in again.")
+    if not hip:
+        return Finding("AMD GPU (ROCm)", WARNING,
+                       f"{desc}, but this torch is a {torch_build(torch)}, so the GPU is not used", reinstall)
+    return Finding("AMD GPU (ROCm)", OK,
+                   f"{desc}; torch is a {torch_build(torch)} (HIP {hip}), so it runs on the GPU as device 'cuda'")
+
+
+def check_mps(torch: Any) -> Finding:
+    """macOS: can this torch use the Apple GPU (MPS), and if not, why not."""
+    mps = getattr(getattr(torch, "backends", None), "mps", None)
+    if mps is None or not getattr(mps, "is_built", lambda: True)():
+        return Finding("Apple GPU (MPS)", WARNING, "this torch was built without MPS support: RUNNING ON THE CPU",
+                       "Reinstall torch from the default index: delete the venv folder and run webui.sh again "
+                       "without --torch-index-url or TORCH_INDEX_URL.")
+    if mps.is_available():
+        return Finding("Apple GPU (MPS)", OK, "usable: sdlocal runs on the Apple GPU (device mps)")
+    return Finding("Apple GPU (MPS)", WARNING, "not usable: MPS needs macOS 12.3 or newer on Apple silicon (or on "
+                   "a Mac with an AMD GPU): RUNNING ON THE CPU",
+                   "Update macOS to 12.3 or newer; on an Intel Mac without an AMD GPU sdlocal runs on the CPU.")
+
+
+def check_rocm_gpu_arch(name: str, total_memory: int, gcn_arch: str, arch_list: list[str],
+                        override: str | None) -> Finding:
+    """Was this ROCm torch compiled for this GPU's gfx target? (Else HIP fails with 'invalid device function'.)
+
+    ``HSA_OVERRIDE_GFX_VERSION`` makes ROCm run a close target's kernels on an unlisted GPU (e.g. 11.0.0 for RDNA3
+    APUs), so with it set a mismatch is only a warning.
+    """
+    target = gcn_arch.split(":", 1)[0]
+    vram = total_memory / 2**30
+    desc = f"{name}, {vram:.1f} GiB, {target or 'unknown gfx target'}"
+    built = [a.split(":", 1)[0] for a in arch_list]
+    if target and built and target not in built:
+        message = f"{desc}: this torch was built for {', '.join(built)}, not {target}"
+        if override:
+            return Finding("GPU", WARNING, f"{message}; HSA_OVERRIDE_GFX_VERSION={override} is set",
+                           "If generation fails with 'invalid device function', unset HSA_OVERRIDE_GFX_VERSION or "
+                           "try another value.")
+        similar = {"gfx103": "10.3.0", "gfx110": "11.0.0", "gfx115": "11.0.0"}.get(target[:6])
+        hint = f"set HSA_OVERRIDE_GFX_VERSION={similar} to run " + ("RDNA2" if similar == "10.3.0" else "RDNA3") + \
+            " kernels on it, or " if similar else ""
+        return Finding("GPU", FAILURE, message, f"The GPU has no kernels in this torch: {hint}use a GPU that ROCm "
+                       "supports; --device cpu runs on the CPU.")
+    if vram < 3.5:
+        return Finding("GPU", WARNING, f"{desc}: little memory for Stable Diffusion",
+                       "Use --precision fp16 with SD 1.5 models; enable VAE slicing and model offload in the UI.")
+    return Finding("GPU", OK, desc)
 
 
 def check_cuda_available(torch: Any, has_driver: bool, require_gpu: bool) -> Finding:
@@ -325,6 +402,8 @@ class Machine:
     import_torch: Callable[[], ModuleType] = import_torch
     import_xformers: Callable[[], ModuleType] = import_xformers
     nvidia_smi: Callable[[], str | None] = preflight.run_nvidia_smi
+    amd_gpu: Callable[[], preflight.AmdInfo | None] = preflight.local_amd_gpu
+    gfx_override: Callable[[], str | None] = lambda: os.environ.get("HSA_OVERRIDE_GFX_VERSION")
     disk_free: Callable[[Path], int] = disk_free
     writable: Callable[[Path], str | None] = writable_problem
     port_free: Callable[[str, int], bool] = port_is_free
@@ -362,14 +441,12 @@ def diagnose(settings: Settings, machine: Machine | None = None, check_port_free
         smi = machine.nvidia_smi()
         has_driver = preflight.parse_nvidia_smi(smi) is not None
         if torch is not None:
-            add(check_nvidia_driver(smi, getattr(torch.version, "cuda", None), machine.platform))
+            add(check_gpu_vendor(torch, machine, smi, has_driver))
             cuda = check_cuda_available(torch, has_driver, settings.require_gpu)
             add(cuda)
             if cuda.ok:
                 for index in range(torch.cuda.device_count()):
-                    props = torch.cuda.get_device_properties(index)
-                    add(check_gpu_arch(props.name, props.total_memory, torch.cuda.get_device_capability(index),
-                                       list(torch.cuda.get_arch_list())))
+                    add(gpu_arch_finding(torch, index, machine))
             if settings.xformers:
                 add(check_xformers(machine.import_xformers, torch.__version__, cuda.ok))
     if QUICK in parts:
@@ -390,6 +467,29 @@ def diagnose(settings: Settings, machine: Machine | None = None, check_port_free
                         "Start with --device cpu --precision fp32, and report the error."))
     report.seconds = time.monotonic() - started
     return report
+
+
+def check_gpu_vendor(torch: Any, machine: Machine, smi: str | None, has_driver: bool) -> Finding:
+    """The GPU finding for this machine: Apple (MPS) on macOS, AMD (ROCm) for an AMD GPU or a ROCm torch, else NVIDIA.
+
+    An AMD GPU beside a working NVIDIA driver is usually the processor's integrated graphics: NVIDIA is checked then.
+    """
+    if machine.platform == "darwin":
+        return check_mps(torch)
+    hip = getattr(torch.version, "hip", None)
+    amd = machine.amd_gpu() if machine.platform.startswith("linux") else None
+    if hip or (amd is not None and not has_driver):
+        return check_rocm(amd, torch)
+    return check_nvidia_driver(smi, getattr(torch.version, "cuda", None), machine.platform)
+
+
+def gpu_arch_finding(torch: Any, index: int, machine: Machine) -> Finding:
+    props = torch.cuda.get_device_properties(index)
+    arch_list = list(torch.cuda.get_arch_list())
+    if getattr(torch.version, "hip", None):
+        return check_rocm_gpu_arch(props.name, props.total_memory, str(getattr(props, "gcnArchName", "")), arch_list,
+                                   machine.gfx_override())
+    return check_gpu_arch(props.name, props.total_memory, torch.cuda.get_device_capability(index), arch_list)
 
 
 def run_checks(settings: Settings) -> list[Finding]:

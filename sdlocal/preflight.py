@@ -7,6 +7,7 @@ so nothing here may import anything outside the standard library (``tests/launch
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +29,13 @@ CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
 CUDA_INDEX_URL = "https://download.pytorch.org/whl/cu130"
 TORCH_CUDA_FOR_INDEX = "13.0"
 XFORMERS_PIN = "xformers==0.0.35"
+# torch's ROCm build for AMD GPUs on Linux. PyTorch publishes each release for two ROCm versions: torch 2.11 and 2.12
+# for ROCm 7.1 and 7.2, and public ROCm setups of torch 2.13.0 install 2.13.0+rocm7.2 from this index, so 7.2 is the
+# version the pinned torch certainly has wheels for. The wheel bundles ROCm's libraries (only the amdgpu kernel
+# driver is needed, any ROCm installed on the system is not used). Change it here together with the torch pin.
+ROCM_VERSION_FOR_INDEX = "7.2"
+ROCM_INDEX_URL = f"https://download.pytorch.org/whl/rocm{ROCM_VERSION_FOR_INDEX}"
+AMD_PCI_VENDOR = "0x1002"  # ATI/AMD graphics (AMD's CPUs and chipsets are 0x1022)
 
 # Oldest NVIDIA driver (Linux / Windows) that runs each CUDA runtime, from NVIDIA's CUDA release notes.
 MIN_DRIVER_FOR_CUDA: dict[str, tuple[str, str]] = {
@@ -170,12 +178,14 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 
 def choose_torch_index(platform: str, has_nvidia: bool, override: str | None,
-                       cpu_index_reachable: Callable[[], bool]) -> tuple[str | None, str]:
+                       cpu_index_reachable: Callable[[], bool], amd: AmdInfo | None = None) -> tuple[str | None, str]:
     """Which index to install torch from, and why (said to the user).
 
     None means pip's configured/default index. Linux with an NVIDIA GPU: PyPI (its Linux wheel is the CUDA
-    build). Windows with an NVIDIA GPU: the CUDA index (PyPI's Windows wheel is CPU-only). No NVIDIA GPU: the CPU
-    index, so no gigabytes of CUDA libraries; if it cannot be reached, the default index, said so.
+    build). Windows with an NVIDIA GPU: the CUDA index (PyPI's Windows wheel is CPU-only). Linux with an AMD GPU
+    that ROCm can reach (``/dev/kfd``): the ROCm index. macOS: PyPI (its wheel drives Apple GPUs through MPS).
+    Otherwise the CPU index, so no gigabytes of CUDA libraries; if download.pytorch.org cannot be reached, the
+    default index, said so.
     """
     if override:
         return override, f"torch from {override} (--torch-index-url / TORCH_INDEX_URL)"
@@ -185,11 +195,108 @@ def choose_torch_index(platform: str, has_nvidia: bool, override: str | None,
             return CUDA_INDEX_URL, why
         return None, "NVIDIA GPU: torch from the default index (its Linux/macOS wheel is the GPU build)"
     if platform == "darwin":
-        return None, "macOS: torch from the default index (Apple GPUs use MPS, no CUDA libraries are downloaded)"
+        return None, ("macOS: torch from the default index (its wheel uses the Apple GPU through MPS; no CUDA "
+                      "libraries are downloaded)")
+    no_gpu = "no NVIDIA GPU"
+    if amd is not None and platform.startswith("linux"):
+        if amd.usable and cpu_index_reachable():
+            return ROCM_INDEX_URL, f"{amd.describe()} with ROCm: torch's ROCm {ROCM_VERSION_FOR_INDEX} build from " \
+                                   f"{ROCM_INDEX_URL}"
+        if amd.usable:
+            return None, (f"{amd.describe()} with ROCm, but download.pytorch.org cannot be reached: torch from the "
+                          "default index (your pip configuration); later: --torch-index-url " + ROCM_INDEX_URL)
+        no_gpu = (f"{amd.describe()} without ROCm's kernel interface (/dev/kfd is missing, the amdgpu driver is not "
+                  f"loaded; once it is: --torch-index-url {ROCM_INDEX_URL}), so")
     if cpu_index_reachable():
-        return CPU_INDEX_URL, f"no NVIDIA GPU: torch's CPU build from {CPU_INDEX_URL}"
-    return None, (f"no NVIDIA GPU, and {CPU_INDEX_URL} cannot be reached: torch from the default index "
+        return CPU_INDEX_URL, f"{no_gpu}: torch's CPU build from {CPU_INDEX_URL}"
+    return None, (f"{no_gpu}, and {CPU_INDEX_URL} cannot be reached: torch from the default index "
                   "(your pip configuration)")
+
+
+# ----- AMD GPUs on Linux (ROCm) -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AmdInfo:
+    """An AMD GPU on Linux and whether ROCm can reach it; from /dev/kfd, rocminfo and the PCI devices in /sys."""
+
+    kfd: bool  # /dev/kfd exists: the amdgpu kernel driver's compute interface, which torch's ROCm build needs
+    kfd_access: bool = True  # this user may open it (members of the render/video groups may)
+    gpus: tuple[str, ...] = ()  # "AMD Radeon RX 7900 XTX (gfx1100)" from rocminfo, else PCI ids
+    rocminfo: bool = False  # rocminfo listed a GPU agent, so ROCm's runtime sees it
+    rocm: str | None = None  # the system's ROCm (/opt/rocm/.info/version), when one is installed
+
+    @property
+    def usable(self) -> bool:
+        return self.kfd or self.rocminfo
+
+    def describe(self) -> str:
+        return "AMD GPU" + (f" ({', '.join(self.gpus)})" if self.gpus else "")
+
+
+def parse_rocminfo(output: str | None) -> tuple[str, ...]:
+    """The GPU agents in ``rocminfo``'s output: marketing name and gfx target, e.g. ``Radeon RX 7900 XTX (gfx1100)``."""
+    gpus = []
+    for block in re.split(r"^\s*Agent \d+\s*$", output or "", flags=re.MULTILINE)[1:]:
+        fields: dict[str, str] = {}
+        for key, value in re.findall(r"^[ \t]*([A-Za-z ]+?):[ \t]*(.*?)[ \t]*$", block, flags=re.MULTILINE):
+            fields.setdefault(key, value)  # the agent's own Name comes before its ISA's
+        if fields.get("Device Type") != "GPU":
+            continue
+        name, target = fields.get("Marketing Name", ""), fields.get("Name", "")
+        gpus.append(f"{name} ({target})" if name and target else name or target)
+    return tuple(gpus)
+
+
+def amd_pci_gpus(devices: Path = Path("/sys/bus/pci/devices")) -> tuple[str, ...]:
+    """AMD display devices (vendor 0x1002, class 0x03xxxx) as ``[1002:744c]`` ids; () when there is no sysfs."""
+    found = []
+    for device in sorted(devices.glob("*")) if devices.is_dir() else ():
+        try:
+            vendor = (device / "vendor").read_text().strip().lower()
+            klass = (device / "class").read_text().strip().lower()
+            product = (device / "device").read_text().strip().lower()
+        except OSError:
+            continue
+        if vendor == AMD_PCI_VENDOR and klass.startswith("0x03"):
+            found.append(f"[1002:{product.removeprefix('0x')}]")
+    return tuple(found)
+
+
+def run_rocminfo(timeout: float = 10.0) -> str | None:
+    exe = shutil.which("rocminfo") or ("/opt/rocm/bin/rocminfo" if Path("/opt/rocm/bin/rocminfo").exists() else None)
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def rocm_version(root: Path = Path("/")) -> str | None:
+    """The installed ROCm's version from ``/opt/rocm/.info/version`` (``6.4.1-120`` -> ``6.4.1``)."""
+    try:
+        text = (root / "opt/rocm/.info/version").read_text().strip()
+    except OSError:
+        return None
+    return text.split("-", 1)[0] or None
+
+
+def detect_amd_gpu(root: Path = Path("/"), rocminfo: Callable[[], str | None] = run_rocminfo) -> AmdInfo | None:
+    """An AMD GPU on this (Linux) machine, or None; ``root`` and ``rocminfo`` are replaced in tests."""
+    kfd_path = root / "dev/kfd"
+    kfd = kfd_path.exists()
+    pci = amd_pci_gpus(root / "sys/bus/pci/devices")
+    if not kfd and not pci:
+        return None  # nothing AMD here: do not run rocminfo at all
+    agents = parse_rocminfo(rocminfo())
+    return AmdInfo(kfd=kfd, kfd_access=kfd and os.access(kfd_path, os.R_OK | os.W_OK), gpus=agents or pci,
+                   rocminfo=bool(agents), rocm=rocm_version(root))
+
+
+def local_amd_gpu() -> AmdInfo | None:
+    """:func:`detect_amd_gpu` on Linux; None elsewhere (torch's ROCm wheels are Linux-only)."""
+    return detect_amd_gpu() if sys.platform.startswith("linux") else None
 
 
 # ----- which build of torch: the local version label ---------------------------------------------------------------
@@ -350,19 +457,20 @@ def torch_pin(lock: Path = LOCK_FILE) -> str:
         return "2.13.0"
 
 
-def pick_python(candidates: list[Candidate], has_nvidia: bool, override: str | None,
+def pick_python(candidates: list[Candidate], has_gpu: bool, override: str | None,
                 cpu_index_reachable: Callable[[], bool], probe: Callable[[str], bool | None],
                 say: Callable[[str], None]) -> Candidate:
     """The Python to build the venv with: the newest supported one, unless only an older one gets a CPU torch.
 
     Without an NVIDIA GPU and without the CPU index, a Python whose reachable indexes offer only the CUDA build
     of torch would pull about 3 GB of NVIDIA libraries the machine cannot use, so a candidate that gets the CPU
-    build is preferred. With a GPU, an index override, or the CPU index reachable, the first candidate is used.
+    build is preferred. With a GPU torch has a build for (NVIDIA, or AMD with ROCm), an index override, or the CPU
+    index reachable, the first candidate is used.
     """
     if not candidates:
         raise ValueError("no candidates")
     first = candidates[0]
-    if has_nvidia or override or platform_is_mac():
+    if has_gpu or override or platform_is_mac():
         return first
     if cpu_index_reachable():
         return first

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdlocal import doctor
+from sdlocal import doctor, preflight
 from sdlocal.doctor import FAILURE, OK, WARNING, Machine
 from sdlocal.engine.devices import Capabilities
 from sdlocal.settings import Settings
@@ -17,9 +17,14 @@ SMI_OLD_DRIVER = SMI_OK.replace("580.65.06", "535.54.03").replace("CUDA Version:
 
 
 def fake_torch(cuda: str | None = None, available: bool = False, arch: list[str] | None = None,
-               capability: tuple[int, int] = (8, 9), name: str = "NVIDIA GeForce RTX 4090", vram_gib: float = 24.0):
-    """A torch-shaped object: enough of torch.version and torch.cuda for the checks."""
-    props = SimpleNamespace(name=name, total_memory=int(vram_gib * 2**30))
+               capability: tuple[int, int] = (8, 9), name: str = "NVIDIA GeForce RTX 4090", vram_gib: float = 24.0,
+               hip: str | None = None, gcn_arch: str = "", mps_built: bool = True, mps_available: bool = False):
+    """A torch-shaped object: enough of torch.version, torch.cuda and torch.backends.mps for the checks.
+
+    A ROCm build is what torch's ROCm wheels look like: version.hip set, version.cuda None, and the AMD GPU behind
+    torch.cuda with a gcnArchName in its properties.
+    """
+    props = SimpleNamespace(name=name, total_memory=int(vram_gib * 2**30), gcnArchName=gcn_arch)
     cuda_mod = SimpleNamespace(
         is_available=lambda: available,
         device_count=lambda: 1 if available else 0,
@@ -27,8 +32,9 @@ def fake_torch(cuda: str | None = None, available: bool = False, arch: list[str]
         get_device_capability=lambda i: capability,
         get_arch_list=lambda: list(arch or []),
     )
-    mps = SimpleNamespace(is_available=lambda: False)
-    return SimpleNamespace(__version__="2.13.0" + ("+cpu" if cuda is None else ""), version=SimpleNamespace(cuda=cuda),
+    mps = SimpleNamespace(is_available=lambda: mps_available, is_built=lambda: mps_built)
+    label = "+rocm" + ".".join(hip.split(".")[:2]) if hip else "+cpu" if cuda is None else ""
+    return SimpleNamespace(__version__="2.13.0" + label, version=SimpleNamespace(cuda=cuda, hip=hip),
                            cuda=cuda_mod, backends=SimpleNamespace(mps=mps))
 
 
@@ -209,12 +215,77 @@ def test_precision_finding_from_capabilities():
     assert gpu.level == OK and gpu.message == "cuda (RTX 4090), fp16: because; attention sdpa"
 
 
+RX7900 = preflight.AmdInfo(kfd=True, gpus=("Radeon RX 7900 XTX (gfx1100)",), rocminfo=True, rocm="6.4.1")
+ROCM_TORCH = dict(hip="7.2.26015-0a1b2c3d", available=True, name="Radeon RX 7900 XTX", gcn_arch="gfx1100",
+                  arch=["gfx90a", "gfx942", "gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"])
+
+
+def test_torch_finding_names_a_rocm_build():
+    finding, _ = doctor.check_torch_import(lambda: fake_torch(**ROCM_TORCH))
+    assert finding.message == "2.13.0+rocm7.2 (ROCm 7.2 build)"
+
+
+def test_amd_gpu_with_a_cpu_torch_warns_with_the_rocm_index():
+    finding = doctor.check_rocm(RX7900, fake_torch())
+    assert finding.level == WARNING
+    assert finding.message == ("AMD GPU (Radeon RX 7900 XTX (gfx1100)), ROCm 6.4.1, but this torch is a CPU build, "
+                               "so the GPU is not used")
+    assert "--torch-index-url https://download.pytorch.org/whl/rocm7.2" in finding.fix
+    assert "delete the venv folder" in finding.fix
+
+
+def test_amd_gpu_with_a_rocm_torch_reports_both_versions():
+    finding = doctor.check_rocm(RX7900, fake_torch(**ROCM_TORCH))
+    assert finding.level == OK
+    assert finding.message == ("AMD GPU (Radeon RX 7900 XTX (gfx1100)), ROCm 6.4.1; torch is a ROCm 7.2 build "
+                               "(HIP 7.2.26015-0a1b2c3d), so it runs on the GPU as device 'cuda'")
+    no_system_rocm = doctor.check_rocm(preflight.AmdInfo(kfd=True), fake_torch(**ROCM_TORCH))
+    assert no_system_rocm.message.startswith("AMD GPU, ROCm 7.2;"), "the version comes from torch.version.hip then"
+
+
+def test_amd_gpu_that_rocm_cannot_reach():
+    no_driver = doctor.check_rocm(preflight.AmdInfo(kfd=False, gpus=("[1002:744c]",)), fake_torch())
+    assert no_driver.level == WARNING and "/dev/kfd is missing" in no_driver.message
+    assert "amdgpu-install" in no_driver.fix and "rocm7.2" in no_driver.fix
+    no_access = doctor.check_rocm(preflight.AmdInfo(kfd=True, kfd_access=False), fake_torch(**ROCM_TORCH))
+    assert no_access.level == WARNING and "may not open /dev/kfd" in no_access.message
+    assert "usermod -aG render,video" in no_access.fix
+    stray = doctor.check_rocm(None, fake_torch(**ROCM_TORCH))
+    assert stray.level == WARNING and "ROCm 7.2 build, but no AMD GPU was found" in stray.message
+    assert "whl/cpu" in stray.fix
+
+
+def test_rocm_gpu_arch_covered_unlisted_and_overridden():
+    arch = ROCM_TORCH["arch"]
+    ok = doctor.check_rocm_gpu_arch("Radeon RX 7900 XTX", 24 * 2**30, "gfx1100", arch, None)
+    assert ok.level == OK and ok.message == "Radeon RX 7900 XTX, 24.0 GiB, gfx1100"
+    mi = doctor.check_rocm_gpu_arch("AMD Instinct MI210", 64 * 2**30, "gfx90a:sramecc+:xnack-", arch, None)
+    assert mi.level == OK, "the feature suffix after ':' is not part of the target"
+    apu = doctor.check_rocm_gpu_arch("AMD Radeon 780M", 8 * 2**30, "gfx1103", arch, None)
+    assert apu.level == FAILURE and "this torch was built for gfx90a, gfx942" in apu.message
+    assert apu.message.endswith("not gfx1103") and "HSA_OVERRIDE_GFX_VERSION=11.0.0" in apu.fix
+    forced = doctor.check_rocm_gpu_arch("AMD Radeon 780M", 8 * 2**30, "gfx1103", arch, "11.0.0")
+    assert forced.level == WARNING and "HSA_OVERRIDE_GFX_VERSION=11.0.0 is set" in forced.message
+
+
+def test_apple_gpu_usable_or_why_not():
+    usable = doctor.check_mps(fake_torch(mps_available=True))
+    assert usable.level == OK and usable.check == "Apple GPU (MPS)"
+    assert usable.message == "usable: sdlocal runs on the Apple GPU (device mps)"
+    old_macos = doctor.check_mps(fake_torch())
+    assert old_macos.level == WARNING and "needs macOS 12.3 or newer on Apple silicon" in old_macos.message
+    not_built = doctor.check_mps(fake_torch(mps_built=False))
+    assert not_built.level == WARNING and "built without MPS" in not_built.message
+    assert "without --torch-index-url" in not_built.fix
+
+
 # ----- whole reports on simulated machines ------------------------------------------------------------------------
 
 def machine(**changes):
     base = dict(python_version=(3, 11, 7), installed={"torch": "2.13.0"}.get, pins=lambda: {"torch": "2.13.0"},
                 import_torch=fake_torch, import_xformers=lambda: SimpleNamespace(__version__="0.0.35"),
-                nvidia_smi=lambda: None, disk_free=lambda p: 100 * 10**9, writable=lambda p: None,
+                nvidia_smi=lambda: None, amd_gpu=lambda: None, gfx_override=lambda: None,
+                disk_free=lambda p: 100 * 10**9, writable=lambda p: None,
                 port_free=lambda h, p: True, hub_reachable=lambda: False, capabilities=lambda s: caps("cpu"),
                 platform="linux")
     base.update(changes)
@@ -274,6 +345,48 @@ def test_healthy_gpu_machine_with_xformers(tmp_path):
     assert [f.level for f in report.findings] == [OK] * len(report.findings)
     assert "xformers" in [f.check for f in report.findings]
     assert report.offline is False
+
+
+def test_amd_machine_with_a_cpu_torch_gets_the_rocm_warning_instead_of_the_nvidia_one(tmp_path):
+    report = doctor.diagnose(Settings(data_dir=tmp_path), machine(amd_gpu=lambda: RX7900))
+    checks = [f.check for f in report.findings]
+    assert "AMD GPU (ROCm)" in checks and "NVIDIA driver" not in checks
+    amd = next(f for f in report.findings if f.check == "AMD GPU (ROCm)")
+    assert amd.level == WARNING and "rocm7.2" in amd.fix and not report.failed
+
+
+def test_healthy_amd_machine_with_a_rocm_torch(tmp_path):
+    torch = fake_torch(**ROCM_TORCH)
+    report = doctor.diagnose(Settings(data_dir=tmp_path),
+                             machine(import_torch=lambda: torch, amd_gpu=lambda: RX7900, hub_reachable=lambda: True,
+                                     capabilities=lambda s: caps("cuda")))
+    assert [(f.check, f.level) for f in report.findings if f.level != OK] == []
+    checks = [f.check for f in report.findings]
+    assert checks[2:6] == ["torch", "AMD GPU (ROCm)", "CUDA", "GPU"]
+    gpu = next(f for f in report.findings if f.check == "GPU")
+    assert gpu.message == "Radeon RX 7900 XTX, 24.0 GiB, gfx1100"
+    assert report.device == "cuda"
+
+
+def test_amd_integrated_graphics_beside_an_nvidia_gpu_checks_nvidia(tmp_path):
+    torch = fake_torch("13.0", available=True, arch=["sm_89"])
+    report = doctor.diagnose(Settings(data_dir=tmp_path),
+                             machine(import_torch=lambda: torch, nvidia_smi=lambda: SMI_OK,
+                                     amd_gpu=lambda: preflight.AmdInfo(kfd=True, gpus=("[1002:15bf]",)),
+                                     capabilities=lambda s: caps("cuda")))
+    checks = [f.check for f in report.findings]
+    assert "NVIDIA driver" in checks and "AMD GPU (ROCm)" not in checks
+
+
+def test_mac_reports_the_apple_gpu_not_the_nvidia_driver(tmp_path):
+    torch = fake_torch(mps_available=True)
+    report = doctor.diagnose(Settings(data_dir=tmp_path),
+                             machine(platform="darwin", import_torch=lambda: torch, capabilities=lambda s: caps("mps"),
+                                     amd_gpu=lambda: pytest.fail("no AMD probe on macOS")))
+    by_check = {f.check: f for f in report.findings}
+    assert "NVIDIA driver" not in by_check
+    assert by_check["Apple GPU (MPS)"].level == OK and by_check["CUDA"].level == OK
+    assert "Apple GPU (MPS) is used instead" in by_check["CUDA"].message
 
 
 def test_broken_torch_skips_the_torch_checks_and_fails(tmp_path):

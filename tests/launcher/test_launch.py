@@ -35,6 +35,7 @@ def launch(monkeypatch, tmp_path):
     monkeypatch.setattr(preflight, "installed_version", installed.get)
     monkeypatch.setattr(preflight, "compare", lambda pins, get=installed.get: _compare(pins, get))
     monkeypatch.setattr(preflight, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(preflight, "local_amd_gpu", lambda: None)
     monkeypatch.setattr(module.subprocess, "run", fake_run)
     monkeypatch.delenv("TORCH_INDEX_URL", raising=False)
     module.test_state = {"lock": lock, "installed": installed, "calls": calls}
@@ -148,6 +149,20 @@ def test_a_reinstall_that_leaves_the_old_build_fails_with_a_fix(launch, capsys, 
     out = capsys.readouterr().out
     assert "FAILURE: torch is 2.13.0+cpu after pip, not the CUDA 13.0 build asked for" in out
     assert "delete the venv folder" in out
+
+
+def test_a_new_venv_on_an_amd_gpu_with_rocm_gets_torch_from_the_rocm_index(launch, capsys, monkeypatch):
+    state = launch.test_state
+    state["installed"].update(torch=None, diffusers="0.42.1")
+    monkeypatch.setattr(launch.sys, "platform", "linux")
+    monkeypatch.setattr(preflight, "local_amd_gpu", lambda: preflight.AmdInfo(kfd=True, gpus=("Radeon RX 7900 XTX",)))
+    monkeypatch.setattr(preflight, "url_reachable", lambda url, timeout=4.0: True)
+    monkeypatch.setattr(preflight, "probe_torch_build", lambda python: pytest.fail("no probe: the ROCm index is used"))
+    assert launch.ensure_environment(False, None, False, state["lock"]) is True
+    [cmd] = state["calls"]
+    assert ["--extra-index-url", preflight.ROCM_INDEX_URL] == cmd[cmd.index("--extra-index-url"):][:2]
+    assert cmd[-1] == "torch==2.13.0"
+    assert "AMD GPU (Radeon RX 7900 XTX) with ROCm: torch's ROCm 7.2 build" in capsys.readouterr().out
 
 
 def test_failed_pip_stops_with_a_fix(launch, capsys, monkeypatch):

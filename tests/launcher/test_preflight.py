@@ -145,6 +145,106 @@ def test_build_names_for_messages():
     assert preflight.build_label("2.13.0+CU130") == "cu130" and preflight.build_label("2.13.0") is None
 
 
+ROCMINFO = textwrap.dedent("""\
+    ROCk module version 6.10.5 is loaded
+    =====================
+    HSA System Attributes
+    =====================
+    Runtime Version:         1.15
+    ==========
+    HSA Agents
+    ==========
+    *******
+    Agent 1
+    *******
+      Name:                    AMD Ryzen 9 7950X 16-Core Processor
+      Marketing Name:          AMD Ryzen 9 7950X 16-Core Processor
+      Vendor Name:             CPU
+      Device Type:             CPU
+    *******
+    Agent 2
+    *******
+      Name:                    gfx1100
+      Uuid:                    GPU-8d1c2b0a4f3e2d1c
+      Marketing Name:          Radeon RX 7900 XTX
+      Vendor Name:             AMD
+      Device Type:             GPU
+      ISA Info:
+        ISA 1
+          Name:                    amdgcn-amd-amdhsa--gfx1100
+    *** Done ***
+    """)
+ROCM_GPU = preflight.AmdInfo(kfd=True, gpus=("Radeon RX 7900 XTX (gfx1100)",), rocminfo=True)
+AMD_NO_DRIVER = preflight.AmdInfo(kfd=False, gpus=("[1002:744c]",))
+
+
+@pytest.mark.parametrize(("platform", "nvidia", "amd", "override", "cpu_ok", "expected", "why"), [
+    ("linux", False, ROCM_GPU, None, True, preflight.ROCM_INDEX_URL,
+     "AMD GPU (Radeon RX 7900 XTX (gfx1100)) with ROCm: torch's ROCm 7.2 build from "
+     "https://download.pytorch.org/whl/rocm7.2"),
+    ("linux", False, preflight.AmdInfo(kfd=True), None, True, preflight.ROCM_INDEX_URL, "AMD GPU with ROCm"),
+    ("linux", False, AMD_NO_DRIVER, None, True, preflight.CPU_INDEX_URL, "/dev/kfd is missing"),
+    ("linux", False, ROCM_GPU, None, False, None, "download.pytorch.org cannot be reached"),
+    ("linux", True, ROCM_GPU, None, True, None, "NVIDIA GPU: torch from the default index"),
+    ("linux", False, ROCM_GPU, "https://download.pytorch.org/whl/cpu", True, "https://download.pytorch.org/whl/cpu",
+     "TORCH_INDEX_URL"),
+    ("win32", False, ROCM_GPU, None, True, preflight.CPU_INDEX_URL, "no NVIDIA GPU"),  # ROCm wheels: Linux only
+    ("darwin", False, None, None, True, None, "uses the Apple GPU through MPS"),  # PyPI's wheel, no index URL
+])
+def test_choose_torch_index_on_amd_and_apple_machines(platform, nvidia, amd, override, cpu_ok, expected, why):
+    index, reason = preflight.choose_torch_index(platform, nvidia, override, lambda: cpu_ok, amd)
+    assert index == expected
+    assert why in reason
+    if amd is AMD_NO_DRIVER:
+        assert f"--torch-index-url {preflight.ROCM_INDEX_URL}" in reason and "torch's CPU build" in reason
+
+
+def test_rocm_index_names_a_build_the_pinned_torch_has():
+    assert preflight.ROCM_INDEX_URL == f"https://download.pytorch.org/whl/rocm{preflight.ROCM_VERSION_FOR_INDEX}"
+    assert preflight.index_build(preflight.ROCM_INDEX_URL) == "rocm7.2"
+
+
+def test_parse_rocminfo_lists_gpu_agents_only():
+    assert preflight.parse_rocminfo(ROCMINFO) == ("Radeon RX 7900 XTX (gfx1100)",)
+    assert preflight.parse_rocminfo(None) == () and preflight.parse_rocminfo("ROCk module is NOT loaded") == ()
+
+
+def _pci(root: Path, slot: str, vendor: str, klass: str, device: str) -> None:
+    folder = root / "sys/bus/pci/devices" / slot
+    folder.mkdir(parents=True)
+    for name, value in (("vendor", vendor), ("class", klass), ("device", device)):
+        (folder / name).write_text(value + "\n")
+
+
+def test_detect_amd_gpu_ignores_nvidia_gpus_and_amd_chipsets(tmp_path):
+    _pci(tmp_path, "0000:01:00.0", "0x10de", "0x030000", "0x2684")  # NVIDIA RTX 4090
+    _pci(tmp_path, "0000:00:14.0", "0x1022", "0x060000", "0x790e")  # AMD chipset (vendor 0x1022, a bridge)
+    _pci(tmp_path, "0000:02:00.1", "0x1002", "0x040300", "0xab30")  # an AMD GPU's HDMI audio: class 0x04, not 0x03
+    asked = []
+    assert preflight.detect_amd_gpu(tmp_path, lambda: asked.append(1) or ROCMINFO) is None
+    assert asked == [], "rocminfo is not run on a machine with nothing AMD"
+
+
+def test_detect_amd_gpu_from_pci_alone_is_not_usable(tmp_path):
+    _pci(tmp_path, "0000:03:00.0", "0x1002", "0x030000", "0x744c")
+    info = preflight.detect_amd_gpu(tmp_path, lambda: None)
+    assert info == preflight.AmdInfo(kfd=False, kfd_access=False, gpus=("[1002:744c]",))
+    assert not info.usable
+
+
+def test_detect_amd_gpu_with_kfd_rocminfo_and_rocm_version(tmp_path):
+    _pci(tmp_path, "0000:03:00.0", "0x1002", "0x038000", "0x744c")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/kfd").write_text("")
+    (tmp_path / "opt/rocm/.info").mkdir(parents=True)
+    (tmp_path / "opt/rocm/.info/version").write_text("6.4.1-120\n")
+    info = preflight.detect_amd_gpu(tmp_path, lambda: ROCMINFO)
+    assert info.usable and info.kfd and info.kfd_access and info.rocminfo
+    assert info.gpus == ("Radeon RX 7900 XTX (gfx1100)",) and info.rocm == "6.4.1"
+    no_tool = preflight.detect_amd_gpu(tmp_path, lambda: None)
+    assert no_tool.usable and no_tool.gpus == ("[1002:744c]",), "/dev/kfd alone is enough"
+
+
 def test_pip_report_tells_cpu_from_cuda_builds():
     cpu = {"install": [{"metadata": {"name": "torch", "version": "2.13.0+cpu"}},
                        {"metadata": {"name": "sympy", "version": "1.14.0"}}]}
