@@ -11,6 +11,10 @@ if [ -f webui-user.sh ]; then
     # shellcheck disable=SC1091
     . ./webui-user.sh
 fi
+# launch.py reads TORCH_INDEX_URL from the environment, so a plain assignment in webui-user.sh must reach it too.
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    export TORCH_INDEX_URL
+fi
 VENV_DIR="${VENV_DIR:-venv}"
 SUPPORTED="3.10, 3.11 or 3.12"
 

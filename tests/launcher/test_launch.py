@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,6 +205,22 @@ def test_webui_scripts_refuse_when_no_supported_python(tmp_path):
                               "HOME": str(tmp_path)})
     assert out.returncode == 1
     assert "sdlocal needs Python 3.10, 3.11 or 3.12" in out.stderr
+
+
+def test_webui_sh_passes_torch_index_url_from_webui_user_sh_to_launch_py(tmp_path):
+    """A TORCH_INDEX_URL assigned without 'export' in webui-user.sh still reaches launch.py (which reinstalls torch)."""
+    shutil.copy(ROOT / "webui.sh", tmp_path / "webui.sh")
+    (tmp_path / "webui-user.sh").write_text("TORCH_INDEX_URL=https://download.pytorch.org/whl/rocm7.2\n"
+                                            "COMMANDLINE_ARGS='--port 7001'\n")
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo 3.11; exit 0; fi\n'
+                           'echo "index=$TORCH_INDEX_URL args=$*"\n')
+    venv_python.chmod(0o755)
+    out = subprocess.run(["bash", str(tmp_path / "webui.sh"), "--listen"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "index=https://download.pytorch.org/whl/rocm7.2 args=launch.py --listen --port 7001"
 
 
 def test_webui_bat_follows_the_same_steps():
