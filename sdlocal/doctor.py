@@ -159,7 +159,7 @@ def check_rocm(amd: preflight.AmdInfo | None, torch: Any) -> Finding:
                        f"Install the build for this machine: webui.sh --torch-index-url {preflight.CPU_INDEX_URL} "
                        f"(or {preflight.CUDA_INDEX_URL} for an NVIDIA GPU).")
     rocm = amd.rocm or (".".join(str(hip).split(".")[:2]) if hip else None)
-    desc = amd.describe() + (f", ROCm {rocm}" if rocm else ", no ROCm installed")
+    desc = amd.describe() + (f", ROCm {rocm}" if rocm else "")  # torch's ROCm wheel needs no system ROCm
     if not amd.usable:
         return Finding("AMD GPU (ROCm)", WARNING, f"{desc}, but /dev/kfd is missing: the amdgpu kernel driver's "
                        "ROCm interface is not loaded, so the GPU cannot be used: RUNNING ON THE CPU",

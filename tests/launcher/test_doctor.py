@@ -232,6 +232,9 @@ def test_amd_gpu_with_a_cpu_torch_warns_with_the_rocm_index():
                                "so the GPU is not used")
     assert "--torch-index-url https://download.pytorch.org/whl/rocm7.2" in finding.fix
     assert "delete the venv folder" in finding.fix
+    unknown = doctor.check_rocm(preflight.AmdInfo(kfd=True), fake_torch())
+    assert unknown.message == "AMD GPU, but this torch is a CPU build, so the GPU is not used", \
+        "no ROCm version is claimed when neither /opt/rocm nor torch tells it (the ROCm wheel needs no system ROCm)"
 
 
 def test_amd_gpu_with_a_rocm_torch_reports_both_versions():
