@@ -145,7 +145,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                           help="check the installed packages against the lock but do not install anything")
     launcher.add_argument("--torch-index-url", default=S, metavar="URL",
                           help="install torch from this index (also TORCH_INDEX_URL), e.g. "
-                               "https://download.pytorch.org/whl/cu130")
+                               "https://download.pytorch.org/whl/cu130; an installed torch of another build "
+                               "(+cpu, +cu130, +rocm7.2) is reinstalled from it")
     launcher.add_argument("--doctor", action="store_true", default=S, help="print the environment report and exit")
     launcher.add_argument("--selftest", action="store_true", default=S,
                           help="generate one image with a tiny built-in model on the chosen device, then exit")
