@@ -13,6 +13,7 @@ import binascii
 import io
 import json
 import logging
+import math
 import sys
 import threading
 from collections.abc import Callable
@@ -94,11 +95,15 @@ class ApiError(Exception):
 
 def request_error(exc: RequestError) -> ApiError:
     """422 naming the A1111 field, the value and what is allowed."""
-    name = A1111_FIELDS.get(exc.field, exc.field)
-    detail = f"{name}: {exc.value!r} is not allowed; {exc.allowed}"
+    return field_error(A1111_FIELDS.get(exc.field, exc.field), exc.value, exc.allowed)
+
+
+def field_error(name: str, value: Any, allowed: str) -> ApiError:
+    """422 naming the field exactly as the client spelt it (``override_settings.x``), its value and the rule."""
+    detail = f"{name}: {_short_repr(value)} is not allowed; {allowed}"
     return ApiError(422, "Unprocessable Entity", detail, field=name,
-                    errors=[{"loc": ["body", *name.split(".")], "msg": exc.allowed, "type": "value_error",
-                             "input": _jsonable(exc.value)}])
+                    errors=[{"loc": ["body", *name.split(".")], "msg": allowed, "type": "value_error",
+                             "input": _jsonable(value)}])
 
 
 def model_not_found(exc: ModelNotFoundError) -> ApiError:
@@ -107,6 +112,49 @@ def model_not_found(exc: ModelNotFoundError) -> ApiError:
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_NUMBER = 2**63  # beyond this no option or field means anything, and float() of it can overflow
+MAX_DEPTH = 32  # nesting deeper than this in a request is junk, and deep enough to break serializers
+
+
+def refuse_bad_values(values: Any, name: str = "", depth: int = 0) -> None:
+    """422 naming the first value no A1111 field can mean, at any depth of a JSON body.
+
+    NaN and infinities (Python's JSON reader accepts them; strict JSON cannot carry them back), integers too
+    large for any field (``float(10**400)`` overflows in the engine's checks), text with lone surrogates (it
+    cannot be written as UTF-8: not to a PNG, not to a response) and absurd nesting. Pydantic types the known
+    fields; this covers the free-form parts (``override_settings``, ``script_args``, the ``/options`` body).
+    """
+    label = name or "body"
+    if depth > MAX_DEPTH:
+        raise field_error(label, "...", f"is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(values, dict):
+        for key, value in values.items():
+            refuse_bad_values(str(key), f"{name} (a key)" if name else "body (a key)", depth + 1)
+            refuse_bad_values(value, f"{name}.{key}" if name else str(key), depth + 1)
+    elif isinstance(values, list):
+        for value in values:
+            refuse_bad_values(value, name, depth + 1)
+    elif isinstance(values, float) and not math.isfinite(values):
+        raise field_error(label, values, "must be a finite number")
+    elif isinstance(values, int) and not isinstance(values, bool) and abs(values) >= MAX_NUMBER:
+        raise field_error(label, values, f"must be smaller than {MAX_NUMBER} in size")
+    elif isinstance(values, str) and not _encodable(values):
+        raise field_error(label, values, "must be valid Unicode text (it holds a lone surrogate)")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ApiOptions:
@@ -211,6 +259,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
     @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111 fields and defaults)")
     async def txt2img(body: Txt2ImgRequest, request: Request) -> JSONResponse:
         params = body.model_dump()
+        refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
         overrides = dict(body.override_settings or {})
         generation = to_generation_request(body, options.snapshot(), overrides)
         if generation.model:
@@ -243,6 +292,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
 
     @router.post("/options", summary="Change any options; a new sd_model_checkpoint loads that model")
     async def set_options(body: dict[str, Any]) -> dict[str, Any]:
+        refuse_bad_values(body)
         changes = dict(body)
         wanted = changes.pop("sd_model_checkpoint", None)
         changes.pop("sd_checkpoint_hash", None)
