@@ -263,7 +263,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         overrides = dict(body.override_settings or {})
         generation = to_generation_request(body, options.snapshot(), overrides)
         if generation.model:
-            generation.model = find_model(engine, generation.model).name
+            generation.model = (await find_model_off_loop(engine, generation.model)).name
         save = bool(body.save_images) and not body.do_not_save_samples
         job = submit(lambda: queue.submit(generation, save=save, source="api"))
         await wait_for_job(job, request)
@@ -302,7 +302,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
             raise ApiError(422, "Unprocessable Entity", str(exc), field=exc.field,
                            errors=[{"loc": ["body", exc.field], "msg": exc.allowed, "type": "value_error"}]) from None
         if wanted:
-            entry = find_model(engine, str(wanted))
+            entry = await find_model_off_loop(engine, str(wanted))
             if not entry.supported:
                 raise ApiError(422, "Unprocessable Entity",
                                f"sd_model_checkpoint: {wanted!r} cannot be loaded: {entry.reason}",
@@ -496,6 +496,12 @@ def find_model(engine: Any, name: str) -> Any:
             if entry.supported and model_name(entry) == name.strip():
                 return entry
         raise model_not_found(exc) from None
+
+
+async def find_model_off_loop(engine: Any, name: str) -> Any:
+    """``find_model`` on a worker thread: a hash-looking name may hash multi-GB files, which must not freeze the
+    event loop (the UI, the API and ``/health`` all answer from it)."""
+    return await anyio.to_thread.run_sync(find_model, engine, name)
 
 
 def read_png_info(data: str) -> dict[str, Any]:

@@ -176,6 +176,53 @@ def test_an_unknown_model_is_404_listing_the_known_ones(client: httpx.Client) ->
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
 
 
+@pytest.mark.parametrize("route", ["txt2img", "options"])
+def test_a_lookup_by_hash_does_not_freeze_the_server(route: str, api: Server,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hash-looking model name hashes every model not hashed yet (whole files): the server must go on
+    answering meanwhile. The hasher here blocks until the test has seen ``/health`` answer."""
+    engine = api.services.engine
+    hashing, release = threading.Event(), threading.Event()
+
+    def blocking_hash(_entry: Any) -> str:
+        hashing.set()
+        release.wait(120)
+        return "ffffffffff"
+
+    monkeypatch.setattr(engine._get_catalog(), "short_hash", blocking_hash)
+    for entry in engine.models():
+        monkeypatch.setattr(entry, "short_hash", None)
+    wanted = {"sd_model_checkpoint": "0123456789"}
+    run = Background(api, f"/sdapi/v1/{route}", small(override_settings=wanted) if route == "txt2img" else wanted)
+    try:
+        assert hashing.wait(60), "the lookup never reached the hasher"
+        with api.client(timeout=30) as http:
+            assert http.get("/health").status_code == 200
+            assert http.get("/sdapi/v1/progress").status_code == 200
+        assert not release.is_set() and run.thread.is_alive()  # the lookup is still blocked in the hasher
+    finally:
+        release.set()
+    response = run.result()
+    assert response.status_code == 404 and "0123456789" in response.json()["detail"]
+
+
+def test_find_model_can_match_known_hashes_only(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The non-blocking path for callers on an event loop (the UI): ``hash_missing=False`` never hashes."""
+    from sdlocal.engine.request import ModelNotFoundError
+
+    engine = api.services.engine
+
+    def no_hashing(_entry: Any) -> str:
+        raise AssertionError("hash_missing=False must not hash")
+
+    monkeypatch.setattr(engine._get_catalog(), "short_hash", no_hashing)
+    known = next(e for e in engine.models() if e.short_hash)
+    assert engine.find_model(known.short_hash, hash_missing=False) is known
+    monkeypatch.setattr(known, "short_hash", None)
+    with pytest.raises(ModelNotFoundError):
+        engine.find_model("0123456789", hash_missing=False)
+
+
 def test_refresh_checkpoints_finds_a_new_model(client: httpx.Client, api: Server) -> None:
     from sdlocal.engine.synthetic import save_tiny_model
 
