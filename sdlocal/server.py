@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from sdlocal.api.auth import api_credentials, basic_auth, ui_credentials
 from sdlocal.api.errors import CatchAll, error_for, install_error_handlers
+from sdlocal.api.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, SameOrigin
 from sdlocal.api.ops import Metrics, RequestCounter, ops_router
 from sdlocal.api.sdapi import ApiOptions, build_router
 
@@ -33,13 +35,18 @@ log = logging.getLogger("sdlocal.server")
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(services: Any, settings: Any = None) -> FastAPI:
-    """The whole server app over ``services`` (see the module docstring); starts the background model load."""
+def create_app(services: Any, settings: Any = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The whole server app over ``services`` (see the module docstring); starts the background model load.
+
+    ``max_body_bytes`` bounds API request bodies (413 past it); Gradio's routes keep their own limits.
+    """
     settings = settings or services.settings
-    app = FastAPI(title="sdlocal", version=_version(), docs_url="/docs", redoc_url=None,
+    app = FastAPI(title="sdlocal", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
                   description="AUTOMATIC1111-compatible API (/sdapi/v1) and operations endpoints.")
     metrics = Metrics()
     services.queue.listeners.append(metrics.on_job_finished)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SameOrigin)
     app.add_middleware(CatchAll)
     app.add_middleware(RequestCounter, metrics=metrics)  # outside CatchAll, so it counts those 500s
     install_error_handlers(app)
@@ -53,6 +60,7 @@ def create_app(services: Any, settings: Any = None) -> FastAPI:
             print(message, flush=True)
         pairs = api_credentials(settings)
     auth = basic_auth(pairs) if pairs else None
+    _add_docs(app, auth)
     app.include_router(ops_router(services, metrics, auth))
     if with_api:
         app.state.options = ApiOptions(services)
@@ -71,6 +79,19 @@ def create_app(services: Any, settings: Any = None) -> FastAPI:
         gr.mount_gradio_app(app, blocks, path="/", auth=ui_credentials(settings), **mount_options(services))
     services.start_background_load()
     return app
+
+
+def _add_docs(app: FastAPI, auth: Callable[..., Any] | None) -> None:
+    """``/openapi.json`` and ``/docs`` (Swagger UI) behind the API's login: the description lists every route."""
+    guarded = [Depends(auth)] if auth is not None else []
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
 
 
 def _version() -> str:

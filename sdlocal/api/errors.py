@@ -92,6 +92,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        carried = getattr(exc, "api_error", None)  # guards.BodyTooLarge
+        if isinstance(carried, ApiError):
+            return _error_response(carried)
         error = ApiError(exc.status_code, _reason(exc.status_code), str(exc.detail),
                          headers=dict(exc.headers or {}))
         return _error_response(error)

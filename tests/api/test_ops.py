@@ -10,6 +10,7 @@ import pytest
 
 from tests.api.conftest import Server, start_server
 
+LIMIT = 4096
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
 
 
@@ -58,8 +59,9 @@ def test_health_ready_and_metrics_that_move(client: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The UI and the API together, the API behind --api-auth, and no model at all."""
-    yield from start_server(tmp_path_factory.mktemp("sdlocal-auth"), [], api=True, api_auth=[("alice", "s3cret")])
+    """The UI and the API together, the API behind --api-auth, no model at all, and API bodies up to 4 KiB."""
+    yield from start_server(tmp_path_factory.mktemp("sdlocal-auth"), [], api=True, api_auth=[("alice", "s3cret")],
+                            app_options={"max_body_bytes": LIMIT})
 
 
 def test_api_auth_guards_every_api_route(guarded: Server) -> None:
@@ -100,3 +102,54 @@ def test_listening_on_the_network_makes_the_api_ask_for_the_ui_login() -> None:
     assert api_credentials(Settings(data_dir="/tmp/unused", listen=True, no_auth=True)) == []
     assert api_credentials(Settings(data_dir="/tmp/unused", listen=True, api_auth=[("a", "b")],
                                     gradio_auth=[("bob", "pw")])) == [("a", "b")]
+
+
+def test_docs_and_openapi_need_the_api_login(guarded: Server) -> None:
+    with guarded.client() as http:
+        for path in ("/docs", "/openapi.json"):
+            denied = http.get(path)
+            assert denied.status_code == 401, path
+            assert denied.headers["WWW-Authenticate"].startswith("Basic") and "detail" in denied.json()
+        assert "swagger" in http.get("/docs", auth=("alice", "s3cret")).text.lower()
+        paths = http.get("/openapi.json", auth=("alice", "s3cret")).json()["paths"]
+        assert "/sdapi/v1/txt2img" in paths and "/openapi.json" not in paths
+
+
+def test_cross_site_requests_cannot_change_state(client: httpx.Client, api: Server,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page on another site can make a browser POST here; its Origin header gives it away."""
+    calls: list[str] = []
+    monkeypatch.setattr(api.services.queue, "interrupt", lambda: calls.append("interrupt"))
+    monkeypatch.setattr(api.services.queue, "skip", lambda: calls.append("skip"))
+    for origin in ("https://evil.example", "null", api.url.replace("127.0.0.1", "localhost"),
+                   api.url.rsplit(":", 1)[0] + ":1"):
+        for path in ("/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/refresh-checkpoints"):
+            refused = client.post(path, headers={"Origin": origin})
+            assert refused.status_code == 403, (origin, path)
+            body = refused.json()
+            assert body["field"] == "Origin" and origin in body["detail"] and "Cross-site" in body["detail"]
+    assert calls == []
+    assert client.get("/sdapi/v1/progress", headers={"Origin": "https://evil.example"}).status_code == 200
+    assert client.post("/sdapi/v1/interrupt", headers={"Origin": api.url}).status_code == 200  # its own pages
+    assert client.post("/sdapi/v1/skip").status_code == 200  # scripts send no Origin
+    assert calls == ["interrupt", "skip"]
+
+
+def test_api_bodies_are_limited_with_a_413_naming_the_limit(guarded: Server) -> None:
+    with guarded.client(auth=("alice", "s3cret")) as http:
+        small = http.post("/sdapi/v1/png-info", json={"image": "A" * (LIMIT // 2)})
+        assert small.status_code == 422  # read, and found not to be an image
+        declared = http.post("/sdapi/v1/png-info", json={"image": "A" * (LIMIT * 2)})
+        assert declared.status_code == 413
+        assert declared.json()["limit"] == LIMIT and f"{LIMIT} bytes" in declared.json()["detail"]
+        chunks = iter([b'{"image": "', b"A" * LIMIT, b"A" * LIMIT, b'"}'])  # no Content-Length: streamed
+        streamed = http.post("/sdapi/v1/png-info", content=chunks, headers={"Content-Type": "application/json"})
+        assert streamed.status_code == 413 and streamed.json()["limit"] == LIMIT
+        assert http.get("/health").status_code == 200
+
+
+def test_gradio_uploads_keep_their_own_limit(guarded: Server) -> None:
+    with guarded.client() as http:
+        upload = http.post("/gradio_api/upload", files={"files": ("big.txt", b"x" * (LIMIT * 4), "text/plain")})
+        assert upload.status_code == 200, upload.text
+        assert len(upload.json()) == 1
