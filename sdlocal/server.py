@@ -29,7 +29,8 @@ from sdlocal.api.auth import api_credentials, basic_auth, ui_credentials
 from sdlocal.api.errors import CatchAll, error_for, install_error_handlers
 from sdlocal.api.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, SameOrigin
 from sdlocal.api.ops import Metrics, RequestCounter, ops_router
-from sdlocal.api.sdapi import ApiOptions, build_router
+from sdlocal.api.options import ApiOptions
+from sdlocal.api.sdapi import build_router
 
 log = logging.getLogger("sdlocal.server")
 

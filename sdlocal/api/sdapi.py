@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import sys
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,6 +34,7 @@ from sdlocal.api.models import (
     Txt2ImgResponse,
 )
 from sdlocal.api.ops import gpu_memory, ram_figures
+from sdlocal.api.options import MODEL, WRITABLE, ApiOptions, log_ignored
 from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
 from sdlocal.jobs import Job
 
@@ -157,67 +157,6 @@ def _encodable(text: str) -> bool:
     return True
 
 
-class ApiOptions:
-    """A1111's ``/options`` dict: runtime defaults for API requests (clip skip, token merging, ...).
-
-    Kept in memory: the model choice is remembered by the engine itself, and the rest are per-run knobs.
-    Keys sdlocal does not use are stored and returned as given, as A1111 does for options of other extensions.
-    """
-
-    def __init__(self, services: Any) -> None:
-        self.services = services
-        self.lock = threading.Lock()
-        settings = services.settings
-        self.values: dict[str, Any] = {
-            "CLIP_stop_at_last_layers": 1,
-            "token_merging_ratio": float(settings.token_merging_ratio),
-            "samples_save": True,
-            "samples_format": "png",
-            "outdir_samples": "",
-            "outdir_txt2img_samples": str(services.store.root / "txt2img"),
-            "save_images_add_number": True,
-            "enable_pnginfo": True,
-            "sd_checkpoints_limit": int(settings.max_loaded_models),
-            "sd_vae": "Automatic",
-            "eta_noise_seed_delta": 0,
-            "live_previews_enable": True,
-            "show_progress_every_n_steps": 1,
-            "sdlocal_precision": settings.precision,
-            "sdlocal_attention": settings.attention,
-        }
-
-    def snapshot(self) -> dict[str, Any]:
-        current = self.services.engine.current_model
-        with self.lock:
-            values = dict(self.values)
-        values["sd_model_checkpoint"] = current.title if current is not None else None
-        values["sd_checkpoint_hash"] = current.short_hash if current is not None else None
-        return values
-
-    def check(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate the options sdlocal uses, with the engine's own limits; RequestError names the option."""
-        checked = dict(changes)
-        probe = GenerationRequest(prompt="", width=64, height=64)
-        if "CLIP_stop_at_last_layers" in checked:
-            probe.clip_skip = checked["CLIP_stop_at_last_layers"]
-        if "token_merging_ratio" in checked:
-            probe.token_merging_ratio = checked["token_merging_ratio"]
-        try:
-            probe.validate()
-        except RequestError as exc:
-            names = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio"}
-            raise RequestError(names.get(exc.field, exc.field), exc.value, exc.allowed) from None
-        if "CLIP_stop_at_last_layers" in checked:
-            checked["CLIP_stop_at_last_layers"] = probe.clip_skip
-        if "token_merging_ratio" in checked:
-            checked["token_merging_ratio"] = probe.token_merging_ratio
-        return checked
-
-    def update(self, changes: dict[str, Any]) -> None:
-        with self.lock:
-            self.values.update(changes)
-
-
 async def wait_for_job(job: Job, request: Request | None = None) -> Any:
     """Wait for ``job`` without holding a thread for long; a client that goes away cancels a job not yet started.
 
@@ -262,11 +201,18 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
         overrides = dict(body.override_settings or {})
         generation = to_generation_request(body, options.snapshot(), overrides)
+        previous, entry = engine.current_model, None
         if generation.model:
-            generation.model = (await find_model_off_loop(engine, generation.model)).name
+            entry = await find_model_off_loop(engine, generation.model)
+            generation.model = entry.name
         save = bool(body.save_images) and not body.do_not_save_samples
         job = submit(lambda: queue.submit(generation, save=save, source="api"))
+        switch_back = (entry is not None and body.override_settings_restore_afterwards and previous is not None
+                       and previous.path != entry.path)
+        restore = queue.submit_call(lambda: engine.load(previous.name), source="api", force=True,
+                                    label=f"Loading {previous.name} again") if switch_back else None
         await wait_for_job(job, request)
+        notes = await _finish_overrides(restore, body, overrides, entry, succeeded=job.error is None)
         if job.error is not None:
             raise to_api_error(job.error)
         if not job.done() or job.result is None:
@@ -274,7 +220,27 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         result: GenerationResult = job.result
         images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
         info = build_info(body, result, job)
+        info["warnings"] += notes
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
+
+    async def _finish_overrides(restore: Job | None, body: Txt2ImgRequest, overrides: dict[str, Any],
+                                entry: Any, succeeded: bool) -> list[str]:
+        """After the run: wait for the model to be switched back (A1111's default), or keep the overrides as
+        options (``override_settings_restore_afterwards: false``, after a run that worked); the notes go to
+        ``info.warnings``."""
+        notes = [f"override_settings.{key} is not supported by sdlocal and was ignored"
+                 for key in sorted(overrides) if key not in (MODEL, *WRITABLE)]
+        if restore is not None:
+            await wait_for_job(restore)
+            if restore.error is not None:
+                log.warning("could not load the previous model again: %s", restore.error)
+                notes.append(f"The previous model could not be loaded again: {restore.error}")
+        if not body.override_settings_restore_afterwards and succeeded:
+            kept = options.check({key: overrides[key] for key in WRITABLE if key in overrides})
+            notes += options.apply(kept)
+            if entry is not None:
+                notes += options.remember_model(entry.name)
+        return notes
 
     # ------------------------------------------------------------------------------------------ models
     @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")
@@ -286,27 +252,25 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         entries = await anyio.to_thread.run_sync(lambda: engine.models(refresh=True))
         return {"models": len([e for e in entries if e.supported])}
 
-    @router.get("/options", summary="Options, including sd_model_checkpoint")
+    @router.get("/options", summary="The options sdlocal honours or reports (sd_model_checkpoint, clip skip...)")
     def get_options() -> dict[str, Any]:
         return options.snapshot()
 
-    @router.post("/options", summary="Change any options; a new sd_model_checkpoint loads that model")
+    @router.post("/options", summary="Change options; a new sd_model_checkpoint loads that model. Other keys are "
+                 "named back under 'ignored'")
     async def set_options(body: dict[str, Any]) -> dict[str, Any]:
         refuse_bad_values(body)
-        changes = dict(body)
-        wanted = changes.pop("sd_model_checkpoint", None)
-        changes.pop("sd_checkpoint_hash", None)
+        changes, wanted, ignored = options.split(body)
         try:
             changes = options.check(changes)
         except RequestError as exc:
-            raise ApiError(422, "Unprocessable Entity", str(exc), field=exc.field,
-                           errors=[{"loc": ["body", exc.field], "msg": exc.allowed, "type": "value_error"}]) from None
+            raise field_error(exc.field, exc.value, exc.allowed) from None
+        applied: dict[str, Any] = dict(changes)
+        warnings: list[str] = []
         if wanted:
             entry = await find_model_off_loop(engine, str(wanted))
             if not entry.supported:
-                raise ApiError(422, "Unprocessable Entity",
-                               f"sd_model_checkpoint: {wanted!r} cannot be loaded: {entry.reason}",
-                               field="sd_model_checkpoint")
+                raise field_error(MODEL, wanted, f"cannot be loaded: {entry.reason}")
             current = engine.current_model
             if current is None or current.path != entry.path:
                 job = submit(lambda: queue.submit_call(lambda: engine.load(entry.name), source="api",
@@ -314,8 +278,11 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
                 await wait_for_job(job)
                 if job.error is not None:
                     raise to_api_error(job.error)
-        options.update(changes)
-        return options.snapshot()
+            warnings += options.remember_model(entry.name)
+            applied[MODEL] = engine.current_model.title if engine.current_model is not None else entry.title
+        warnings += options.apply(changes)
+        log_ignored("POST /sdapi/v1/options", ignored)
+        return {"applied": applied, "ignored": ignored, **({"warnings": warnings} if warnings else {})}
 
     # ------------------------------------------------------------------------------------------ samplers
     @router.get("/samplers", response_model=list[Sampler], summary="Samplers usable here")

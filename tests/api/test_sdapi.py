@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -135,16 +136,19 @@ def test_sd_models_lists_a1111_records(client: httpx.Client, api: Server) -> Non
         assert model["filename"].startswith(str(api.models_dir))
 
 
-def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client) -> None:
+def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client, api: Server) -> None:
     options = client.get("/sdapi/v1/options").json()
-    for key in ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "token_merging_ratio", "samples_save",
+    for key in ("sd_model_checkpoint", "sd_checkpoint_hash", "CLIP_stop_at_last_layers", "token_merging_ratio",
                 "outdir_txt2img_samples"):
         assert key in options
     titles = {m["model_name"]: m["title"] for m in client.get("/sdapi/v1/sd-models").json()}
     try:
         response = client.post("/sdapi/v1/options", json={**options, "sd_model_checkpoint": titles[MODEL_B]})
         assert response.status_code == 200, response.text
+        assert response.json()["ignored"] == {}  # what GET gives, POST takes back
+        assert response.json()["applied"]["sd_model_checkpoint"].startswith(MODEL_B)
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_B)
+        assert api.services.settings.load_ui_state()["model"] == MODEL_B  # loaded at the next start
         info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
         assert info["sd_model_name"] == MODEL_B
     finally:
@@ -153,17 +157,78 @@ def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
 
 
-def test_options_keep_other_values_and_check_the_ones_sdlocal_uses(client: httpx.Client) -> None:
-    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "some_extension_option": "x"})
+def test_options_honour_what_sdlocal_uses_and_name_the_rest(client: httpx.Client, api: Server,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from sdlocal.api.options import ApiOptions
+
+    sent = {"CLIP_stop_at_last_layers": 2, "sd_vae": "other.vae", "samples_save": False, "some_extension_option": "x",
+            "samples_format": "jpg"}
+    with caplog.at_level(logging.INFO, logger="sdlocal.api.options"):
+        response = client.post("/sdapi/v1/options", json=sent)
     assert response.status_code == 200, response.text
+    assert response.json()["applied"] == {"CLIP_stop_at_last_layers": 2}
+    ignored = response.json()["ignored"]
+    assert set(ignored) == {"sd_vae", "samples_save", "some_extension_option", "samples_format"}
+    assert "read-only" in ignored["samples_format"] and "not an option" in ignored["sd_vae"]
+    assert "sd_vae" in caplog.text and "some_extension_option" in caplog.text
     options = client.get("/sdapi/v1/options").json()
-    assert options["CLIP_stop_at_last_layers"] == 2 and options["some_extension_option"] == "x"
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["samples_format"] == "png"
+    assert not {"sd_vae", "samples_save", "some_extension_option"} & set(options)
+    saved = json.loads((api.data_dir / "api-options.json").read_text())
+    assert saved == {"CLIP_stop_at_last_layers": 2}
+    assert ApiOptions(api.services).values["CLIP_stop_at_last_layers"] == 2  # what the next start reads
     info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
     assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
     bad = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0})
     assert bad.status_code == 422 and bad.json()["field"] == "CLIP_stop_at_last_layers"
     assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_token_merging_is_saved_to_the_settings_file(client: httpx.Client, api: Server) -> None:
+    from sdlocal.settings import read_settings_file
+
+    try:
+        response = client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.3})
+        assert response.status_code == 200 and response.json()["applied"] == {"token_merging_ratio": 0.3}
+        assert read_settings_file(api.services.settings.settings_file)["token_merging_ratio"] == 0.3
+        assert client.get("/sdapi/v1/options").json()["token_merging_ratio"] == 0.3
+        bad = client.post("/sdapi/v1/options", json={"token_merging_ratio": 2})
+        assert bad.status_code == 422 and bad.json()["field"] == "token_merging_ratio"
+    finally:
+        client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.0})
+    assert read_settings_file(api.services.settings.settings_file)["token_merging_ratio"] == 0.0
+
+
+def test_an_override_model_is_used_once_then_the_previous_one_is_back(client: httpx.Client, api: Server) -> None:
+    assert api.services.engine.current_model.name == MODEL_A
+    response = client.post("/sdapi/v1/txt2img", json=small(override_settings={"sd_model_checkpoint": MODEL_B,
+                                                                              "sd_vae": "x"}))
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["sd_model_name"] == MODEL_B
+    assert any("override_settings.sd_vae" in warning for warning in info["warnings"])
+    # The switch back ran on the queue before the answer came.
+    assert api.services.engine.current_model.name == MODEL_A
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
+    assert json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])["sd_model_name"] == MODEL_A
+
+
+def test_overrides_stay_when_restore_afterwards_is_false(client: httpx.Client, api: Server) -> None:
+    body = small(override_settings={"sd_model_checkpoint": MODEL_B, "CLIP_stop_at_last_layers": 2},
+                 override_settings_restore_afterwards=False)
+    try:
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        assert json.loads(response.json()["info"])["sd_model_name"] == MODEL_B
+        assert api.services.engine.current_model.name == MODEL_B
+        options = client.get("/sdapi/v1/options").json()
+        assert options["sd_model_checkpoint"].startswith(MODEL_B) and options["CLIP_stop_at_last_layers"] == 2
+        info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
+        assert info["sd_model_name"] == MODEL_B and info["clip_skip"] == 2
+    finally:
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": MODEL_A, "CLIP_stop_at_last_layers": 1})
+    assert api.services.engine.current_model.name == MODEL_A
 
 
 def test_an_unknown_model_is_404_listing_the_known_ones(client: httpx.Client) -> None:
