@@ -44,7 +44,7 @@ def create_app(services: Any, settings: Any = None, max_body_bytes: int = DEFAUL
     settings = settings or services.settings
     app = FastAPI(title="sdlocal", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
                   description="AUTOMATIC1111-compatible API (/sdapi/v1) and operations endpoints.")
-    metrics = Metrics()
+    metrics = Metrics(services)
     services.queue.listeners.append(metrics.on_job_finished)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SameOrigin)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import httpx
@@ -11,27 +10,18 @@ import pytest
 from tests.api.conftest import Server, start_server
 
 LIMIT = 4096
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
 
 
 def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
-    """Every sample as {metric name: {label text: value}}; fails on any line the text format does not allow."""
+    """Every sample as {sample name: {'{label="value",...}' (sorted): value}}, read by prometheus_client's parser
+    (which fails on text the format does not allow)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples: dict[str, dict[str, float]] = {}
-    typed: set[str] = set()
-    for line in text.splitlines():
-        if not line:
-            continue
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("# HELP "):
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not Prometheus text: {line!r}"
-        name, labels, value = match.group(1), match.group(2) or "", match.group(3)
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in typed or base in typed, f"{name} has no # TYPE line"
-        samples.setdefault(name, {})[labels] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            pairs = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})["{" + pairs + "}" if pairs else ""] = sample.value
     return samples
 
 
@@ -49,12 +39,28 @@ def test_health_ready_and_metrics_that_move(client: httpx.Client) -> None:
     assert images == 2
     assert after["sdlocal_generation_seconds_count"][""] == before["sdlocal_generation_seconds_count"][""] + 1
     assert after["sdlocal_generation_seconds_bucket"]['{le="+Inf"}'] == after["sdlocal_generation_seconds_count"][""]
-    txt2img_ok = '{route="/sdapi/v1/txt2img",method="POST",status="200"}'
+    txt2img_ok = '{method="POST",route="/sdapi/v1/txt2img",status="200"}'
     assert after["sdlocal_http_requests_total"][txt2img_ok] == \
         before["sdlocal_http_requests_total"].get(txt2img_ok, 0) + 1
     assert after["sdlocal_queue_depth"][""] == 0
     loaded = after["sdlocal_model_loaded"]
     assert list(loaded.values()) == [1] and 'model="tiny-a' in next(iter(loaded))
+    assert after["sdlocal_jobs_total"]['{outcome="done"}'] == before["sdlocal_jobs_total"]['{outcome="done"}'] + 1
+    assert after["sdlocal_queue_running"][""] == 0 and after["sdlocal_uptime_seconds"][""] > 0
+
+
+def test_each_app_has_its_own_registry(api: Server) -> None:
+    """Two apps in one process (tests, or a UI and an API app) never share counters or the global registry."""
+    from prometheus_client import REGISTRY
+
+    from sdlocal.api.ops import Metrics
+
+    first, second = Metrics(api.services), Metrics(api.services)
+    first.count_request("/sdapi/v1/samplers", "GET", 200)
+    ok = '{method="GET",route="/sdapi/v1/samplers",status="200"}'
+    assert parse_prometheus(first.render().decode())["sdlocal_http_requests_total"][ok] == 1
+    assert "sdlocal_http_requests_total" not in parse_prometheus(second.render().decode())
+    assert not [family.name for family in REGISTRY.collect() if family.name.startswith("sdlocal_")]
 
 
 @pytest.fixture(scope="module")
