@@ -117,15 +117,45 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def scheme(settings: Any) -> str:
+    """``https`` when the server has a TLS key and certificate (``--tls-keyfile``/``--tls-certfile``)."""
+    return "https" if settings.tls_keyfile and settings.tls_certfile else "http"
+
+
+def tls_options(settings: Any) -> dict[str, str]:
+    """uvicorn's TLS options from the settings; empty for plain HTTP (Settings already refuses one without the
+    other)."""
+    if scheme(settings) != "https":
+        return {}
+    return {"ssl_keyfile": str(settings.tls_keyfile), "ssl_certfile": str(settings.tls_certfile)}
+
+
+def plain_http_warning(settings: Any) -> str | None:
+    """A warning when logins would cross the network unencrypted: ``--listen`` with a login and no TLS.
+
+    ``--share`` alone is not warned about: the tunnel is HTTPS at its public end and plain only on this machine.
+    """
+    ui_login = ui_credentials(settings) if not settings.nowebui else None
+    api_login = api_credentials(settings) if (settings.api or settings.nowebui) else None
+    logins = ui_login or api_login
+    if settings.listen and logins and scheme(settings) == "http":
+        return ("WARNING: --listen with a login over plain HTTP: passwords cross the network unencrypted (HTTP "
+                "Basic and the UI's login are readable by anyone on the path). Add --tls-keyfile KEY.pem "
+                "--tls-certfile CERT.pem, or put an HTTPS reverse proxy in front.")
+    return None
+
+
 def describe(settings: Any, share_url: str | None = None) -> list[str]:
-    """The lines printed at start: where to connect and who may."""
-    lines = [f"Running on local URL:  http://127.0.0.1:{settings.port}/"]
+    """The lines printed at start: where to connect and who may (with the plain-HTTP warning if it applies)."""
+    web = scheme(settings)
+    lines = [f"Running on local URL:  {web}://127.0.0.1:{settings.port}/"]
     if settings.listen:
-        lines.append(f"Listening on every network interface: http://{_lan_address()}:{settings.port}/")
+        lines.append(f"Listening on every network interface: {web}://{_lan_address()}:{settings.port}/")
     if share_url:
         lines.append(f"Public share URL: {share_url}")
     if settings.api or settings.nowebui:
-        lines.append(f"API: http://127.0.0.1:{settings.port}/sdapi/v1  (OpenAPI: http://127.0.0.1:{settings.port}/docs)")
+        base = f"{web}://127.0.0.1:{settings.port}"
+        lines.append(f"API: {base}/sdapi/v1  (OpenAPI: {base}/docs)")
     if settings.nowebui:
         lines.append("Web UI: off (--nowebui)")
     ui_login = ui_credentials(settings)
@@ -134,6 +164,11 @@ def describe(settings: Any, share_url: str | None = None) -> list[str]:
         lines.append("UI login: " + (f"required ({len(ui_login)} user(s))" if ui_login else "none"))
     if settings.api or settings.nowebui:
         lines.append("API login: " + (f"HTTP Basic required ({len(api_login)} user(s))" if api_login else "none"))
+    if web == "https":
+        lines.append(f"HTTPS: on (certificate {settings.tls_certfile})")
+    warning = plain_http_warning(settings)
+    if warning:
+        lines.append(warning)
     return lines
 
 
@@ -178,7 +213,7 @@ def serve(settings: Any, after_start: Callable[[], int] | None = None) -> int:
     services = build_services(settings)
     app = create_app(services, settings)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=int(settings.port), log_level="warning",
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=5, **tls_options(settings)))
 
     exit_code = 0
 
@@ -198,14 +233,14 @@ def serve(settings: Any, after_start: Callable[[], int] | None = None) -> int:
             print(f"[sdlocal] {line}", flush=True)
         if settings.share and getattr(settings, "offline", False):
             print("[sdlocal] Could not create a share link: --share needs the internet and offline mode is on. "
-                  f"Still serving locally at http://127.0.0.1:{settings.port}/", flush=True)
+                  f"Still serving locally at {scheme(settings)}://127.0.0.1:{settings.port}/", flush=True)
         elif settings.share:
             try:
                 url = open_share_link(int(settings.port))
                 print(f"[sdlocal] Public share URL: {url}", flush=True)
             except Exception as exc:  # noqa: BLE001 - sharing is optional; keep serving locally
                 print(f"[sdlocal] Could not create a share link: {exc} Still serving locally at "
-                      f"http://127.0.0.1:{settings.port}/", flush=True)
+                      f"{scheme(settings)}://127.0.0.1:{settings.port}/", flush=True)
 
     threading.Thread(target=announce, name="sdlocal-announce", daemon=True).start()
     try:
