@@ -9,7 +9,6 @@ here so a client learns which of *its* fields was wrong.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import logging
@@ -472,45 +471,18 @@ async def find_model_off_loop(engine: Any, name: str) -> Any:
 
 
 def read_png_info(data: str) -> dict[str, Any]:
-    """Decode a base64 image (data URL or raw) and read its A1111 parameters; 422 naming ``image`` if unreadable."""
-    from PIL import Image
-
+    """Decode a base64 image (data URL or raw) and read its A1111 parameters with the one reader the UI also
+    uses (``outputs.read_image_info``); 422 naming ``image`` if it is not a readable image."""
     from sdlocal.engine.infotext import parse_infotext
+    from sdlocal.outputs import read_image_info
 
     text = (data or "").strip()
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        raw = base64.b64decode(text, validate=False)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as exc:
+        parameters, items = read_image_info(io.BytesIO(base64.b64decode(text, validate=False)))
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds (OSError, SyntaxError, struct.error...) on junk
         raise ApiError(422, "Unprocessable Entity",
                        f"image: not a readable base64 image ({type(exc).__name__}); send a PNG as base64 or a "
                        "data: URL", field="image") from None
-    items = {key: value for key, value in image.info.items() if isinstance(value, str)}
-    parameters = items.get("parameters")
-    if parameters is None:
-        parameters = _exif_user_comment(image)
-        if parameters:
-            items["parameters"] = parameters
     return {"info": parameters or "", "items": items, "parameters": parse_infotext(parameters) if parameters else {}}
-
-
-def _exif_user_comment(image: Any) -> str | None:
-    """JPEG/WebP files keep A1111 parameters in EXIF UserComment (tag 0x9286)."""
-    try:
-        exif = image.getexif().get_ifd(0x8769)
-        raw = exif.get(0x9286)
-    except Exception:  # noqa: BLE001 - no EXIF is the common case
-        return None
-    if isinstance(raw, bytes):
-        prefix, body = raw[:8], raw[8:]
-        if prefix.startswith(b"UNICODE"):
-            for encoding in ("utf-16-be", "utf-16-le"):
-                try:
-                    return body.decode(encoding).rstrip("\x00")
-                except UnicodeDecodeError:
-                    continue
-        return body.decode("utf-8", "replace").rstrip("\x00") or None
-    return str(raw) if raw else None

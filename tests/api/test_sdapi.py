@@ -326,6 +326,26 @@ def test_png_info_reads_the_parameters_back(client: httpx.Client) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "image"
 
 
+def test_png_info_reads_jpeg_exif_and_late_png_chunks_like_the_ui(client: httpx.Client) -> None:
+    """The API and the UI's PNG Info share one reader (sdlocal.outputs.read_image_info)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 8x8"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG", exif=exif)
+    body = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(jpeg.getvalue()).decode()}).json()
+    assert body["info"] == text and body["parameters"]["Seed"] == "5"
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    meta.add_text("Software", "other tool")
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG", pnginfo=meta)
+    body = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(png.getvalue()).decode()}).json()
+    assert body["info"] == text and body["items"] == {"parameters": text, "Software": "other tool"}
+
+
 # ---------------------------------------------------------------------------------------------- progress
 def test_progress_moves_during_a_long_generation_and_interrupt_stops_it(client: httpx.Client,
                                                                         api: Server) -> None:
