@@ -329,14 +329,6 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
     def png_info(body: PngInfoRequest) -> dict[str, Any]:
         return read_png_info(body.image)
 
-    @router.get("/loras", summary="LoRA networks (none yet)")
-    def loras() -> list[Any]:
-        return []
-
-    @router.get("/embeddings", summary="Textual inversion embeddings (none yet)")
-    def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
-
     @router.get("/memory", summary="RAM and GPU memory")
     def memory() -> dict[str, Any]:
         gpu = gpu_memory()

@@ -306,9 +306,16 @@ def test_samplers_and_schedulers(client: httpx.Client) -> None:
     assert {(s["name"], s["label"]) for s in schedulers} >= {("automatic", "Automatic"), ("karras", "Karras")}
 
 
-def test_loras_embeddings_and_memory(client: httpx.Client) -> None:
-    assert client.get("/sdapi/v1/loras").json() == []
-    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+def test_features_sdlocal_lacks_have_no_routes(client: httpx.Client) -> None:
+    """No LoRA or embeddings support yet: a 404 says so, where an empty list would claim there are none."""
+    for path in ("/sdapi/v1/loras", "/sdapi/v1/embeddings"):
+        missing = client.get(path)
+        assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/sdapi/v1/loras" not in paths and "/sdapi/v1/embeddings" not in paths
+
+
+def test_memory(client: httpx.Client) -> None:
     memory = client.get("/sdapi/v1/memory").json()
     ram = memory["ram"]
     assert ram["total"] > 0 and ram["used"] + ram["free"] == ram["total"]
