@@ -6,8 +6,10 @@ import base64
 import io
 import json
 import logging
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -65,10 +67,6 @@ class Background:
             raise self.error
         assert self.response is not None
         return self.response
-
-
-def running_step(client: httpx.Client) -> int:
-    return client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["state"]["sampling_step"]
 
 
 # ---------------------------------------------------------------------------------------------- txt2img
@@ -354,67 +352,163 @@ def test_png_info_reads_jpeg_exif_and_late_png_chunks_like_the_ui(client: httpx.
 
 
 # ---------------------------------------------------------------------------------------------- progress
-def test_progress_moves_during_a_long_generation_and_interrupt_stops_it(client: httpx.Client,
-                                                                        api: Server) -> None:
+class StepGate:
+    """Holds the running generation inside its progress callback once it reaches step ``at``.
+
+    With the worker held, "running" and "queued" are states a test observes for certain, however fast or slow
+    the machine; ``move_to`` lets the run go on to a later step and ``open`` lets it finish.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.at: int | None = None
+        self.held: int | None = None
+
+    def on_step(self, step: int) -> None:
+        with self.cond:
+            if self.at is None or step < self.at:
+                return
+            self.held = step
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.at is None or step < self.at, timeout=120)
+            self.held = None
+
+    def hold_at(self, step: int) -> None:
+        with self.cond:
+            self.at = step
+            self.cond.notify_all()
+
+    move_to = hold_at
+
+    def wait_held(self) -> int:
+        """Block until the run is held at (or past) the wanted step; returns that step."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.held is not None and self.at is not None
+                                      and self.held >= self.at, timeout=120), "the run never reached the gate"
+            assert self.held is not None
+            return self.held
+
+    def open(self) -> None:
+        with self.cond:
+            self.at = None
+            self.cond.notify_all()
+
+
+@pytest.fixture
+def gate(api: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[StepGate]:
+    engine = api.services.engine
+    real = engine.generate
+    step_gate = StepGate()
+
+    def gated(request: Any, on_progress: Any = None) -> Any:
+        def progress(update: Any) -> None:
+            if on_progress is not None:
+                on_progress(update)
+            step_gate.on_step(update.step)
+
+        return real(request, on_progress=progress)
+
+    monkeypatch.setattr(engine, "generate", gated)
+    yield step_gate
+    step_gate.open()
+
+
+def job_count(client: httpx.Client) -> int:
+    return client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["state"]["job_count"]
+
+
+def send_then_hang_up(api: Server, body: dict[str, Any]) -> socket.socket:
+    """POST a txt2img on a raw connection the test closes when it wants: a client that goes away, exactly then."""
+    port = int(api.url.rsplit(":", 1)[1])
+    connection = socket.create_connection(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    head = (f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n")
+    connection.sendall(head.encode() + data)
+    return connection
+
+
+def test_progress_moves_during_a_generation_and_interrupt_stops_it(client: httpx.Client, api: Server,
+                                                                   gate: StepGate) -> None:
     idle = client.get("/sdapi/v1/progress").json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
-    run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=3))
-    wait_for(lambda: running_step(client) > 0)
+    gate.hold_at(2)
+    run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=3))
+    assert gate.wait_held() == 2
     first = client.get("/sdapi/v1/progress").json()
-    assert first["state"]["job_count"] == 1 and first["state"]["sampling_steps"] == 150
+    assert first["state"]["job_count"] == 1 and first["state"]["sampling_steps"] == 20
+    assert first["state"]["sampling_step"] == 2 and first["state"]["job_no"] == 0
     assert first["state"]["job"].startswith("task(") and 0 < first["progress"] < 1
-    step = first["state"]["sampling_step"]
-    later = wait_for(lambda: (p := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] > step and p)
-    assert later["progress"] > first["progress"] or later["state"]["job_no"] > first["state"]["job_no"]
-    assert later["eta_relative"] >= 0 and later["textinfo"].startswith("Step ")
+    gate.move_to(7)
+    assert gate.wait_held() == 7
+    later = client.get("/sdapi/v1/progress").json()
+    assert later["state"]["sampling_step"] == 7 and later["progress"] > first["progress"]
+    assert later["eta_relative"] >= 0 and later["textinfo"].startswith("Step 7/20")
     if later["current_image"] is not None:
         assert decode_png(later["current_image"]).size[0] > 0
     assert client.post("/sdapi/v1/interrupt").json() == {}
+    gate.open()
     response = run.result()
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
-    assert info["interrupted"] is True and len(response.json()["images"]) < 3
-    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    assert info["interrupted"] is True and response.json()["images"] == []  # stopped inside the first batch
+    assert job_count(client) == 0
 
 
-def test_skip_abandons_the_current_batch_and_goes_on(client: httpx.Client, api: Server) -> None:
-    run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=2, seed=5000))
-    wait_for(lambda: running_step(client) > 0)
+def test_skip_abandons_the_current_batch_and_goes_on(client: httpx.Client, api: Server, gate: StepGate) -> None:
+    gate.hold_at(2)
+    run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=2, seed=5000))
+    gate.wait_held()
     assert client.post("/sdapi/v1/skip").json() == {}
+    gate.open()
     response = run.result()
     info = json.loads(response.json()["info"])
     assert info["all_seeds"] == [5001] and len(response.json()["images"]) == 1
 
 
-def test_past_the_queue_bound_the_api_answers_503_with_retry_after(client: httpx.Client, api: Server) -> None:
-    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=5))
-    wait_for(lambda: running_step(client) > 0)
+def test_past_the_queue_bound_the_api_answers_503_with_retry_after(client: httpx.Client, api: Server,
+                                                                    gate: StepGate) -> None:
+    gate.hold_at(1)
+    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=5))
+    gate.wait_held()
     waiting = [Background(api, "/sdapi/v1/txt2img", small(seed=10 + i)) for i in range(2)]
-    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 3)
+    wait_for(lambda: job_count(client) == 3)  # both queued behind the held run (the queue holds 2)
     refused = client.post("/sdapi/v1/txt2img", json=small())
     assert refused.status_code == 503
     assert int(refused.headers["Retry-After"]) >= 1 and "queue is full" in refused.json()["detail"]
     client.post("/sdapi/v1/interrupt")
+    gate.open()
     assert long_run.result().status_code == 200
     for run, seed in zip(waiting, (10, 11), strict=True):
         response = run.result()
         assert response.status_code == 200 and json.loads(response.json()["info"])["seed"] == seed
 
 
-def test_a_client_that_disconnects_breaks_nothing(client: httpx.Client, api: Server) -> None:
-    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=2))
-    wait_for(lambda: running_step(client) > 0)
-    # A queued request whose client gives up is taken out of the queue ...
-    with pytest.raises(httpx.ReadTimeout), api.client(timeout=0.5) as impatient:
-        impatient.post("/sdapi/v1/txt2img", json=small(seed=99))
-    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 1, timeout=10)
-    # ... and the running one, whose client also gives up, finishes without harming the next job.
+def test_a_client_that_disconnects_breaks_nothing(client: httpx.Client, api: Server, gate: StepGate) -> None:
+    queue = api.services.queue
+    done_before, cancelled_before = queue.jobs_finished["done"], queue.jobs_finished["cancelled"]
+    gate.hold_at(1)
+    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=2))
+    gate.wait_held()
+    # A queued request whose client goes away is taken out of the queue ...
+    impatient = send_then_hang_up(api, small(seed=99))
+    wait_for(lambda: job_count(client) == 2)
+    impatient.close()
+    wait_for(lambda: job_count(client) == 1)
+    assert queue.jobs_finished["cancelled"] == cancelled_before + 1
     client.post("/sdapi/v1/interrupt")
+    gate.open()
     long_run.result()
-    with pytest.raises(httpx.ReadTimeout), api.client(timeout=0.3) as impatient:
-        impatient.post("/sdapi/v1/txt2img", json=small(steps=60, n_iter=2, seed=98))
+    # ... and the running one, whose client also goes away, finishes without harming the next job.
+    gate.hold_at(1)
+    impatient = send_then_hang_up(api, small(steps=4, n_iter=2, seed=98))
+    gate.wait_held()
+    impatient.close()
+    gate.open()
     response = client.post("/sdapi/v1/txt2img", json=small(seed=97))
     assert response.status_code == 200 and json.loads(response.json()["info"])["all_seeds"] == [97]
+    # The abandoned run and this one both completed (the counter moves just after the job's own result).
+    wait_for(lambda: queue.jobs_finished["done"] == done_before + 2)
 
 
 # ---------------------------------------------------------------------------------------------- errors
