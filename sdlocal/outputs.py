@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _NAME_RE = re.compile(r"^(\d{5,})-(\d+)(?:-.*)?\.png$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -274,29 +274,41 @@ class OutputStore:
         return real
 
 
-def read_image_parameters(path: Path | str) -> str | None:
-    """The A1111 ``parameters`` text of any image file: PNG text chunks, or EXIF UserComment (JPEG/WebP).
+def read_image_parameters(path: Path | str | BinaryIO) -> str | None:
+    """The A1111 ``parameters`` text of any image file: PNG text chunks, or EXIF UserComment (JPEG/WebP)."""
+    return read_image_info(path)[0]
 
-    Only the header is parsed (PIL opens lazily), so a large image costs little. Raises PIL's errors for
-    files that are not images, and ``PIL.Image.DecompressionBombError`` for absurd pixel counts.
+
+def read_image_info(source: Path | str | BinaryIO) -> tuple[str | None, dict[str, str]]:
+    """The A1111 ``parameters`` text (or None) and every text item of an image file or binary stream.
+
+    The one reader of image parameters (the UI's PNG Info, the gallery and the API's ``png-info`` use it). Only
+    the header is parsed (PIL opens lazily), so a large image costs little. Raises PIL's errors for data that is
+    not an image, and ``PIL.Image.DecompressionBombError`` for absurd pixel counts.
     """
     from PIL import Image
 
-    with Image.open(path) as image:
-        text = image.info.get("parameters")
-        if text is None and image.format == "PNG":
+    with Image.open(source) as image:
+        items = {key: _as_text(value) for key, value in image.info.items() if isinstance(value, (str, bytes))
+                 and isinstance(key, str)}
+        if "parameters" not in items and image.format == "PNG":
             # Text chunks after the image data are only read by ``.text``, which decodes the pixels: allowed, since
             # Image.open already refused decompression bombs.
-            text = getattr(image, "text", {}).get("parameters")
+            items.update({key: _as_text(value) for key, value in getattr(image, "text", {}).items()})
+        text = items.get("parameters")
         if text is None:
             comment = image.getexif().get_ifd(0x8769).get(0x9286)
             if isinstance(comment, bytes):
                 text = _decode_user_comment(comment)
             elif isinstance(comment, str):
                 text = comment
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return text or None
+            if text:
+                items["parameters"] = text
+    return text or None, items
+
+
+def _as_text(value: str | bytes) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def _decode_user_comment(raw: bytes) -> str:

@@ -21,25 +21,33 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from sdlocal.api.auth import api_credentials, basic_auth, ui_credentials
 from sdlocal.api.errors import CatchAll, error_for, install_error_handlers
+from sdlocal.api.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, SameOrigin
 from sdlocal.api.ops import Metrics, RequestCounter, ops_router
-from sdlocal.api.sdapi import ApiOptions, build_router
+from sdlocal.api.options import ApiOptions
+from sdlocal.api.sdapi import build_router
 
 log = logging.getLogger("sdlocal.server")
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(services: Any, settings: Any = None) -> FastAPI:
-    """The whole server app over ``services`` (see the module docstring); starts the background model load."""
+def create_app(services: Any, settings: Any = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The whole server app over ``services`` (see the module docstring); starts the background model load.
+
+    ``max_body_bytes`` bounds API request bodies (413 past it); Gradio's routes keep their own limits.
+    """
     settings = settings or services.settings
-    app = FastAPI(title="sdlocal", version=_version(), docs_url="/docs", redoc_url=None,
+    app = FastAPI(title="sdlocal", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
                   description="AUTOMATIC1111-compatible API (/sdapi/v1) and operations endpoints.")
-    metrics = Metrics()
+    metrics = Metrics(services)
     services.queue.listeners.append(metrics.on_job_finished)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SameOrigin)
     app.add_middleware(CatchAll)
     app.add_middleware(RequestCounter, metrics=metrics)  # outside CatchAll, so it counts those 500s
     install_error_handlers(app)
@@ -53,6 +61,7 @@ def create_app(services: Any, settings: Any = None) -> FastAPI:
             print(message, flush=True)
         pairs = api_credentials(settings)
     auth = basic_auth(pairs) if pairs else None
+    _add_docs(app, auth)
     app.include_router(ops_router(services, metrics, auth))
     if with_api:
         app.state.options = ApiOptions(services)
@@ -71,6 +80,19 @@ def create_app(services: Any, settings: Any = None) -> FastAPI:
         gr.mount_gradio_app(app, blocks, path="/", auth=ui_credentials(settings), **mount_options(services))
     services.start_background_load()
     return app
+
+
+def _add_docs(app: FastAPI, auth: Callable[..., Any] | None) -> None:
+    """``/openapi.json`` and ``/docs`` (Swagger UI) behind the API's login: the description lists every route."""
+    guarded = [Depends(auth)] if auth is not None else []
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
 
 
 def _version() -> str:
@@ -95,15 +117,45 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def scheme(settings: Any) -> str:
+    """``https`` when the server has a TLS key and certificate (``--tls-keyfile``/``--tls-certfile``)."""
+    return "https" if settings.tls_keyfile and settings.tls_certfile else "http"
+
+
+def tls_options(settings: Any) -> dict[str, str]:
+    """uvicorn's TLS options from the settings; empty for plain HTTP (Settings already refuses one without the
+    other)."""
+    if scheme(settings) != "https":
+        return {}
+    return {"ssl_keyfile": str(settings.tls_keyfile), "ssl_certfile": str(settings.tls_certfile)}
+
+
+def plain_http_warning(settings: Any) -> str | None:
+    """A warning when logins would cross the network unencrypted: ``--listen`` with a login and no TLS.
+
+    ``--share`` alone is not warned about: the tunnel is HTTPS at its public end and plain only on this machine.
+    """
+    ui_login = ui_credentials(settings) if not settings.nowebui else None
+    api_login = api_credentials(settings) if (settings.api or settings.nowebui) else None
+    logins = ui_login or api_login
+    if settings.listen and logins and scheme(settings) == "http":
+        return ("WARNING: --listen with a login over plain HTTP: passwords cross the network unencrypted (HTTP "
+                "Basic and the UI's login are readable by anyone on the path). Add --tls-keyfile KEY.pem "
+                "--tls-certfile CERT.pem, or put an HTTPS reverse proxy in front.")
+    return None
+
+
 def describe(settings: Any, share_url: str | None = None) -> list[str]:
-    """The lines printed at start: where to connect and who may."""
-    lines = [f"Running on local URL:  http://127.0.0.1:{settings.port}/"]
+    """The lines printed at start: where to connect and who may (with the plain-HTTP warning if it applies)."""
+    web = scheme(settings)
+    lines = [f"Running on local URL:  {web}://127.0.0.1:{settings.port}/"]
     if settings.listen:
-        lines.append(f"Listening on every network interface: http://{_lan_address()}:{settings.port}/")
+        lines.append(f"Listening on every network interface: {web}://{_lan_address()}:{settings.port}/")
     if share_url:
         lines.append(f"Public share URL: {share_url}")
     if settings.api or settings.nowebui:
-        lines.append(f"API: http://127.0.0.1:{settings.port}/sdapi/v1  (OpenAPI: http://127.0.0.1:{settings.port}/docs)")
+        base = f"{web}://127.0.0.1:{settings.port}"
+        lines.append(f"API: {base}/sdapi/v1  (OpenAPI: {base}/docs)")
     if settings.nowebui:
         lines.append("Web UI: off (--nowebui)")
     ui_login = ui_credentials(settings)
@@ -112,6 +164,11 @@ def describe(settings: Any, share_url: str | None = None) -> list[str]:
         lines.append("UI login: " + (f"required ({len(ui_login)} user(s))" if ui_login else "none"))
     if settings.api or settings.nowebui:
         lines.append("API login: " + (f"HTTP Basic required ({len(api_login)} user(s))" if api_login else "none"))
+    if web == "https":
+        lines.append(f"HTTPS: on (certificate {settings.tls_certfile})")
+    warning = plain_http_warning(settings)
+    if warning:
+        lines.append(warning)
     return lines
 
 
@@ -156,7 +213,7 @@ def serve(settings: Any, after_start: Callable[[], int] | None = None) -> int:
     services = build_services(settings)
     app = create_app(services, settings)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=int(settings.port), log_level="warning",
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=5, **tls_options(settings)))
 
     exit_code = 0
 
@@ -176,14 +233,14 @@ def serve(settings: Any, after_start: Callable[[], int] | None = None) -> int:
             print(f"[sdlocal] {line}", flush=True)
         if settings.share and getattr(settings, "offline", False):
             print("[sdlocal] Could not create a share link: --share needs the internet and offline mode is on. "
-                  f"Still serving locally at http://127.0.0.1:{settings.port}/", flush=True)
+                  f"Still serving locally at {scheme(settings)}://127.0.0.1:{settings.port}/", flush=True)
         elif settings.share:
             try:
                 url = open_share_link(int(settings.port))
                 print(f"[sdlocal] Public share URL: {url}", flush=True)
             except Exception as exc:  # noqa: BLE001 - sharing is optional; keep serving locally
                 print(f"[sdlocal] Could not create a share link: {exc} Still serving locally at "
-                      f"http://127.0.0.1:{settings.port}/", flush=True)
+                      f"{scheme(settings)}://127.0.0.1:{settings.port}/", flush=True)
 
     threading.Thread(target=announce, name="sdlocal-announce", daemon=True).start()
     try:

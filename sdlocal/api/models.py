@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Txt2ImgRequest(BaseModel):
-    """``POST /sdapi/v1/txt2img``. Unknown fields are ignored, as A1111 does."""
+    """``POST /sdapi/v1/txt2img``. Unknown fields are ignored, as A1111 does; NaN and Infinity are refused (422)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     prompt: str = ""
     negative_prompt: str = ""

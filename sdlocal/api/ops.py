@@ -1,124 +1,97 @@
 """Operations endpoints: ``/health`` (alive), ``/ready`` (a model can be served) and ``/metrics`` (Prometheus).
 
-The Prometheus text format is written by hand: it is a few lines of text, and the ``prometheus_client``
-package would be one more dependency to pin for that. Request counts come from a small ASGI middleware that
-labels each request by its route template (never the raw path, so label cardinality stays bounded).
+Metrics use ``prometheus_client`` with one ``CollectorRegistry`` per app (never the process-wide default, so
+several apps in one process, as in the tests, keep separate counts). Request counts come from a small ASGI
+middleware that labels each request by its route template (never the raw path, so label cardinality stays
+bounded); the queue's and the engine's figures are read at scrape time by a collector.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from sdlocal.jobs import DONE, INTERRUPTED, Job
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class Histogram:
-    """Cumulative buckets, sum and count, as Prometheus reads them."""
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for index, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[index] += 1
-        self.total += value
-        self.count += 1
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 class Metrics:
-    """Counters the server keeps; the queue's own counters are read at scrape time."""
+    """This app's registry: request and latency metrics kept here, the queue's and engine's read at scrape."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, str, str], int] = {}
-        self.generation_seconds = Histogram()
+    def __init__(self, services: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("sdlocal_http_requests_total", "HTTP requests by route, method and status.",
+                                ["route", "method", "status"], registry=self.registry)
+        self.generation_seconds = Histogram("sdlocal_generation_seconds",
+                                            "Time from a generation job's start to its result.",
+                                            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_ServiceCollector(services))
 
     def count_request(self, route: str, method: str, status: int) -> None:
-        with self.lock:
-            key = (route, method, str(status))
-            self.requests[key] = self.requests.get(key, 0) + 1
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
 
     def on_job_finished(self, job: Job) -> None:
         """Queue listener: the latency of each generation that produced a result."""
         if job.kind == "generate" and job.state in (DONE, INTERRUPTED) and job.duration is not None:
-            with self.lock:
-                self.generation_seconds.observe(job.duration)
+            self.generation_seconds.observe(job.duration)
 
-    def render(self, services: Any) -> str:
-        lines: list[str] = []
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{_labels(labels)} {_number(value)}")
 
-        with self.lock:
-            requests = sorted(self.requests.items())
-            hist = self.generation_seconds
-            buckets = list(zip(hist.buckets, hist.counts, strict=True))
-            hist_sum, hist_count = hist.total, hist.count
-        metric("sdlocal_http_requests_total", "counter", "HTTP requests by route, method and status.",
-               [({"route": r, "method": m, "status": s}, n) for (r, m, s), n in requests])
-        lines.append("# HELP sdlocal_generation_seconds Time from a generation job's start to its result.")
-        lines.append("# TYPE sdlocal_generation_seconds histogram")
-        for bound, count in buckets:
-            lines.append(f'sdlocal_generation_seconds_bucket{{le="{_number(bound)}"}} {count}')
-        lines.append(f'sdlocal_generation_seconds_bucket{{le="+Inf"}} {hist_count}')
-        lines.append(f"sdlocal_generation_seconds_sum {_number(hist_sum)}")
-        lines.append(f"sdlocal_generation_seconds_count {hist_count}")
-        queue = services.queue
-        metric("sdlocal_images_generated_total", "counter", "Images generated since the server started.",
-               [({}, queue.images_generated)])
-        metric("sdlocal_jobs_total", "counter", "Finished queue jobs by outcome.",
-               [({"outcome": outcome}, n) for outcome, n in sorted(queue.jobs_finished.items())])
-        metric("sdlocal_queue_depth", "gauge", "Jobs waiting in the queue (the running one not counted).",
-               [({}, queue.depth)])
-        metric("sdlocal_queue_running", "gauge", "1 while a job runs on the worker.",
-               [({}, 1 if queue.running is not None else 0)])
-        current = services.engine.current_model
-        metric("sdlocal_model_loaded", "gauge", "1 when a model is loaded; its labels name it.",
-               [({"model": current.title, "family": current.family or ""}, 1)] if current is not None
-               else [({"model": "", "family": ""}, 0)])
-        metric("sdlocal_uptime_seconds", "gauge", "Seconds since the services were built.",
-               [({}, round(time.time() - services.started_at, 3))])
+class _ServiceCollector:
+    """The figures the queue and the engine already keep, as metrics at each scrape (nothing to keep in sync)."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: its label sets depend on the loaded model
+
+    def collect(self) -> Iterator[Metric]:
+        queue = self.services.queue
+        yield _counter("sdlocal_images_generated_total", "Images generated since the server started.",
+                       queue.images_generated)
+        jobs = CounterMetricFamily("sdlocal_jobs_total", "Finished queue jobs by outcome.", labels=["outcome"])
+        for outcome, count in sorted(queue.jobs_finished.items()):
+            jobs.add_metric([outcome], count)
+        yield jobs
+        yield _gauge("sdlocal_queue_depth", "Jobs waiting in the queue (the running one not counted).", queue.depth)
+        yield _gauge("sdlocal_queue_running", "1 while a job runs on the worker.", 1 if queue.running else 0)
+        loaded = GaugeMetricFamily("sdlocal_model_loaded", "1 when a model is loaded; its labels name it.",
+                                   labels=["model", "family"])
+        current = self.services.engine.current_model
+        loaded.add_metric([current.title, current.family or ""] if current is not None else ["", ""],
+                          1 if current is not None else 0)
+        yield loaded
+        yield _gauge("sdlocal_uptime_seconds", "Seconds since the services were built.",
+                     round(time.time() - self.services.started_at, 3))
         gpu = gpu_memory()
         if gpu:
-            metric("sdlocal_gpu_memory_bytes", "gauge", "GPU memory by kind (free, total, allocated, reserved).",
-                   [({"kind": kind}, value) for kind, value in gpu.items()])
-        return "\n".join(lines) + "\n"
+            memory = GaugeMetricFamily("sdlocal_gpu_memory_bytes",
+                                       "GPU memory by kind (free, total, allocated, reserved).", labels=["kind"])
+            for kind, value in gpu.items():
+                memory.add_metric([kind], value)
+            yield memory
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    escaped = (f'{key}="{_escape(value)}"' for key, value in labels.items())
-    return "{" + ",".join(escaped) + "}"
+def _counter(name: str, help_text: str, value: float) -> Metric:
+    return CounterMetricFamily(name, help_text, value=value)
 
 
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
+def _gauge(name: str, help_text: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, help_text, value=value)
 
 
 def gpu_memory() -> dict[str, int]:
@@ -199,6 +172,6 @@ def ops_router(services: Any, metrics: Metrics, auth: Callable[..., Any] | None 
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, dependencies=guarded)
     def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(services), media_type=METRICS_CONTENT_TYPE)
+        return PlainTextResponse(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     return router

@@ -9,12 +9,11 @@ here so a client learns which of *its* fields was wrong.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import logging
+import math
 import sys
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -34,6 +33,7 @@ from sdlocal.api.models import (
     Txt2ImgResponse,
 )
 from sdlocal.api.ops import gpu_memory, ram_figures
+from sdlocal.api.options import MODEL, WRITABLE, ApiOptions, log_ignored
 from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
 from sdlocal.jobs import Job
 
@@ -94,11 +94,15 @@ class ApiError(Exception):
 
 def request_error(exc: RequestError) -> ApiError:
     """422 naming the A1111 field, the value and what is allowed."""
-    name = A1111_FIELDS.get(exc.field, exc.field)
-    detail = f"{name}: {exc.value!r} is not allowed; {exc.allowed}"
+    return field_error(A1111_FIELDS.get(exc.field, exc.field), exc.value, exc.allowed)
+
+
+def field_error(name: str, value: Any, allowed: str) -> ApiError:
+    """422 naming the field exactly as the client spelt it (``override_settings.x``), its value and the rule."""
+    detail = f"{name}: {_short_repr(value)} is not allowed; {allowed}"
     return ApiError(422, "Unprocessable Entity", detail, field=name,
-                    errors=[{"loc": ["body", *name.split(".")], "msg": exc.allowed, "type": "value_error",
-                             "input": _jsonable(exc.value)}])
+                    errors=[{"loc": ["body", *name.split(".")], "msg": allowed, "type": "value_error",
+                             "input": _jsonable(value)}])
 
 
 def model_not_found(exc: ModelNotFoundError) -> ApiError:
@@ -109,65 +113,47 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-class ApiOptions:
-    """A1111's ``/options`` dict: runtime defaults for API requests (clip skip, token merging, ...).
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
-    Kept in memory: the model choice is remembered by the engine itself, and the rest are per-run knobs.
-    Keys sdlocal does not use are stored and returned as given, as A1111 does for options of other extensions.
+
+MAX_NUMBER = 2**63  # beyond this no option or field means anything, and float() of it can overflow
+MAX_DEPTH = 32  # nesting deeper than this in a request is junk, and deep enough to break serializers
+
+
+def refuse_bad_values(values: Any, name: str = "", depth: int = 0) -> None:
+    """422 naming the first value no A1111 field can mean, at any depth of a JSON body.
+
+    NaN and infinities (Python's JSON reader accepts them; strict JSON cannot carry them back), integers too
+    large for any field (``float(10**400)`` overflows in the engine's checks), text with lone surrogates (it
+    cannot be written as UTF-8: not to a PNG, not to a response) and absurd nesting. Pydantic types the known
+    fields; this covers the free-form parts (``override_settings``, ``script_args``, the ``/options`` body).
     """
+    label = name or "body"
+    if depth > MAX_DEPTH:
+        raise field_error(label, "...", f"is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(values, dict):
+        for key, value in values.items():
+            refuse_bad_values(str(key), f"{name} (a key)" if name else "body (a key)", depth + 1)
+            refuse_bad_values(value, f"{name}.{key}" if name else str(key), depth + 1)
+    elif isinstance(values, list):
+        for value in values:
+            refuse_bad_values(value, name, depth + 1)
+    elif isinstance(values, float) and not math.isfinite(values):
+        raise field_error(label, values, "must be a finite number")
+    elif isinstance(values, int) and not isinstance(values, bool) and abs(values) >= MAX_NUMBER:
+        raise field_error(label, values, f"must be smaller than {MAX_NUMBER} in size")
+    elif isinstance(values, str) and not _encodable(values):
+        raise field_error(label, values, "must be valid Unicode text (it holds a lone surrogate)")
 
-    def __init__(self, services: Any) -> None:
-        self.services = services
-        self.lock = threading.Lock()
-        settings = services.settings
-        self.values: dict[str, Any] = {
-            "CLIP_stop_at_last_layers": 1,
-            "token_merging_ratio": float(settings.token_merging_ratio),
-            "samples_save": True,
-            "samples_format": "png",
-            "outdir_samples": "",
-            "outdir_txt2img_samples": str(services.store.root / "txt2img"),
-            "save_images_add_number": True,
-            "enable_pnginfo": True,
-            "sd_checkpoints_limit": int(settings.max_loaded_models),
-            "sd_vae": "Automatic",
-            "eta_noise_seed_delta": 0,
-            "live_previews_enable": True,
-            "show_progress_every_n_steps": 1,
-            "sdlocal_precision": settings.precision,
-            "sdlocal_attention": settings.attention,
-        }
 
-    def snapshot(self) -> dict[str, Any]:
-        current = self.services.engine.current_model
-        with self.lock:
-            values = dict(self.values)
-        values["sd_model_checkpoint"] = current.title if current is not None else None
-        values["sd_checkpoint_hash"] = current.short_hash if current is not None else None
-        return values
-
-    def check(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate the options sdlocal uses, with the engine's own limits; RequestError names the option."""
-        checked = dict(changes)
-        probe = GenerationRequest(prompt="", width=64, height=64)
-        if "CLIP_stop_at_last_layers" in checked:
-            probe.clip_skip = checked["CLIP_stop_at_last_layers"]
-        if "token_merging_ratio" in checked:
-            probe.token_merging_ratio = checked["token_merging_ratio"]
-        try:
-            probe.validate()
-        except RequestError as exc:
-            names = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio"}
-            raise RequestError(names.get(exc.field, exc.field), exc.value, exc.allowed) from None
-        if "CLIP_stop_at_last_layers" in checked:
-            checked["CLIP_stop_at_last_layers"] = probe.clip_skip
-        if "token_merging_ratio" in checked:
-            checked["token_merging_ratio"] = probe.token_merging_ratio
-        return checked
-
-    def update(self, changes: dict[str, Any]) -> None:
-        with self.lock:
-            self.values.update(changes)
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def wait_for_job(job: Job, request: Request | None = None) -> Any:
@@ -211,13 +197,21 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
     @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111 fields and defaults)")
     async def txt2img(body: Txt2ImgRequest, request: Request) -> JSONResponse:
         params = body.model_dump()
+        refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
         overrides = dict(body.override_settings or {})
         generation = to_generation_request(body, options.snapshot(), overrides)
+        previous, entry = engine.current_model, None
         if generation.model:
-            generation.model = find_model(engine, generation.model).name
+            entry = await find_model_off_loop(engine, generation.model)
+            generation.model = entry.name
         save = bool(body.save_images) and not body.do_not_save_samples
         job = submit(lambda: queue.submit(generation, save=save, source="api"))
+        switch_back = (entry is not None and body.override_settings_restore_afterwards and previous is not None
+                       and previous.path != entry.path)
+        restore = queue.submit_call(lambda: engine.load(previous.name), source="api", force=True,
+                                    label=f"Loading {previous.name} again") if switch_back else None
         await wait_for_job(job, request)
+        notes = await _finish_overrides(restore, body, overrides, entry, succeeded=job.error is None)
         if job.error is not None:
             raise to_api_error(job.error)
         if not job.done() or job.result is None:
@@ -225,7 +219,27 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         result: GenerationResult = job.result
         images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
         info = build_info(body, result, job)
+        info["warnings"] += notes
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
+
+    async def _finish_overrides(restore: Job | None, body: Txt2ImgRequest, overrides: dict[str, Any],
+                                entry: Any, succeeded: bool) -> list[str]:
+        """After the run: wait for the model to be switched back (A1111's default), or keep the overrides as
+        options (``override_settings_restore_afterwards: false``, after a run that worked); the notes go to
+        ``info.warnings``."""
+        notes = [f"override_settings.{key} is not supported by sdlocal and was ignored"
+                 for key in sorted(overrides) if key not in (MODEL, *WRITABLE)]
+        if restore is not None:
+            await wait_for_job(restore)
+            if restore.error is not None:
+                log.warning("could not load the previous model again: %s", restore.error)
+                notes.append(f"The previous model could not be loaded again: {restore.error}")
+        if not body.override_settings_restore_afterwards and succeeded:
+            kept = options.check({key: overrides[key] for key in WRITABLE if key in overrides})
+            notes += options.apply(kept)
+            if entry is not None:
+                notes += options.remember_model(entry.name)
+        return notes
 
     # ------------------------------------------------------------------------------------------ models
     @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")
@@ -237,26 +251,25 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         entries = await anyio.to_thread.run_sync(lambda: engine.models(refresh=True))
         return {"models": len([e for e in entries if e.supported])}
 
-    @router.get("/options", summary="Options, including sd_model_checkpoint")
+    @router.get("/options", summary="The options sdlocal honours or reports (sd_model_checkpoint, clip skip...)")
     def get_options() -> dict[str, Any]:
         return options.snapshot()
 
-    @router.post("/options", summary="Change any options; a new sd_model_checkpoint loads that model")
+    @router.post("/options", summary="Change options; a new sd_model_checkpoint loads that model. Other keys are "
+                 "named back under 'ignored'")
     async def set_options(body: dict[str, Any]) -> dict[str, Any]:
-        changes = dict(body)
-        wanted = changes.pop("sd_model_checkpoint", None)
-        changes.pop("sd_checkpoint_hash", None)
+        refuse_bad_values(body)
+        changes, wanted, ignored = options.split(body)
         try:
             changes = options.check(changes)
         except RequestError as exc:
-            raise ApiError(422, "Unprocessable Entity", str(exc), field=exc.field,
-                           errors=[{"loc": ["body", exc.field], "msg": exc.allowed, "type": "value_error"}]) from None
+            raise field_error(exc.field, exc.value, exc.allowed) from None
+        applied: dict[str, Any] = dict(changes)
+        warnings: list[str] = []
         if wanted:
-            entry = find_model(engine, str(wanted))
+            entry = await find_model_off_loop(engine, str(wanted))
             if not entry.supported:
-                raise ApiError(422, "Unprocessable Entity",
-                               f"sd_model_checkpoint: {wanted!r} cannot be loaded: {entry.reason}",
-                               field="sd_model_checkpoint")
+                raise field_error(MODEL, wanted, f"cannot be loaded: {entry.reason}")
             current = engine.current_model
             if current is None or current.path != entry.path:
                 job = submit(lambda: queue.submit_call(lambda: engine.load(entry.name), source="api",
@@ -264,8 +277,11 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
                 await wait_for_job(job)
                 if job.error is not None:
                     raise to_api_error(job.error)
-        options.update(changes)
-        return options.snapshot()
+            warnings += options.remember_model(entry.name)
+            applied[MODEL] = engine.current_model.title if engine.current_model is not None else entry.title
+        warnings += options.apply(changes)
+        log_ignored("POST /sdapi/v1/options", ignored)
+        return {"applied": applied, "ignored": ignored, **({"warnings": warnings} if warnings else {})}
 
     # ------------------------------------------------------------------------------------------ samplers
     @router.get("/samplers", response_model=list[Sampler], summary="Samplers usable here")
@@ -312,14 +328,6 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
     @router.post("/png-info", response_model=PngInfoResponse, summary="Read the parameters stored in an image")
     def png_info(body: PngInfoRequest) -> dict[str, Any]:
         return read_png_info(body.image)
-
-    @router.get("/loras", summary="LoRA networks (none yet)")
-    def loras() -> list[Any]:
-        return []
-
-    @router.get("/embeddings", summary="Textual inversion embeddings (none yet)")
-    def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
 
     @router.get("/memory", summary="RAM and GPU memory")
     def memory() -> dict[str, Any]:
@@ -448,46 +456,25 @@ def find_model(engine: Any, name: str) -> Any:
         raise model_not_found(exc) from None
 
 
-def read_png_info(data: str) -> dict[str, Any]:
-    """Decode a base64 image (data URL or raw) and read its A1111 parameters; 422 naming ``image`` if unreadable."""
-    from PIL import Image
+async def find_model_off_loop(engine: Any, name: str) -> Any:
+    """``find_model`` on a worker thread: a hash-looking name may hash multi-GB files, which must not freeze the
+    event loop (the UI, the API and ``/health`` all answer from it)."""
+    return await anyio.to_thread.run_sync(find_model, engine, name)
 
+
+def read_png_info(data: str) -> dict[str, Any]:
+    """Decode a base64 image (data URL or raw) and read its A1111 parameters with the one reader the UI also
+    uses (``outputs.read_image_info``); 422 naming ``image`` if it is not a readable image."""
     from sdlocal.engine.infotext import parse_infotext
+    from sdlocal.outputs import read_image_info
 
     text = (data or "").strip()
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        raw = base64.b64decode(text, validate=False)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as exc:
+        parameters, items = read_image_info(io.BytesIO(base64.b64decode(text, validate=False)))
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds (OSError, SyntaxError, struct.error...) on junk
         raise ApiError(422, "Unprocessable Entity",
                        f"image: not a readable base64 image ({type(exc).__name__}); send a PNG as base64 or a "
                        "data: URL", field="image") from None
-    items = {key: value for key, value in image.info.items() if isinstance(value, str)}
-    parameters = items.get("parameters")
-    if parameters is None:
-        parameters = _exif_user_comment(image)
-        if parameters:
-            items["parameters"] = parameters
     return {"info": parameters or "", "items": items, "parameters": parse_infotext(parameters) if parameters else {}}
-
-
-def _exif_user_comment(image: Any) -> str | None:
-    """JPEG/WebP files keep A1111 parameters in EXIF UserComment (tag 0x9286)."""
-    try:
-        exif = image.getexif().get_ifd(0x8769)
-        raw = exif.get(0x9286)
-    except Exception:  # noqa: BLE001 - no EXIF is the common case
-        return None
-    if isinstance(raw, bytes):
-        prefix, body = raw[:8], raw[8:]
-        if prefix.startswith(b"UNICODE"):
-            for encoding in ("utf-16-be", "utf-16-le"):
-                try:
-                    return body.decode(encoding).rstrip("\x00")
-                except UnicodeDecodeError:
-                    continue
-        return body.decode("utf-8", "replace").rstrip("\x00") or None
-    return str(raw) if raw else None

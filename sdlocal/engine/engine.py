@@ -64,8 +64,13 @@ class Engine:
         roots = getattr(catalog, "roots", None)
         return list(roots() if callable(roots) else roots or [])
 
-    def find_model(self, name: str) -> ModelEntry:
-        """By name, A1111 title "name [hash]", file name, path, or short hash; ModelNotFoundError lists the known."""
+    def find_model(self, name: str, hash_missing: bool = True) -> ModelEntry:
+        """By name, A1111 title "name [hash]", file name, path, or short hash; ModelNotFoundError lists the known.
+
+        A hash-looking name makes this hash every model whose hash is not known yet, which reads whole files
+        (seconds to minutes): call it off any event loop, or pass ``hash_missing=False`` to match only the
+        hashes already known (never blocks on the disk).
+        """
         entries = self.models()
         wanted = (name or "").strip()
         if not wanted:
@@ -89,7 +94,7 @@ class Engine:
         key = (title_hash or wanted).lower()
         if 8 <= len(key) <= 12 and all(c in "0123456789abcdef" for c in key):
             for entry in entries:
-                if entry.short_hash is None and entry.supported:
+                if entry.short_hash is None and entry.supported and hash_missing:
                     self._ensure_hash(entry)
                 if entry.short_hash and entry.short_hash.lower().startswith(key[:10]):
                     return entry

@@ -10,9 +10,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once when huggingface_hub is imported: before diffusers
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.servers import free_port, serving
 
 MODEL_A = "tiny-a"
 MODEL_B = "tiny-b"
@@ -36,16 +35,9 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(data_dir: Path, models: list[str], **settings_values: Any) -> Iterator[Server]:
+def start_server(data_dir: Path, models: list[str], app_options: dict[str, Any] | None = None,
+                 uvicorn_options: dict[str, Any] | None = None, **settings_values: Any) -> Iterator[Server]:
     """Write tiny models, build the services and the app, serve it, and wait until the first model is loaded."""
-    import uvicorn
-
     from sdlocal.engine.synthetic import save_tiny_model
     from sdlocal.server import create_app
     from sdlocal.services import build_services
@@ -58,27 +50,15 @@ def start_server(data_dir: Path, models: list[str], **settings_values: Any) -> I
     port = free_port()
     settings = Settings(data_dir=data_dir, port=port, device="cpu", precision="fp32", **settings_values)
     services = build_services(settings)
-    app = create_app(services, settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
+    app = create_app(services, settings, **(app_options or {}))
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        if models:
-            load = services.start_background_load()
-            load.wait(180)
-            assert services.engine.current_model is not None, services.load_status()
-        yield Server(url=url, services=services, data_dir=data_dir, models_dir=models_dir)
+        with serving(app, port, **(uvicorn_options or {})) as url:
+            if models:
+                load = services.start_background_load()
+                load.wait(180)
+                assert services.engine.current_model is not None, services.load_status()
+            yield Server(url=url, services=services, data_dir=data_dir, models_dir=models_dir)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         services.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import httpx
@@ -10,27 +9,19 @@ import pytest
 
 from tests.api.conftest import Server, start_server
 
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
+LIMIT = 4096
 
 
 def parse_prometheus(text: str) -> dict[str, dict[str, float]]:
-    """Every sample as {metric name: {label text: value}}; fails on any line the text format does not allow."""
+    """Every sample as {sample name: {'{label="value",...}' (sorted): value}}, read by prometheus_client's parser
+    (which fails on text the format does not allow)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples: dict[str, dict[str, float]] = {}
-    typed: set[str] = set()
-    for line in text.splitlines():
-        if not line:
-            continue
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("# HELP "):
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not Prometheus text: {line!r}"
-        name, labels, value = match.group(1), match.group(2) or "", match.group(3)
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in typed or base in typed, f"{name} has no # TYPE line"
-        samples.setdefault(name, {})[labels] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            pairs = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})["{" + pairs + "}" if pairs else ""] = sample.value
     return samples
 
 
@@ -48,18 +39,35 @@ def test_health_ready_and_metrics_that_move(client: httpx.Client) -> None:
     assert images == 2
     assert after["sdlocal_generation_seconds_count"][""] == before["sdlocal_generation_seconds_count"][""] + 1
     assert after["sdlocal_generation_seconds_bucket"]['{le="+Inf"}'] == after["sdlocal_generation_seconds_count"][""]
-    txt2img_ok = '{route="/sdapi/v1/txt2img",method="POST",status="200"}'
+    txt2img_ok = '{method="POST",route="/sdapi/v1/txt2img",status="200"}'
     assert after["sdlocal_http_requests_total"][txt2img_ok] == \
         before["sdlocal_http_requests_total"].get(txt2img_ok, 0) + 1
     assert after["sdlocal_queue_depth"][""] == 0
     loaded = after["sdlocal_model_loaded"]
     assert list(loaded.values()) == [1] and 'model="tiny-a' in next(iter(loaded))
+    assert after["sdlocal_jobs_total"]['{outcome="done"}'] == before["sdlocal_jobs_total"]['{outcome="done"}'] + 1
+    assert after["sdlocal_queue_running"][""] == 0 and after["sdlocal_uptime_seconds"][""] > 0
+
+
+def test_each_app_has_its_own_registry(api: Server) -> None:
+    """Two apps in one process (tests, or a UI and an API app) never share counters or the global registry."""
+    from prometheus_client import REGISTRY
+
+    from sdlocal.api.ops import Metrics
+
+    first, second = Metrics(api.services), Metrics(api.services)
+    first.count_request("/sdapi/v1/samplers", "GET", 200)
+    ok = '{method="GET",route="/sdapi/v1/samplers",status="200"}'
+    assert parse_prometheus(first.render().decode())["sdlocal_http_requests_total"][ok] == 1
+    assert "sdlocal_http_requests_total" not in parse_prometheus(second.render().decode())
+    assert not [family.name for family in REGISTRY.collect() if family.name.startswith("sdlocal_")]
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The UI and the API together, the API behind --api-auth, and no model at all."""
-    yield from start_server(tmp_path_factory.mktemp("sdlocal-auth"), [], api=True, api_auth=[("alice", "s3cret")])
+    """The UI and the API together, the API behind --api-auth, no model at all, and API bodies up to 4 KiB."""
+    yield from start_server(tmp_path_factory.mktemp("sdlocal-auth"), [], api=True, api_auth=[("alice", "s3cret")],
+                            app_options={"max_body_bytes": LIMIT})
 
 
 def test_api_auth_guards_every_api_route(guarded: Server) -> None:
@@ -100,3 +108,54 @@ def test_listening_on_the_network_makes_the_api_ask_for_the_ui_login() -> None:
     assert api_credentials(Settings(data_dir="/tmp/unused", listen=True, no_auth=True)) == []
     assert api_credentials(Settings(data_dir="/tmp/unused", listen=True, api_auth=[("a", "b")],
                                     gradio_auth=[("bob", "pw")])) == [("a", "b")]
+
+
+def test_docs_and_openapi_need_the_api_login(guarded: Server) -> None:
+    with guarded.client() as http:
+        for path in ("/docs", "/openapi.json"):
+            denied = http.get(path)
+            assert denied.status_code == 401, path
+            assert denied.headers["WWW-Authenticate"].startswith("Basic") and "detail" in denied.json()
+        assert "swagger" in http.get("/docs", auth=("alice", "s3cret")).text.lower()
+        paths = http.get("/openapi.json", auth=("alice", "s3cret")).json()["paths"]
+        assert "/sdapi/v1/txt2img" in paths and "/openapi.json" not in paths
+
+
+def test_cross_site_requests_cannot_change_state(client: httpx.Client, api: Server,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page on another site can make a browser POST here; its Origin header gives it away."""
+    calls: list[str] = []
+    monkeypatch.setattr(api.services.queue, "interrupt", lambda: calls.append("interrupt"))
+    monkeypatch.setattr(api.services.queue, "skip", lambda: calls.append("skip"))
+    for origin in ("https://evil.example", "null", api.url.replace("127.0.0.1", "localhost"),
+                   api.url.rsplit(":", 1)[0] + ":1"):
+        for path in ("/sdapi/v1/interrupt", "/sdapi/v1/skip", "/sdapi/v1/refresh-checkpoints"):
+            refused = client.post(path, headers={"Origin": origin})
+            assert refused.status_code == 403, (origin, path)
+            body = refused.json()
+            assert body["field"] == "Origin" and origin in body["detail"] and "Cross-site" in body["detail"]
+    assert calls == []
+    assert client.get("/sdapi/v1/progress", headers={"Origin": "https://evil.example"}).status_code == 200
+    assert client.post("/sdapi/v1/interrupt", headers={"Origin": api.url}).status_code == 200  # its own pages
+    assert client.post("/sdapi/v1/skip").status_code == 200  # scripts send no Origin
+    assert calls == ["interrupt", "skip"]
+
+
+def test_api_bodies_are_limited_with_a_413_naming_the_limit(guarded: Server) -> None:
+    with guarded.client(auth=("alice", "s3cret")) as http:
+        small = http.post("/sdapi/v1/png-info", json={"image": "A" * (LIMIT // 2)})
+        assert small.status_code == 422  # read, and found not to be an image
+        declared = http.post("/sdapi/v1/png-info", json={"image": "A" * (LIMIT * 2)})
+        assert declared.status_code == 413
+        assert declared.json()["limit"] == LIMIT and f"{LIMIT} bytes" in declared.json()["detail"]
+        chunks = iter([b'{"image": "', b"A" * LIMIT, b"A" * LIMIT, b'"}'])  # no Content-Length: streamed
+        streamed = http.post("/sdapi/v1/png-info", content=chunks, headers={"Content-Type": "application/json"})
+        assert streamed.status_code == 413 and streamed.json()["limit"] == LIMIT
+        assert http.get("/health").status_code == 200
+
+
+def test_gradio_uploads_keep_their_own_limit(guarded: Server) -> None:
+    with guarded.client() as http:
+        upload = http.post("/gradio_api/upload", files={"files": ("big.txt", b"x" * (LIMIT * 4), "text/plain")})
+        assert upload.status_code == 200, upload.text
+        assert len(upload.json()) == 1

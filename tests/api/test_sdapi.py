@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -64,10 +67,6 @@ class Background:
             raise self.error
         assert self.response is not None
         return self.response
-
-
-def running_step(client: httpx.Client) -> int:
-    return client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["state"]["sampling_step"]
 
 
 # ---------------------------------------------------------------------------------------------- txt2img
@@ -135,16 +134,19 @@ def test_sd_models_lists_a1111_records(client: httpx.Client, api: Server) -> Non
         assert model["filename"].startswith(str(api.models_dir))
 
 
-def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client) -> None:
+def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client, api: Server) -> None:
     options = client.get("/sdapi/v1/options").json()
-    for key in ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "token_merging_ratio", "samples_save",
+    for key in ("sd_model_checkpoint", "sd_checkpoint_hash", "CLIP_stop_at_last_layers", "token_merging_ratio",
                 "outdir_txt2img_samples"):
         assert key in options
     titles = {m["model_name"]: m["title"] for m in client.get("/sdapi/v1/sd-models").json()}
     try:
         response = client.post("/sdapi/v1/options", json={**options, "sd_model_checkpoint": titles[MODEL_B]})
         assert response.status_code == 200, response.text
+        assert response.json()["ignored"] == {}  # what GET gives, POST takes back
+        assert response.json()["applied"]["sd_model_checkpoint"].startswith(MODEL_B)
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_B)
+        assert api.services.settings.load_ui_state()["model"] == MODEL_B  # loaded at the next start
         info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
         assert info["sd_model_name"] == MODEL_B
     finally:
@@ -153,17 +155,78 @@ def test_options_switch_the_model_by_title_and_by_bare_name(client: httpx.Client
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
 
 
-def test_options_keep_other_values_and_check_the_ones_sdlocal_uses(client: httpx.Client) -> None:
-    response = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "some_extension_option": "x"})
+def test_options_honour_what_sdlocal_uses_and_name_the_rest(client: httpx.Client, api: Server,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from sdlocal.api.options import ApiOptions
+
+    sent = {"CLIP_stop_at_last_layers": 2, "sd_vae": "other.vae", "samples_save": False, "some_extension_option": "x",
+            "samples_format": "jpg"}
+    with caplog.at_level(logging.INFO, logger="sdlocal.api.options"):
+        response = client.post("/sdapi/v1/options", json=sent)
     assert response.status_code == 200, response.text
+    assert response.json()["applied"] == {"CLIP_stop_at_last_layers": 2}
+    ignored = response.json()["ignored"]
+    assert set(ignored) == {"sd_vae", "samples_save", "some_extension_option", "samples_format"}
+    assert "read-only" in ignored["samples_format"] and "not an option" in ignored["sd_vae"]
+    assert "sd_vae" in caplog.text and "some_extension_option" in caplog.text
     options = client.get("/sdapi/v1/options").json()
-    assert options["CLIP_stop_at_last_layers"] == 2 and options["some_extension_option"] == "x"
+    assert options["CLIP_stop_at_last_layers"] == 2 and options["samples_format"] == "png"
+    assert not {"sd_vae", "samples_save", "some_extension_option"} & set(options)
+    saved = json.loads((api.data_dir / "api-options.json").read_text())
+    assert saved == {"CLIP_stop_at_last_layers": 2}
+    assert ApiOptions(api.services).values["CLIP_stop_at_last_layers"] == 2  # what the next start reads
     info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
     assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
     bad = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0})
     assert bad.status_code == 422 and bad.json()["field"] == "CLIP_stop_at_last_layers"
     assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_token_merging_is_saved_to_the_settings_file(client: httpx.Client, api: Server) -> None:
+    from sdlocal.settings import read_settings_file
+
+    try:
+        response = client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.3})
+        assert response.status_code == 200 and response.json()["applied"] == {"token_merging_ratio": 0.3}
+        assert read_settings_file(api.services.settings.settings_file)["token_merging_ratio"] == 0.3
+        assert client.get("/sdapi/v1/options").json()["token_merging_ratio"] == 0.3
+        bad = client.post("/sdapi/v1/options", json={"token_merging_ratio": 2})
+        assert bad.status_code == 422 and bad.json()["field"] == "token_merging_ratio"
+    finally:
+        client.post("/sdapi/v1/options", json={"token_merging_ratio": 0.0})
+    assert read_settings_file(api.services.settings.settings_file)["token_merging_ratio"] == 0.0
+
+
+def test_an_override_model_is_used_once_then_the_previous_one_is_back(client: httpx.Client, api: Server) -> None:
+    assert api.services.engine.current_model.name == MODEL_A
+    response = client.post("/sdapi/v1/txt2img", json=small(override_settings={"sd_model_checkpoint": MODEL_B,
+                                                                              "sd_vae": "x"}))
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["sd_model_name"] == MODEL_B
+    assert any("override_settings.sd_vae" in warning for warning in info["warnings"])
+    # The switch back ran on the queue before the answer came.
+    assert api.services.engine.current_model.name == MODEL_A
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
+    assert json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])["sd_model_name"] == MODEL_A
+
+
+def test_overrides_stay_when_restore_afterwards_is_false(client: httpx.Client, api: Server) -> None:
+    body = small(override_settings={"sd_model_checkpoint": MODEL_B, "CLIP_stop_at_last_layers": 2},
+                 override_settings_restore_afterwards=False)
+    try:
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        assert json.loads(response.json()["info"])["sd_model_name"] == MODEL_B
+        assert api.services.engine.current_model.name == MODEL_B
+        options = client.get("/sdapi/v1/options").json()
+        assert options["sd_model_checkpoint"].startswith(MODEL_B) and options["CLIP_stop_at_last_layers"] == 2
+        info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
+        assert info["sd_model_name"] == MODEL_B and info["clip_skip"] == 2
+    finally:
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": MODEL_A, "CLIP_stop_at_last_layers": 1})
+    assert api.services.engine.current_model.name == MODEL_A
 
 
 def test_an_unknown_model_is_404_listing_the_known_ones(client: httpx.Client) -> None:
@@ -174,6 +237,53 @@ def test_an_unknown_model_is_404_listing_the_known_ones(client: httpx.Client) ->
         body = response.json()
         assert "no-such-model" in body["detail"] and any(k.startswith(MODEL_A) for k in body["known"])
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
+
+
+@pytest.mark.parametrize("route", ["txt2img", "options"])
+def test_a_lookup_by_hash_does_not_freeze_the_server(route: str, api: Server,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hash-looking model name hashes every model not hashed yet (whole files): the server must go on
+    answering meanwhile. The hasher here blocks until the test has seen ``/health`` answer."""
+    engine = api.services.engine
+    hashing, release = threading.Event(), threading.Event()
+
+    def blocking_hash(_entry: Any) -> str:
+        hashing.set()
+        release.wait(120)
+        return "ffffffffff"
+
+    monkeypatch.setattr(engine._get_catalog(), "short_hash", blocking_hash)
+    for entry in engine.models():
+        monkeypatch.setattr(entry, "short_hash", None)
+    wanted = {"sd_model_checkpoint": "0123456789"}
+    run = Background(api, f"/sdapi/v1/{route}", small(override_settings=wanted) if route == "txt2img" else wanted)
+    try:
+        assert hashing.wait(60), "the lookup never reached the hasher"
+        with api.client(timeout=30) as http:
+            assert http.get("/health").status_code == 200
+            assert http.get("/sdapi/v1/progress").status_code == 200
+        assert not release.is_set() and run.thread.is_alive()  # the lookup is still blocked in the hasher
+    finally:
+        release.set()
+    response = run.result()
+    assert response.status_code == 404 and "0123456789" in response.json()["detail"]
+
+
+def test_find_model_can_match_known_hashes_only(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The non-blocking path for callers on an event loop (the UI): ``hash_missing=False`` never hashes."""
+    from sdlocal.engine.request import ModelNotFoundError
+
+    engine = api.services.engine
+
+    def no_hashing(_entry: Any) -> str:
+        raise AssertionError("hash_missing=False must not hash")
+
+    monkeypatch.setattr(engine._get_catalog(), "short_hash", no_hashing)
+    known = next(e for e in engine.models() if e.short_hash)
+    assert engine.find_model(known.short_hash, hash_missing=False) is known
+    monkeypatch.setattr(known, "short_hash", None)
+    with pytest.raises(ModelNotFoundError):
+        engine.find_model("0123456789", hash_missing=False)
 
 
 def test_refresh_checkpoints_finds_a_new_model(client: httpx.Client, api: Server) -> None:
@@ -194,9 +304,16 @@ def test_samplers_and_schedulers(client: httpx.Client) -> None:
     assert {(s["name"], s["label"]) for s in schedulers} >= {("automatic", "Automatic"), ("karras", "Karras")}
 
 
-def test_loras_embeddings_and_memory(client: httpx.Client) -> None:
-    assert client.get("/sdapi/v1/loras").json() == []
-    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+def test_features_sdlocal_lacks_have_no_routes(client: httpx.Client) -> None:
+    """No LoRA or embeddings support yet: a 404 says so, where an empty list would claim there are none."""
+    for path in ("/sdapi/v1/loras", "/sdapi/v1/embeddings"):
+        missing = client.get(path)
+        assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/sdapi/v1/loras" not in paths and "/sdapi/v1/embeddings" not in paths
+
+
+def test_memory(client: httpx.Client) -> None:
     memory = client.get("/sdapi/v1/memory").json()
     ram = memory["ram"]
     assert ram["total"] > 0 and ram["used"] + ram["free"] == ram["total"]
@@ -214,68 +331,184 @@ def test_png_info_reads_the_parameters_back(client: httpx.Client) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "image"
 
 
+def test_png_info_reads_jpeg_exif_and_late_png_chunks_like_the_ui(client: httpx.Client) -> None:
+    """The API and the UI's PNG Info share one reader (sdlocal.outputs.read_image_info)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    text = "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 8x8"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG", exif=exif)
+    body = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(jpeg.getvalue()).decode()}).json()
+    assert body["info"] == text and body["parameters"]["Seed"] == "5"
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    meta.add_text("Software", "other tool")
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG", pnginfo=meta)
+    body = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(png.getvalue()).decode()}).json()
+    assert body["info"] == text and body["items"] == {"parameters": text, "Software": "other tool"}
+
+
 # ---------------------------------------------------------------------------------------------- progress
-def test_progress_moves_during_a_long_generation_and_interrupt_stops_it(client: httpx.Client,
-                                                                        api: Server) -> None:
+class StepGate:
+    """Holds the running generation inside its progress callback once it reaches step ``at``.
+
+    With the worker held, "running" and "queued" are states a test observes for certain, however fast or slow
+    the machine; ``move_to`` lets the run go on to a later step and ``open`` lets it finish.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.at: int | None = None
+        self.held: int | None = None
+
+    def on_step(self, step: int) -> None:
+        with self.cond:
+            if self.at is None or step < self.at:
+                return
+            self.held = step
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.at is None or step < self.at, timeout=120)
+            self.held = None
+
+    def hold_at(self, step: int) -> None:
+        with self.cond:
+            self.at = step
+            self.cond.notify_all()
+
+    move_to = hold_at
+
+    def wait_held(self) -> int:
+        """Block until the run is held at (or past) the wanted step; returns that step."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.held is not None and self.at is not None
+                                      and self.held >= self.at, timeout=120), "the run never reached the gate"
+            assert self.held is not None
+            return self.held
+
+    def open(self) -> None:
+        with self.cond:
+            self.at = None
+            self.cond.notify_all()
+
+
+@pytest.fixture
+def gate(api: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[StepGate]:
+    engine = api.services.engine
+    real = engine.generate
+    step_gate = StepGate()
+
+    def gated(request: Any, on_progress: Any = None) -> Any:
+        def progress(update: Any) -> None:
+            if on_progress is not None:
+                on_progress(update)
+            step_gate.on_step(update.step)
+
+        return real(request, on_progress=progress)
+
+    monkeypatch.setattr(engine, "generate", gated)
+    yield step_gate
+    step_gate.open()
+
+
+def job_count(client: httpx.Client) -> int:
+    return client.get("/sdapi/v1/progress", params={"skip_current_image": True}).json()["state"]["job_count"]
+
+
+def send_then_hang_up(api: Server, body: dict[str, Any]) -> socket.socket:
+    """POST a txt2img on a raw connection the test closes when it wants: a client that goes away, exactly then."""
+    port = int(api.url.rsplit(":", 1)[1])
+    connection = socket.create_connection(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    head = (f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n")
+    connection.sendall(head.encode() + data)
+    return connection
+
+
+def test_progress_moves_during_a_generation_and_interrupt_stops_it(client: httpx.Client, api: Server,
+                                                                   gate: StepGate) -> None:
     idle = client.get("/sdapi/v1/progress").json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
-    run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=3))
-    wait_for(lambda: running_step(client) > 0)
+    gate.hold_at(2)
+    run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=3))
+    assert gate.wait_held() == 2
     first = client.get("/sdapi/v1/progress").json()
-    assert first["state"]["job_count"] == 1 and first["state"]["sampling_steps"] == 150
+    assert first["state"]["job_count"] == 1 and first["state"]["sampling_steps"] == 20
+    assert first["state"]["sampling_step"] == 2 and first["state"]["job_no"] == 0
     assert first["state"]["job"].startswith("task(") and 0 < first["progress"] < 1
-    step = first["state"]["sampling_step"]
-    later = wait_for(lambda: (p := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] > step and p)
-    assert later["progress"] > first["progress"] or later["state"]["job_no"] > first["state"]["job_no"]
-    assert later["eta_relative"] >= 0 and later["textinfo"].startswith("Step ")
+    gate.move_to(7)
+    assert gate.wait_held() == 7
+    later = client.get("/sdapi/v1/progress").json()
+    assert later["state"]["sampling_step"] == 7 and later["progress"] > first["progress"]
+    assert later["eta_relative"] >= 0 and later["textinfo"].startswith("Step 7/20")
     if later["current_image"] is not None:
         assert decode_png(later["current_image"]).size[0] > 0
     assert client.post("/sdapi/v1/interrupt").json() == {}
+    gate.open()
     response = run.result()
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
-    assert info["interrupted"] is True and len(response.json()["images"]) < 3
-    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+    assert info["interrupted"] is True and response.json()["images"] == []  # stopped inside the first batch
+    assert job_count(client) == 0
 
 
-def test_skip_abandons_the_current_batch_and_goes_on(client: httpx.Client, api: Server) -> None:
-    run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=2, seed=5000))
-    wait_for(lambda: running_step(client) > 0)
+def test_skip_abandons_the_current_batch_and_goes_on(client: httpx.Client, api: Server, gate: StepGate) -> None:
+    gate.hold_at(2)
+    run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=2, seed=5000))
+    gate.wait_held()
     assert client.post("/sdapi/v1/skip").json() == {}
+    gate.open()
     response = run.result()
     info = json.loads(response.json()["info"])
     assert info["all_seeds"] == [5001] and len(response.json()["images"]) == 1
 
 
-def test_past_the_queue_bound_the_api_answers_503_with_retry_after(client: httpx.Client, api: Server) -> None:
-    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=5))
-    wait_for(lambda: running_step(client) > 0)
+def test_past_the_queue_bound_the_api_answers_503_with_retry_after(client: httpx.Client, api: Server,
+                                                                    gate: StepGate) -> None:
+    gate.hold_at(1)
+    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=5))
+    gate.wait_held()
     waiting = [Background(api, "/sdapi/v1/txt2img", small(seed=10 + i)) for i in range(2)]
-    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 3)
+    wait_for(lambda: job_count(client) == 3)  # both queued behind the held run (the queue holds 2)
     refused = client.post("/sdapi/v1/txt2img", json=small())
     assert refused.status_code == 503
     assert int(refused.headers["Retry-After"]) >= 1 and "queue is full" in refused.json()["detail"]
     client.post("/sdapi/v1/interrupt")
+    gate.open()
     assert long_run.result().status_code == 200
     for run, seed in zip(waiting, (10, 11), strict=True):
         response = run.result()
         assert response.status_code == 200 and json.loads(response.json()["info"])["seed"] == seed
 
 
-def test_a_client_that_disconnects_breaks_nothing(client: httpx.Client, api: Server) -> None:
-    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=150, n_iter=2))
-    wait_for(lambda: running_step(client) > 0)
-    # A queued request whose client gives up is taken out of the queue ...
-    with pytest.raises(httpx.ReadTimeout), api.client(timeout=0.5) as impatient:
-        impatient.post("/sdapi/v1/txt2img", json=small(seed=99))
-    wait_for(lambda: client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 1, timeout=10)
-    # ... and the running one, whose client also gives up, finishes without harming the next job.
+def test_a_client_that_disconnects_breaks_nothing(client: httpx.Client, api: Server, gate: StepGate) -> None:
+    queue = api.services.queue
+    done_before, cancelled_before = queue.jobs_finished["done"], queue.jobs_finished["cancelled"]
+    gate.hold_at(1)
+    long_run = Background(api, "/sdapi/v1/txt2img", small(steps=20, n_iter=2))
+    gate.wait_held()
+    # A queued request whose client goes away is taken out of the queue ...
+    impatient = send_then_hang_up(api, small(seed=99))
+    wait_for(lambda: job_count(client) == 2)
+    impatient.close()
+    wait_for(lambda: job_count(client) == 1)
+    assert queue.jobs_finished["cancelled"] == cancelled_before + 1
     client.post("/sdapi/v1/interrupt")
+    gate.open()
     long_run.result()
-    with pytest.raises(httpx.ReadTimeout), api.client(timeout=0.3) as impatient:
-        impatient.post("/sdapi/v1/txt2img", json=small(steps=60, n_iter=2, seed=98))
+    # ... and the running one, whose client also goes away, finishes without harming the next job.
+    gate.hold_at(1)
+    impatient = send_then_hang_up(api, small(steps=4, n_iter=2, seed=98))
+    gate.wait_held()
+    impatient.close()
+    gate.open()
     response = client.post("/sdapi/v1/txt2img", json=small(seed=97))
     assert response.status_code == 200 and json.loads(response.json()["info"])["all_seeds"] == [97]
+    # The abandoned run and this one both completed (the counter moves just after the job's own result).
+    wait_for(lambda: queue.jobs_finished["done"] == done_before + 2)
 
 
 # ---------------------------------------------------------------------------------------------- errors

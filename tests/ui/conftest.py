@@ -7,8 +7,6 @@ use names of their own so their order does not matter.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import free_port, serving
 
 BAD_PRESET = {"name": "Broken width", "family": "sd1", "width": 513, "height": 512, "steps": 4, "sampler": "Euler",
               "schedule": "Automatic", "cfg_scale": 7}
@@ -27,26 +27,6 @@ class RunningApp:
     services: Any
     data_dir: Path
     model_name: str
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
 def start_app(data_dir: Path, bad_files: bool = True) -> Iterator[RunningApp]:
@@ -61,7 +41,7 @@ def start_app(data_dir: Path, bad_files: bool = True) -> Iterator[RunningApp]:
     models = data_dir / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
     save_tiny_model(models / "tiny-sd15.safetensors", family="sd1", fmt="safetensors")
-    port = _free_port()
+    port = free_port()
     settings = Settings(data_dir=data_dir, port=port)
     if bad_files:
         (models / "not-a-model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
@@ -69,25 +49,18 @@ def start_app(data_dir: Path, bad_files: bool = True) -> Iterator[RunningApp]:
         (settings.presets_dir / "broken.json").write_text(json.dumps(BAD_PRESET))
     services = build_services(settings)
 
-    import uvicorn
-
     from sdlocal.server import create_app
 
     app = create_app(services)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_http(url)
-        deadline = time.monotonic() + 180
-        while services.engine.current_model is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert services.engine.current_model is not None, "the tiny model did not load in the background"
-        yield RunningApp(url=url, services=services, data_dir=data_dir, model_name=services.engine.current_model.name)
+        with serving(app, port, health_path="/") as base:
+            deadline = time.monotonic() + 180
+            while services.engine.current_model is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert services.engine.current_model is not None, "the tiny model did not load in the background"
+            yield RunningApp(url=base + "/", services=services, data_dir=data_dir,
+                             model_name=services.engine.current_model.name)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         stop = getattr(services, "close", None) or getattr(services.queue, "close", None)
         if callable(stop):
             stop()
