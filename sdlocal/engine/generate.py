@@ -157,7 +157,11 @@ def _oom_error(request: GenerationRequest, exc: BaseException) -> EngineError:
 
 
 def decode(loaded: LoadedModel, latents: Any, warnings: list[str]) -> list[Any]:
-    """Latents -> PIL images, retrying an fp16 VAE in fp32 when it overflows to NaN (SDXL's VAE does)."""
+    """Latents -> PIL images, retrying an fp16 VAE in fp32 when it overflows to NaN.
+
+    SDXL's VAE, which is known to overflow, is already fp32 (its config's ``force_upcast``, see
+    ``loader.vae_precision``); the retry is for VAEs whose config claims fp16 is safe and is wrong.
+    """
     import torch
 
     pipe = loaded.pipe

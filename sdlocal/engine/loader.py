@@ -265,16 +265,34 @@ def clip_skip_compat(pipe: Any) -> None:
             object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=norm))
 
 
+def vae_precision(pipe: Any, runtime: Runtime) -> str:
+    """The VAE's precision for this pipeline: the runtime's, except fp32 where an fp16 VAE's config says
+    ``force_upcast``.
+
+    SDXL's VAE overflows in fp16 (NaN images), which is why its config sets ``force_upcast``; diffusers'
+    pipelines honour the flag exactly where they have ``upcast_vae`` (the SDXL ones), and so does this.
+    Decoding in fp32 from the start costs one fp32 VAE; otherwise every decode would run once in fp16, come
+    out NaN, and run again in fp32.
+    """
+    if runtime.vae_precision == "fp16" and hasattr(pipe, "upcast_vae") \
+            and bool(getattr(pipe.vae.config, "force_upcast", False)):
+        return "fp32"
+    return runtime.vae_precision
+
+
 def _place(pipe: Any, runtime: Runtime) -> None:
     """Device, VAE precision, attention and memory options, in the order diffusers needs them."""
-    if pipe.vae.dtype != runtime.vae_dtype:
+    from sdlocal.engine.devices import torch_dtype
+
+    vae_dtype = torch_dtype(vae_precision(pipe, runtime))
+    if pipe.vae.dtype != vae_dtype:
         # diffusers logs a generic "cast with to()" warning here; keeping the VAE in fp32 is the point.
         from diffusers.utils import logging as dlogging
 
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()
         try:
-            pipe.vae.to(dtype=runtime.vae_dtype)
+            pipe.vae.to(dtype=vae_dtype)
         finally:
             dlogging.set_verbosity(level)
     if runtime.cpu_offload:
