@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,14 @@ from typing import Any
 
 from sdlocal.engine.infotext import format_infotext
 from sdlocal.engine.loader import LoadedModel, free_memory
-from sdlocal.engine.request import EngineError, GeneratedImage, GenerationRequest, Progress, RequestError
+from sdlocal.engine.request import (
+    EngineError,
+    GeneratedImage,
+    GenerationRequest,
+    Progress,
+    RequestError,
+    RunControl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +45,6 @@ PREVIEW_FACTORS: dict[str, tuple[tuple[float, float, float], ...]] = {
     "sd2": ((0.35, 0.23, 0.32), (0.33, 0.50, 0.24), (-0.28, 0.18, 0.27), (-0.21, -0.26, -0.72)),
     "sdxl": ((0.39, 0.41, 0.45), (-0.26, -0.02, 0.07), (0.06, 0.17, -0.08), (-0.31, -0.24, -0.21)),
 }
-
-
-class RunControl:
-    """Flags another thread sets while a run is in progress (the UI's Interrupt and Skip buttons)."""
-
-    def __init__(self) -> None:
-        self._interrupt = threading.Event()
-        self._skip = threading.Event()
-
-    def interrupt(self) -> None:
-        self._interrupt.set()
-
-    def skip(self) -> None:
-        self._skip.set()
-
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupt.is_set()
-
-    @property
-    def skipped(self) -> bool:
-        return self._skip.is_set()
-
-    def clear_skip(self) -> None:
-        self._skip.clear()
-
-    def reset(self) -> None:
-        self._interrupt.clear()
-        self._skip.clear()
 
 
 @dataclass
@@ -227,7 +204,11 @@ def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int) ->
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
                    model_name: str, model_hash: str | None,
                    on_progress: Callable[[Progress], None] | None = None) -> RunOutput:
-    """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip."""
+    """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip.
+
+    A skip pressed between two batches (or before the first) is still pending at the next batch's start,
+    which is then skipped without running; one pressed during a batch abandons that batch.
+    """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
     total_images = request.batch_size * request.batch_count
@@ -249,7 +230,8 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     for batch_index in range(request.batch_count):
         if control.interrupted:
             break
-        control.clear_skip()
+        if control.take_skip():
+            continue
         batch_seeds = seeds[batch_index * request.batch_size:(batch_index + 1) * request.batch_size]
         noise, generators = initial_noise(batch_seeds, shape)
         latents_in = noise.to(device=device, dtype=dtype)
@@ -262,7 +244,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
             nonlocal last_preview
             total_steps = int(getattr(pipeline, "_num_timesteps", request.steps) or request.steps)
             done = step + 1
-            if control.interrupted or control.skipped:
+            if not stopped["flag"] and (control.interrupted or control.take_skip()):
                 pipeline._interrupt = True
                 stopped["flag"] = True
             if on_progress is not None:

@@ -213,3 +213,57 @@ def test_bf16_on_cpu_is_close_to_fp32(tiny_models_dir: Path, tmp_path: Path, req
         assert not b.warnings
         diff = np.abs(pixels(a.images[0].image) - pixels(b.images[0].image)).mean()
         assert diff < 4, f"{model}: mean pixel difference {diff:.2f}"
+
+
+def test_skip_pressed_between_batches_skips_the_next_batch(engine, request_for) -> None:
+    def on_progress(progress) -> None:
+        # Reported after the step's own Skip check: the batch's last step is done, so this press lands
+        # between batch 0 and batch 1.
+        if progress.batch_index == 0 and progress.step == progress.total_steps:
+            engine.skip()
+
+    result = engine.generate(request_for(steps=2, batch_count=3, seed=50), on_progress=on_progress)
+    assert [im.seed for im in result.images] == [50, 52] and not result.interrupted
+
+
+def test_a_control_pressed_before_the_run_applies_to_that_run_only(engine, request_for) -> None:
+    from sdlocal.engine.request import RunControl
+
+    stopped = RunControl()
+    stopped.interrupt()
+    result = engine.generate(request_for(batch_count=2), control=stopped)
+    assert result.interrupted and result.images == []
+    skipped = RunControl()
+    skipped.skip()
+    assert [im.seed for im in engine.generate(request_for(batch_count=2, seed=7), control=skipped).images] == [8]
+    assert len(engine.generate(request_for(batch_count=2)).images) == 2
+
+
+def test_queue_interrupt_while_the_job_is_starting_stops_it_and_not_the_next(engine, request_for,
+                                                                             monkeypatch) -> None:
+    """The press comes after the queue started the job and before the engine's run exists."""
+    from sdlocal.jobs import DONE, INTERRUPTED, JobQueue
+
+    entered, release = threading.Event(), threading.Event()
+    real_find = engine.find_model
+
+    def find_model_held(name: str):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        return real_find(name)
+
+    monkeypatch.setattr(engine, "find_model", find_model_held)
+    queue = JobQueue(engine, None)
+    try:
+        first = queue.submit(request_for(batch_count=2))
+        assert entered.wait(30) and engine._control is None
+        assert queue.interrupt()
+        release.set()
+        result = first.wait(60)
+        assert first.state == INTERRUPTED and result.interrupted and result.images == []
+        second = queue.submit(request_for())
+        assert not second.wait(60).interrupted and second.state == DONE and len(second.result.images) == 1
+    finally:
+        release.set()
+        queue.close()
