@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdlocal.engine.infotext import format_infotext
-from sdlocal.engine.loader import LoadedModel, free_memory
+from sdlocal.engine.loader import LoadedModel, free_memory, is_out_of_memory
 from sdlocal.engine.request import (
     EngineError,
     GeneratedImage,
@@ -113,15 +113,6 @@ def _check_clip_skip(loaded: LoadedModel, clip_skip: int) -> None:
     layers = int(loaded.pipe.text_encoder.config.num_hidden_layers)
     if clip_skip > layers:
         raise RequestError("clip_skip", clip_skip, f"this model's text encoder has {layers} layers; use 1 to {layers}")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
 
 
 def _oom_error(request: GenerationRequest, exc: BaseException) -> EngineError:
@@ -263,6 +254,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                     log.exception("progress callback failed")
             return tensors
 
+        out_of_memory: EngineError | None = None
         try:
             latents = pipe(**_pipe_kwargs(loaded, request, len(batch_seeds)), latents=latents_in,
                            generator=generators, callback_on_step_end=on_step_end,
@@ -273,14 +265,18 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
         except (EngineError, RequestError):
             raise
         except Exception as exc:
-            if _is_oom(exc):
-                latents_in = latents = noise = None
-                free_memory()
-                raise _oom_error(request, exc) from None
-            raise
+            if not is_out_of_memory(exc):
+                raise
+            # Only converted here: the traceback holds every frame of the failed call and their tensors until
+            # this block is left, so memory is freed below, after it.
+            out_of_memory = _oom_error(request, exc)
         finally:
             if hasattr(pipe, "maybe_free_model_hooks"):
                 pipe.maybe_free_model_hooks()
+        if out_of_memory is not None:
+            latents_in = noise = generators = latents = None  # this frame's own tensors go too
+            free_memory()
+            raise out_of_memory
         for offset, image in enumerate(decoded):
             index = batch_index * request.batch_size + offset
             seed = batch_seeds[offset]

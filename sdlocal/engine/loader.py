@@ -170,11 +170,29 @@ def quiet_libraries() -> None:
     tlogging.disable_progress_bar()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU/MPS allocators' RuntimeError."""
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def _load_error(entry: ModelEntry, exc: BaseException) -> EngineError:
+    first_line = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
+    return EngineError(
+        f"{entry.name}: could not be loaded as {entry.family or 'a Stable Diffusion model'} "
+        f"({type(exc).__name__}: {first_line}).",
+        "The file may be damaged, or be another kind of model (a LoRA, a VAE, an upscaler) in the checkpoints "
+        "folder.",
+    )
+
+
 def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
                   on_status: Callable[[str], None] | None = None) -> LoadedModel:
     """Load ``entry`` onto the runtime's device and precision; every failure is an EngineError naming the file."""
-    import torch
-
     if not entry.supported:
         raise EngineError(f"{entry.name}: cannot be loaded: {entry.reason}", "Choose a supported model.")
     status = on_status or (lambda _message: None)
@@ -185,6 +203,7 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
     started = time.perf_counter()
     dtype = runtime.dtype
     status(f"Loading {entry.name} ({entry.format}, {runtime.precision} on {runtime.device})…")
+    out_of_memory: EngineError | None = None
     try:
         if entry.format == "diffusers":
             family = entry.family or _family_of_folder(path) or "sd1"
@@ -211,18 +230,18 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
                                         **extra)
     except EngineError:
         raise
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - out of memory, wrong architecture, missing keys, damaged file
+        if is_out_of_memory(exc):
+            # Freed after this block: until it is left, the traceback keeps the half-loaded weights alive.
+            out_of_memory = EngineError(f"{entry.name}: not enough memory to load it ({str(exc)[:160]}).",
+                                        "Close other programs, unload other models, or use precision fp16/bf16.")
+        else:
+            log.exception("loading %s failed", path)
+            raise _load_error(entry, exc) from None
+    if out_of_memory is not None:
         free_memory()
-        raise EngineError(f"{entry.name}: not enough memory to load it ({str(exc)[:160]}).",
-                          "Close other programs, unload other models, or use precision fp16/bf16.") from None
-    except Exception as exc:  # noqa: BLE001 - wrong architecture, missing keys, damaged file
-        log.exception("loading %s failed", path)
-        raise EngineError(
-            f"{entry.name}: could not be loaded as {entry.family or 'a Stable Diffusion model'} "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ''}).",
-            "The file may be damaged, or be another kind of model (a LoRA, a VAE, an upscaler) in the checkpoints "
-            "folder.",
-        ) from None
+        raise out_of_memory
+
 
     status("Preparing the pipeline…")
     _set_prediction_type(pipe, entry)

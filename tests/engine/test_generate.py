@@ -170,6 +170,42 @@ def test_out_of_memory_is_an_engine_error_and_the_engine_survives(engine, reques
     assert engine.generate(request_for()).images
 
 
+@pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 2.00 GiB",
+                                     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"])
+def test_out_of_memory_frees_the_failed_calls_tensors(engine, request_for, monkeypatch, message: str) -> None:
+    """free_memory() runs after the except block, when the traceback no longer keeps the failing frames alive."""
+    import weakref
+
+    import torch
+
+    from sdlocal.engine import generate as gen
+
+    engine.generate(request_for())
+    unet = _loaded(engine).pipe.unet
+    held: list[weakref.ref] = []
+
+    def explode(*_args, **_kwargs):
+        activations = torch.zeros(1024, 1024)  # referenced from this frame only, as a real allocation would be
+        held.append(weakref.ref(activations))
+        raise RuntimeError(message)
+
+    freed_at_call: list[bool] = []
+    real_free = gen.free_memory
+
+    def checking_free() -> None:
+        freed_at_call.append(all(ref() is None for ref in held))
+        real_free()
+
+    monkeypatch.setattr(unet, "forward", explode)
+    monkeypatch.setattr(gen, "free_memory", checking_free)
+    with pytest.raises(EngineError, match="Out of memory") as caught:
+        engine.generate(request_for(batch_size=2))
+    assert held and freed_at_call == [True]
+    assert caught.value.__context__ is None and caught.value.__cause__ is None  # no traceback kept
+    monkeypatch.undo()
+    assert len(engine.generate(request_for()).images) == 1
+
+
 def test_nan_from_the_unet_is_reported(engine, request_for, monkeypatch) -> None:
     engine.generate(request_for())
     unet = _loaded(engine).pipe.unet

@@ -222,3 +222,37 @@ def test_fast_mode_is_applied_at_load_and_keeps_the_image(tiny_models_dir: Path,
     assert abs(image - plain).max() <= 2
     with pytest.raises(Exception, match="fast"):
         engine.configure(fast="yes")
+
+
+def test_out_of_memory_while_loading_frees_the_half_loaded_weights(tiny_models_dir: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    import weakref
+
+    import torch
+
+    from sdlocal.engine import loader
+
+    engine = make_engine(tiny_models_dir, tmp_path, device="cpu", precision="fp32")
+    held: list[weakref.ref] = []
+
+    class Exploding:
+        @classmethod
+        def from_pretrained(cls, *_args, **_kwargs):
+            weights = torch.zeros(1024, 1024)
+            held.append(weakref.ref(weights))
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 GB")
+
+    freed_at_call: list[bool] = []
+    real_free = loader.free_memory
+
+    def checking_free() -> None:
+        freed_at_call.append(all(ref() is None for ref in held))
+        real_free()
+
+    monkeypatch.setattr(loader, "pipeline_class", lambda family, inpainting: Exploding)
+    monkeypatch.setattr(loader, "free_memory", checking_free)
+    with pytest.raises(EngineError, match="not enough memory to load it") as caught:
+        engine.load("tiny-sd1-diffusers")
+    assert "fp16/bf16" in caught.value.hint and held and freed_at_call == [True]
+    monkeypatch.undo()
+    assert engine.load("tiny-sd1-diffusers").name == "tiny-sd1-diffusers"
