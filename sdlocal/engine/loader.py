@@ -314,7 +314,9 @@ def _place(pipe: Any, runtime: Runtime) -> None:
             pipe.vae.to(dtype=vae_dtype)
         finally:
             dlogging.set_verbosity(level)
-    if runtime.cpu_offload:
+    if runtime.sequential_offload:
+        pipe.enable_sequential_cpu_offload()
+    elif runtime.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(runtime.device)
@@ -328,7 +330,7 @@ def _place(pipe: Any, runtime: Runtime) -> None:
 
 def runtime_key(runtime: Runtime) -> tuple:
     return (runtime.device, runtime.precision, runtime.vae_precision, runtime.attention, runtime.attention_slicing,
-            runtime.vae_slicing, runtime.cpu_offload, runtime.fast)
+            runtime.vae_slicing, runtime.cpu_offload, runtime.sequential_offload, runtime.fast)
 
 
 def free_memory() -> None:
