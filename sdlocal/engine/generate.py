@@ -119,8 +119,9 @@ def _oom_error(request: GenerationRequest, exc: BaseException) -> EngineError:
     return EngineError(
         f"Out of memory generating {request.width}x{request.height} with batch size {request.batch_size} "
         f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}).",
-        "Lower the size or the batch size, or turn on VAE tiling, attention slicing (--attention-slicing) or "
-        "model CPU offload (--cpu-offload on NVIDIA GPUs). The engine is still ready.",
+        "Lower the size or the batch size, or turn on VAE tiling for this request; or start with attention "
+        "slicing (--attention-slicing), and on NVIDIA GPUs --medvram (model CPU offload and VAE slicing) or "
+        "--lowvram (the least memory, slower). The engine is still ready.",
     )
 
 
