@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -161,8 +162,48 @@ def check_safetensors(path: Path) -> None:
                           "The file is damaged or incomplete (an interrupted download?): download it again.") from None
 
 
+# Library messages nobody can act on, by logger and exact text; every other message of these loggers still shows.
+HARMLESS_LIBRARY_MESSAGES: dict[str, tuple[re.Pattern[str], ...]] = {
+    # transformers 5 says so for every image processor diffusers imports; sdlocal uses none (no safety checker)
+    # and keeps torchvision out on purpose (its PyPI wheels replace the CPU torch).
+    "transformers.utils.import_utils": (
+        re.compile(r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to "
+                   r"`\w+ImageProcessorPil` for backward compatibility\."),
+    ),
+    # diffusers 0.42 logs this on every dtype cast, even when the list of such modules is empty.
+    "diffusers.models.modeling_utils": (
+        re.compile(r"There are modules in \w+ that should be kept in float32: \[\]\. "),
+    ),
+}
+
+
+class _DropHarmless(logging.Filter):
+    """Drops the records whose message matches one of ``patterns`` (from the start); lets all others through."""
+
+    def __init__(self, patterns: tuple[re.Pattern[str], ...]) -> None:
+        super().__init__()
+        self.patterns = patterns
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to drop
+            return True
+        return not any(pattern.match(message) for pattern in self.patterns)
+
+
+def silence_harmless_messages() -> None:
+    """Filter ``HARMLESS_LIBRARY_MESSAGES`` on their exact loggers (stdlib only: nothing is imported). Idempotent."""
+    for name, patterns in HARMLESS_LIBRARY_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropHarmless) for existing in logger.filters):
+            logger.addFilter(_DropHarmless(patterns))
+
+
 def quiet_libraries() -> None:
-    """No tqdm bars from diffusers/transformers in a server's log: progress goes through sdlocal's callbacks."""
+    """No tqdm bars from diffusers/transformers in a server's log (progress goes through sdlocal's callbacks),
+    and none of the known harmless library notes; call it before importing diffusers' pipelines."""
+    silence_harmless_messages()
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 

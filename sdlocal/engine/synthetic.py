@@ -57,6 +57,9 @@ def _tiny_vae(base_config: dict[str, Any]) -> Any:
 
 def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = False) -> Any:
     """An in-memory random-weight pipeline of ``family`` ("sd1", "sd2" or "sdxl"); the same seed, the same weights."""
+    from sdlocal.engine.loader import quiet_libraries
+
+    quiet_libraries()  # first: importing the pipelines is what logs the torchvision fallback notes
     import torch
     from diffusers import (
         StableDiffusionInpaintPipeline,
@@ -67,9 +70,6 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = F
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdlocal.engine.loader import quiet_libraries
-
-    quiet_libraries()
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     config = _bundled(family)
