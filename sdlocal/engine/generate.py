@@ -99,7 +99,9 @@ def _apply_request_patches(loaded: LoadedModel, request: GenerationRequest) -> N
 
         tomesd.remove_patch(pipe)
         if request.token_merging_ratio > 0:
-            tomesd.apply_patch(pipe, ratio=request.token_merging_ratio)
+            # use_rand=False, as A1111 does: tomesd's random partition draws from one generator that runs on
+            # from image to image, so the same seed and ratio would not give the same image twice.
+            tomesd.apply_patch(pipe, ratio=request.token_merging_ratio, use_rand=False)
         loaded.token_merging_ratio = request.token_merging_ratio
     if request.vae_tiling != loaded.vae_tiling:
         if request.vae_tiling:

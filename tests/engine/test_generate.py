@@ -77,11 +77,23 @@ def _tome_blocks(engine) -> int:
     return sum(type(module).__name__ == "ToMeBlock" for module in unet.modules())
 
 
-def test_token_merging_is_applied_and_removed(engine, request_for) -> None:
+@pytest.fixture(scope="module")
+def tome_engine(tmp_path_factory):
+    """A tiny SD 1.x model with attention at full resolution, where token merging acts (as in real SD 1.5)."""
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    models = tmp_path_factory.mktemp("tome-models")
+    build_tiny_pipeline("sd1", top_attention=True).save_pretrained(str(models / "tiny-sd1-diffusers"))
+    return make_engine(models, tmp_path_factory.mktemp("tome-data"), device="cpu", precision="fp32")
+
+
+def test_token_merging_is_applied_and_removed(tome_engine, request_for) -> None:
+    engine = tome_engine
     plain = pixels(engine.generate(request_for(width=128, height=128)).images[0].image)
     merged = engine.generate(request_for(width=128, height=128, token_merging_ratio=0.5))
     assert "Token merging ratio: 0.5" in merged.images[0].infotext
     assert _tome_blocks(engine) > 0
+    assert not np.array_equal(plain, pixels(merged.images[0].image)), "merging tokens changes the computation"
     repeat = engine.generate(request_for(width=128, height=128, token_merging_ratio=0.5))
     assert np.array_equal(pixels(repeat.images[0].image), pixels(merged.images[0].image)), "same seed and ratio"
     again = pixels(engine.generate(request_for(width=128, height=128)).images[0].image)
