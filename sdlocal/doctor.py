@@ -250,7 +250,8 @@ def check_gpu_arch(name: str, total_memory: int, capability: tuple[int, int], ar
               "newer CUDA (e.g. https://download.pytorch.org/whl/cu130)."
     if level == OK and vram < 3.5:
         return Finding("GPU", WARNING, f"{desc}: little memory for Stable Diffusion",
-                       "Use --precision fp16 with SD 1.5 models; enable VAE slicing and model offload in the UI.")
+                       "Use --precision fp16 with SD 1.5 models, and start with --medvram (model offload and VAE "
+                       "slicing) or, if that is not enough, --lowvram.")
     return Finding("GPU", level, message, fix)
 
 

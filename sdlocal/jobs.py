@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sdlocal.engine.request import GenerationRequest, GenerationResult, Progress
+from sdlocal.engine.request import GenerationRequest, GenerationResult, Progress, RunControl
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,9 @@ class Job:
         self.finished: float | None = None
         self.interrupted = False
         self.skipped = False
+        # This job's own Interrupt/Skip buttons, handed to the engine: a press while the job is starting
+        # (before the engine's run exists) applies to this job and can never reach the next one.
+        self.control = RunControl()
         self._done = threading.Event()
         self._queue: JobQueue | None = None
 
@@ -282,26 +285,32 @@ class JobQueue:
 
     # ------------------------------------------------------------------------------------------ control
     def interrupt(self) -> bool:
-        """Stop the running generation after its current step (finished images are kept). False when idle."""
+        """Stop the running generation after its current step (finished images are kept). False when idle.
+
+        The press goes to the running job's own control, so it counts even while that job is still starting.
+        """
         job = self._running
         if job is None or job.kind != "generate":
             return False
         job.interrupted = True
+        job.control.interrupt()
         with self._progress_lock:
             self._progress.interrupted = True
             self._progress.text = "Interrupting…"
-        self.engine.interrupt()
         return True
 
     def skip(self) -> bool:
-        """Abandon the running generation's current batch and go on with the next. False when idle."""
+        """Abandon the running generation's current batch and go on with the next. False when idle.
+
+        Pressed between two batches, it skips the next one.
+        """
         job = self._running
         if job is None or job.kind != "generate":
             return False
         job.skipped = True
+        job.control.skip()
         with self._progress_lock:
             self._progress.skipped = True
-        self.engine.skip()
         return True
 
     # ------------------------------------------------------------------------------------------ the worker
@@ -344,7 +353,8 @@ class JobQueue:
                 job._finish(DONE, result=value)
                 return
             assert job.request is not None
-            result: GenerationResult = self.engine.generate(job.request, on_progress=self._on_progress)
+            result: GenerationResult = self.engine.generate(job.request, on_progress=self._on_progress,
+                                                            control=job.control)
             if job.save and self.store is not None:
                 self._save(job, result)
             self.images_generated += len(result.images)

@@ -110,13 +110,39 @@ def test_generate_bad_value_prints_the_request_error_and_exits_2(tmp_path):
     assert "width" in err.getvalue() and "65" in err.getvalue() and "multiple of 8" in err.getvalue()
 
 
-def test_doctor_command_prints_the_report(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "sdlocal", "doctor", "--data-dir", str(tmp_path), "--offline",
-                          "--port", "45678"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _doctor(tmp_path, *flags):
+    return subprocess.run([sys.executable, "-m", "sdlocal", "doctor", "--data-dir", str(tmp_path), "--offline",
+                           "--port", str(_free_port()), *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_doctor_command_prints_the_report_and_passes_here(tmp_path):
+    """Inputs chosen so that nothing can fail: the test venv's pins, a new data folder, a free port, offline."""
+    out = _doctor(tmp_path)
     assert "sdlocal doctor" in out.stdout
-    assert "Python:" in out.stdout and "Data folder:" in out.stdout
-    failed = "Cannot start" in out.stdout
-    assert out.returncode == (1 if failed else 0)
+    assert "Python:" in out.stdout and "Data folder:" in out.stdout and "Port: " in out.stdout
+    assert "Ready: 0 failure(s)" in out.stdout and "Cannot start" not in out.stdout, out.stdout
+    assert out.returncode == 0
+
+
+def test_doctor_exits_1_on_a_failure(tmp_path):
+    """--require-gpu fails exactly where there is no usable CUDA GPU (the machines these tests run on)."""
+    import torch
+
+    out = _doctor(tmp_path, "--require-gpu")
+    if torch.cuda.is_available():
+        assert out.returncode == 0 and "Ready: 0 failure(s)" in out.stdout, out.stdout
+        return
+    assert out.returncode == 1, out.stdout
+    assert "FAILURE  CUDA" in out.stdout and "Cannot start: " in out.stdout and "Ready: " not in out.stdout
 
 
 def test_selftest_generates_an_image_on_the_cpu(tmp_path):

@@ -7,7 +7,6 @@ the API tests run the same queue against a real tiny model.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,56 +24,70 @@ from sdlocal.jobs import CANCELLED, DONE, FAILED, INTERRUPTED, JobCancelledError
 
 
 class ScriptedEngine:
-    """Runs ``steps`` fake steps per batch; with ``tokens`` set, each step takes one (tests hand them out)."""
+    """Runs ``steps`` fake steps per batch; with ``tokens`` set, each step takes one (tests hand them out).
+
+    It honours the run's ``RunControl`` as the real engine does (an interrupt stops, a skip abandons the batch
+    it lands in or, pending at a batch's start, skips that batch), and ``wait_for`` lets a test wait for a
+    given step without polling. With ``hold`` set, each run waits on it before its first batch, which is the
+    moment between the queue starting the job and the engine's run being under way.
+    """
 
     def __init__(self) -> None:
         self.order: list[str] = []
         self.threads: set[str] = set()
         self.tokens: threading.Semaphore | None = None
         self.fail_with: BaseException | None = None
-        self._stop = threading.Event()
-        self._skip = threading.Event()
+        self.hold: threading.Event | None = None
         self.running = threading.Event()
+        self._reached: set[tuple[str, int, int]] = set()
+        self._cond = threading.Condition()
 
     def validate(self, request: GenerationRequest) -> GenerationRequest:
         return request.validate()
 
-    def generate(self, request: GenerationRequest, on_progress=None) -> GenerationResult:
+    def wait_for(self, prompt: str, batch: int, step: int, timeout: float = 5) -> bool:
+        """Wait until the run of ``prompt`` has reported ``step`` of ``batch``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: (prompt, batch, step) in self._reached, timeout)
+
+    def generate(self, request: GenerationRequest, on_progress=None, control=None) -> GenerationResult:
+        assert control is not None, "the queue hands every run its job's control"
         self.threads.add(threading.current_thread().name)
         self.order.append(request.prompt)
-        self._stop.clear()
         self.running.set()
         try:
+            if self.hold is not None:
+                assert self.hold.wait(5)
             if self.fail_with is not None:
                 raise self.fail_with
             images = []
             for batch in range(request.batch_count):
-                self._skip.clear()
+                if control.interrupted:
+                    break
+                if control.take_skip():
+                    continue
+                abandoned = False
                 for step in range(1, request.steps + 1):
                     if self.tokens is not None:
                         self.tokens.acquire(timeout=5)
-                    if self._stop.is_set() or self._skip.is_set():
+                    if control.interrupted or control.take_skip():
+                        abandoned = True
                         break
                     if on_progress:
                         on_progress(Progress(step, request.steps, batch, request.batch_count, 0.5,
                                              preview=Image.new("RGB", (8, 8))))
-                if self._stop.is_set():
-                    break
-                if self._skip.is_set():
+                    with self._cond:
+                        self._reached.add((request.prompt, batch, step))
+                        self._cond.notify_all()
+                if abandoned:
                     continue
                 seed = 100 + batch
                 images.append(GeneratedImage(Image.new("RGB", (8, 8), (batch, 0, 0)), seed, f"{request.prompt}\n"
                                              f"Steps: {request.steps}, Seed: {seed}, Size: 8x8", batch))
             return GenerationResult(images=images, request=request, model_name="m", model_hash="",
-                                    seeds=[i.seed for i in images], interrupted=self._stop.is_set())
+                                    seeds=[i.seed for i in images], interrupted=control.interrupted)
         finally:
             self.running.clear()
-
-    def interrupt(self) -> None:
-        self._stop.set()
-
-    def skip(self) -> None:
-        self._skip.set()
 
 
 class MemoryStore:
@@ -183,13 +196,9 @@ def test_cancel_removes_a_waiting_job_only(queue: JobQueue, engine: ScriptedEngi
 def test_progress_reports_steps_preview_and_job_count(queue: JobQueue, engine: ScriptedEngine) -> None:
     engine.tokens = threading.Semaphore(0)
     job = queue.submit(req("slow", steps=4))
-    assert engine.running.wait(5)
     engine.tokens.release(1)
-    deadline = time.monotonic() + 5
+    assert engine.wait_for("slow", 0, 1)  # step 1 reported; step 2 waits for a token
     state = queue.progress()
-    while state.step == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-        state = queue.progress()
     assert state.job_id == job.id and state.job_count == 1 and state.total_steps == 4
     assert state.step >= 1 and 0 < state.fraction < 1 and state.preview is not None and state.preview_id > 0
     assert state.textinfo.startswith("Step ") and state.job_timestamp
@@ -202,26 +211,56 @@ def test_progress_reports_steps_preview_and_job_count(queue: JobQueue, engine: S
 def test_interrupt_keeps_finished_images_and_marks_the_job(queue: JobQueue, engine: ScriptedEngine) -> None:
     engine.tokens = threading.Semaphore(0)
     job = queue.submit(req("stop me", batch_count=3, steps=2))
-    assert engine.running.wait(5)
     engine.tokens.release(3)  # the first batch (2 steps) and one step of the second
-    deadline = time.monotonic() + 5
-    while (queue.progress().batch_index, queue.progress().step) != (1, 1) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert engine.wait_for("stop me", 1, 1)
     assert queue.interrupt()
     engine.tokens.release(1000)
     result = job.wait(10)
-    assert job.state == INTERRUPTED and result.interrupted and 1 <= len(result.images) < 3
+    assert job.state == INTERRUPTED and result.interrupted and [im.seed for im in result.images] == [100]
     assert not queue.interrupt()  # idle: nothing to interrupt
 
 
 def test_skip_drops_the_current_batch_and_goes_on(queue: JobQueue, engine: ScriptedEngine) -> None:
     engine.tokens = threading.Semaphore(0)
     job = queue.submit(req("skip", batch_count=2, steps=2))
-    assert engine.running.wait(5)
+    engine.tokens.release(1)
+    assert engine.wait_for("skip", 0, 1)  # inside batch 0: step 2 waits for a token
     assert queue.skip()
     engine.tokens.release(1000)
     result = job.wait(10)
     assert job.state == DONE and [img.seed for img in result.images] == [101]
+
+
+def test_skip_between_batches_skips_the_next_one(queue: JobQueue, engine: ScriptedEngine) -> None:
+    engine.tokens = threading.Semaphore(0)
+    job = queue.submit(req("between", batch_count=3, steps=2))
+    engine.tokens.release(2)
+    assert engine.wait_for("between", 0, 2)  # batch 0's last step is done: the press lands between batches
+    assert queue.skip()
+    engine.tokens.release(1000)
+    assert [img.seed for img in job.wait(10).images] == [100, 102]
+
+
+def test_interrupt_while_a_job_starts_stops_that_job_and_not_the_next(queue: JobQueue,
+                                                                      engine: ScriptedEngine) -> None:
+    engine.hold = threading.Event()
+    first = queue.submit(req("starting", batch_count=2))
+    assert engine.running.wait(5)  # the job is running, its engine run not yet under way
+    assert queue.interrupt()
+    engine.hold.set()
+    result = first.wait(10)
+    assert first.state == INTERRUPTED and result.interrupted and result.images == []
+    second = queue.submit(req("next"))
+    assert second.wait(10).interrupted is False and second.state == DONE and len(second.result.images) == 1
+
+
+def test_skip_while_a_job_starts_skips_its_first_batch(queue: JobQueue, engine: ScriptedEngine) -> None:
+    engine.hold = threading.Event()
+    job = queue.submit(req("starting", batch_count=2))
+    assert engine.running.wait(5)
+    assert queue.skip()
+    engine.hold.set()
+    assert [img.seed for img in job.wait(10).images] == [101]
 
 
 def test_the_worker_survives_failures_and_runs_the_next_job(queue: JobQueue, engine: ScriptedEngine) -> None:
@@ -262,23 +301,26 @@ def test_wait_times_out_while_join_just_reports(queue: JobQueue, engine: Scripte
 
 def test_listeners_see_each_finished_job_and_a_failing_listener_is_ignored(queue: JobQueue) -> None:
     seen = []
+    heard = threading.Event()
     queue.listeners.append(lambda job: 1 / 0)
-    queue.listeners.append(lambda job: seen.append((job.kind, job.state, job.duration is not None)))
+    queue.listeners.append(lambda job: seen.append((job.kind, job.state, job.duration is not None)) or heard.set())
     queue.submit(req("x")).wait(10)
-    deadline = time.monotonic() + 5
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert heard.wait(5)  # listeners run on the worker after the job is marked done
     assert seen == [("generate", DONE, True)]
 
 
-def test_a_closed_queue_cancels_waiting_jobs(engine: ScriptedEngine) -> None:
+def test_a_closed_queue_cancels_waiting_jobs_and_interrupts_the_running_one(engine: ScriptedEngine) -> None:
     engine.tokens = threading.Semaphore(0)
     q = JobQueue(engine, None, max_queue=4)
-    q.submit(req("running"))
-    assert engine.running.wait(5)
+    running = q.submit(req("running", batch_count=2))
+    engine.tokens.release(1)
+    assert engine.wait_for("running", 0, 1)  # the worker is held inside "running": "waiting" cannot start
     waiting = q.submit(req("waiting"))
-    engine.tokens.release(1000)
-    q.close()
-    assert waiting.state == CANCELLED
+    q.close(timeout=0)
+    assert waiting.state == CANCELLED and running.interrupted
     with pytest.raises(RuntimeError, match="closed"):
         q.submit(req("late"))
+    engine.tokens.release(1000)
+    assert running.wait(10).interrupted and running.state == INTERRUPTED and running.result.images == []
+    q._thread.join(10)
+    assert not q._thread.is_alive() and engine.order == ["running"]

@@ -35,6 +35,7 @@ from sdlocal.api.models import (
 from sdlocal.api.ops import gpu_memory, ram_figures
 from sdlocal.api.options import MODEL, WRITABLE, ApiOptions, log_ignored
 from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
+from sdlocal.engine.samplers import SAMPLER_ALIASES, resolve_alias
 from sdlocal.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -47,23 +48,6 @@ A1111_FIELDS = {
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "token_merging_ratio": "override_settings.token_merging_ratio",
     "model": "override_settings.sd_model_checkpoint",
-}
-
-# A1111's sampler aliases (the k-diffusion names older clients still send).
-SAMPLER_ALIASES: dict[str, list[str]] = {
-    "Euler a": ["k_euler_a", "k_euler_ancestral"],
-    "Euler": ["k_euler"],
-    "LMS": ["k_lms"],
-    "Heun": ["k_heun"],
-    "DPM2": ["k_dpm_2"],
-    "DPM2 a": ["k_dpm_2_a"],
-    "DPM++ 2M": ["k_dpmpp_2m"],
-    "DPM++ SDE": ["k_dpmpp_sde"],
-    "DPM++ 2M SDE": ["k_dpmpp_2m_sde"],
-    "DDIM": [],
-    "PLMS": [],
-    "UniPC": [],
-    "LCM": ["k_lcm"],
 }
 
 # Fields A1111 clients may set that sdlocal does not implement: named in ``info`` when set, never silently.
@@ -348,10 +332,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
 def to_generation_request(body: Txt2ImgRequest, current_options: dict[str, Any],
                           overrides: dict[str, Any]) -> GenerationRequest:
     """A1111's fields to the engine's request (validated later, at submit, by the queue)."""
-    sampler = body.sampler_name or body.sampler_index or "Euler"
-    for name, aliases in SAMPLER_ALIASES.items():
-        if sampler in aliases:
-            sampler = name
+    sampler = resolve_alias(body.sampler_name or body.sampler_index or "Euler")
     schedule = body.scheduler or "Automatic"
     for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
         if schedule.strip().lower() in (label.lower(), _schedule_name(label)):

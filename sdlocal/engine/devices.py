@@ -38,6 +38,8 @@ class Capabilities:
     attention: str
     attentions: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    memory_mode: str = "normal"  # "normal", "medvram" or "lowvram" (A1111's memory modes)
+    memory_reason: str = ""  # what the memory options do here, and what could not be applied and why
 
 
 @dataclass
@@ -50,9 +52,10 @@ class Runtime:
     attention: str  # "sdpa" or "xformers"
     attention_slicing: bool
     vae_slicing: bool
-    cpu_offload: bool
+    cpu_offload: bool  # model CPU offload: whole models move to the GPU while they run
     capabilities: Capabilities
     fast: bool = False  # apply ``engine.fast.apply_fast_mode`` after placing a pipeline
+    sequential_offload: bool = False  # sequential CPU offload: layer by layer (lowvram)
 
     @property
     def dtype(self) -> Any:
@@ -319,16 +322,56 @@ def resolve_runtime(config: EngineConfig, cpu_flags: set[str] | None = None) -> 
         else:
             attention = "xformers"
 
-    cpu_offload = config.cpu_offload
-    if cpu_offload and device != "cuda":
-        warnings.append("model CPU offload needs an NVIDIA GPU; it is off (the model already lives in RAM)")
-        cpu_offload = False
-
+    memory = resolve_memory(config, device, attention)
+    warnings += memory.warnings
     caps = Capabilities(device=device, device_name=device_name, precision=precision, precision_reason=reason,
-                        precisions=precisions, attention=attention, attentions=attentions, warnings=warnings)
+                        precisions=precisions, attention=attention, attentions=attentions, warnings=warnings,
+                        memory_mode=memory.mode, memory_reason=memory.reason)
     return Runtime(device=device, precision=precision, vae_precision=vae_precision, attention=attention,
-                   attention_slicing=config.attention_slicing, vae_slicing=config.vae_slicing,
-                   cpu_offload=cpu_offload, capabilities=caps, fast=config.fast)
+                   attention_slicing=memory.attention_slicing, vae_slicing=memory.vae_slicing,
+                   cpu_offload=memory.offload == "model", sequential_offload=memory.offload == "sequential",
+                   capabilities=caps, fast=config.fast)
+
+
+@dataclass
+class MemoryPlan:
+    """The memory options that apply on this device, with the reason shown to the user."""
+
+    mode: str  # "normal", "medvram" or "lowvram"
+    offload: str  # "none", "model" or "sequential"
+    attention_slicing: bool
+    vae_slicing: bool
+    reason: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_memory(config: EngineConfig, device: str, attention: str = "sdpa") -> MemoryPlan:
+    """A1111's memory modes in diffusers' terms, for ``device``; pure so that tests need no GPU.
+
+    medvram: model CPU offload + VAE slicing; lowvram: sequential CPU offload + attention slicing + VAE slicing
+    (attention slicing is left out with xformers, which already saves that memory). Offload moves weights between
+    RAM and an NVIDIA GPU, so elsewhere it is off, with the reason; the slicing parts work on every device.
+    """
+    mode = "lowvram" if config.lowvram else "medvram" if config.medvram else "normal"
+    offload = "sequential" if mode == "lowvram" else "model" if mode == "medvram" or config.cpu_offload else "none"
+    attention_slicing = config.attention_slicing or (mode == "lowvram" and attention != "xformers")
+    vae_slicing = config.vae_slicing or mode != "normal"
+    slicing = " and ".join(name for name, on in (("attention slicing", attention_slicing),
+                                                 ("VAE slicing", vae_slicing)) if on)
+    what = {"sequential": "sequential CPU offload", "model": "model CPU offload"}.get(offload, "")
+    warnings: list[str] = []
+    dropped = ""
+    if offload != "none" and device != "cuda":
+        flag = f"--{mode}" if mode != "normal" else "--cpu-offload"
+        kept = f"; {slicing} {'stay' if ' and ' in slicing else 'stays'} on" if slicing else ""
+        warnings.append(f"{flag}: {what} needs an NVIDIA GPU (CUDA), so it is off on {device} (the model already "
+                        f"lives in RAM){kept}")
+        dropped = f" (no {what}: it needs an NVIDIA GPU)"
+        offload = "none"
+    applied = ", ".join(part for part in (what if offload != "none" else "", slicing) if part)
+    reason = (f"{mode}: " if mode != "normal" else "") + (applied or "everything on the device, no slicing") + dropped
+    return MemoryPlan(mode=mode, offload=offload, attention_slicing=attention_slicing, vae_slicing=vae_slicing,
+                      reason=reason, warnings=warnings)
 
 
 def memory_figures(device: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from sdlocal.engine.request import (
     ModelNotFoundError,
     Progress,
     RequestError,
+    RunControl,
 )
 
 
@@ -242,16 +243,21 @@ class Engine:
         request.sampler, request.schedule = samplers.check(request.sampler, request.schedule)
         return request
 
-    def generate(self, request: GenerationRequest,
-                 on_progress: Callable[[Progress], None] | None = None) -> GenerationResult:
-        """Validate, load ``request.model`` if it is not current, and run batch_count x batch_size images."""
-        from sdlocal.engine.generate import RunControl, run_generation
+    def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
+                 control: RunControl | None = None) -> GenerationResult:
+        """Validate, load ``request.model`` if it is not current, and run batch_count x batch_size images.
+
+        ``control`` is the run's Interrupt/Skip buttons, made by the caller so that a press that comes before
+        the run gets here (while it validates, waits for the lock, or loads) still applies to this run. The
+        job queue passes one per job; without one, ``interrupt()``/``skip()`` reach the run once it started.
+        """
+        from sdlocal.engine.generate import run_generation
 
         started = time.perf_counter()
+        control = control if control is not None else RunControl()
         self.validate(request)
         entry = self.find_model(request.model) if request.model else self._default_entry()
         with self._run_lock:
-            control = RunControl()
             self._control = control
             try:
                 loaded, load_seconds = self._load_entry(entry)
@@ -269,13 +275,17 @@ class Engine:
         )
 
     def interrupt(self) -> None:
-        """Stop after the current step; generate() returns the images already finished."""
+        """Stop the running generation after its current step; generate() returns the images already finished.
+
+        Reaches only a run that has started; to stop a run that may not have started yet, pass it a
+        ``RunControl`` and interrupt that.
+        """
         control = self._control
         if control is not None:
             control.interrupt()
 
     def skip(self) -> None:
-        """Abandon the current batch and go on with the next (A1111's Skip)."""
+        """Abandon the current batch and go on with the next (A1111's Skip); between batches, skip the next one."""
         control = self._control
         if control is not None:
             control.skip()

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sdlocal.engine.infotext import format_infotext
-from sdlocal.engine.loader import LoadedModel, free_memory
-from sdlocal.engine.request import EngineError, GeneratedImage, GenerationRequest, Progress, RequestError
+from sdlocal.engine.loader import LoadedModel, free_memory, is_out_of_memory
+from sdlocal.engine.request import (
+    EngineError,
+    GeneratedImage,
+    GenerationRequest,
+    Progress,
+    RequestError,
+    RunControl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +45,6 @@ PREVIEW_FACTORS: dict[str, tuple[tuple[float, float, float], ...]] = {
     "sd2": ((0.35, 0.23, 0.32), (0.33, 0.50, 0.24), (-0.28, 0.18, 0.27), (-0.21, -0.26, -0.72)),
     "sdxl": ((0.39, 0.41, 0.45), (-0.26, -0.02, 0.07), (0.06, 0.17, -0.08), (-0.31, -0.24, -0.21)),
 }
-
-
-class RunControl:
-    """Flags another thread sets while a run is in progress (the UI's Interrupt and Skip buttons)."""
-
-    def __init__(self) -> None:
-        self._interrupt = threading.Event()
-        self._skip = threading.Event()
-
-    def interrupt(self) -> None:
-        self._interrupt.set()
-
-    def skip(self) -> None:
-        self._skip.set()
-
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupt.is_set()
-
-    @property
-    def skipped(self) -> bool:
-        return self._skip.is_set()
-
-    def clear_skip(self) -> None:
-        self._skip.clear()
-
-    def reset(self) -> None:
-        self._interrupt.clear()
-        self._skip.clear()
 
 
 @dataclass
@@ -122,7 +99,9 @@ def _apply_request_patches(loaded: LoadedModel, request: GenerationRequest) -> N
 
         tomesd.remove_patch(pipe)
         if request.token_merging_ratio > 0:
-            tomesd.apply_patch(pipe, ratio=request.token_merging_ratio)
+            # use_rand=False, as A1111 does: tomesd's random partition draws from one generator that runs on
+            # from image to image, so the same seed and ratio would not give the same image twice.
+            tomesd.apply_patch(pipe, ratio=request.token_merging_ratio, use_rand=False)
         loaded.token_merging_ratio = request.token_merging_ratio
     if request.vae_tiling != loaded.vae_tiling:
         if request.vae_tiling:
@@ -138,26 +117,22 @@ def _check_clip_skip(loaded: LoadedModel, clip_skip: int) -> None:
         raise RequestError("clip_skip", clip_skip, f"this model's text encoder has {layers} layers; use 1 to {layers}")
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
-
-
 def _oom_error(request: GenerationRequest, exc: BaseException) -> EngineError:
     return EngineError(
         f"Out of memory generating {request.width}x{request.height} with batch size {request.batch_size} "
         f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}).",
-        "Lower the size or the batch size, or turn on VAE tiling, attention slicing (--attention-slicing) or "
-        "model CPU offload (--cpu-offload on NVIDIA GPUs). The engine is still ready.",
+        "Lower the size or the batch size, or turn on VAE tiling for this request; or start with attention "
+        "slicing (--attention-slicing), and on NVIDIA GPUs --medvram (model CPU offload and VAE slicing) or "
+        "--lowvram (the least memory, slower). The engine is still ready.",
     )
 
 
 def decode(loaded: LoadedModel, latents: Any, warnings: list[str]) -> list[Any]:
-    """Latents -> PIL images, retrying an fp16 VAE in fp32 when it overflows to NaN (SDXL's VAE does)."""
+    """Latents -> PIL images, retrying an fp16 VAE in fp32 when it overflows to NaN.
+
+    SDXL's VAE, which is known to overflow, is already fp32 (its config's ``force_upcast``, see
+    ``loader.vae_precision``); the retry is for VAEs whose config claims fp16 is safe and is wrong.
+    """
     import torch
 
     pipe = loaded.pipe
@@ -223,7 +198,11 @@ def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int) ->
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
                    model_name: str, model_hash: str | None,
                    on_progress: Callable[[Progress], None] | None = None) -> RunOutput:
-    """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip."""
+    """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip.
+
+    A skip pressed between two batches (or before the first) is still pending at the next batch's start,
+    which is then skipped without running; one pressed during a batch abandons that batch.
+    """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
     total_images = request.batch_size * request.batch_count
@@ -245,7 +224,8 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     for batch_index in range(request.batch_count):
         if control.interrupted:
             break
-        control.clear_skip()
+        if control.take_skip():
+            continue
         batch_seeds = seeds[batch_index * request.batch_size:(batch_index + 1) * request.batch_size]
         noise, generators = initial_noise(batch_seeds, shape)
         latents_in = noise.to(device=device, dtype=dtype)
@@ -258,7 +238,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
             nonlocal last_preview
             total_steps = int(getattr(pipeline, "_num_timesteps", request.steps) or request.steps)
             done = step + 1
-            if control.interrupted or control.skipped:
+            if not stopped["flag"] and (control.interrupted or control.take_skip()):
                 pipeline._interrupt = True
                 stopped["flag"] = True
             if on_progress is not None:
@@ -277,6 +257,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                     log.exception("progress callback failed")
             return tensors
 
+        out_of_memory: EngineError | None = None
         try:
             latents = pipe(**_pipe_kwargs(loaded, request, len(batch_seeds)), latents=latents_in,
                            generator=generators, callback_on_step_end=on_step_end,
@@ -287,14 +268,18 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
         except (EngineError, RequestError):
             raise
         except Exception as exc:
-            if _is_oom(exc):
-                latents_in = latents = noise = None
-                free_memory()
-                raise _oom_error(request, exc) from None
-            raise
+            if not is_out_of_memory(exc):
+                raise
+            # Only converted here: the traceback holds every frame of the failed call and their tensors until
+            # this block is left, so memory is freed below, after it.
+            out_of_memory = _oom_error(request, exc)
         finally:
             if hasattr(pipe, "maybe_free_model_hooks"):
                 pipe.maybe_free_model_hooks()
+        if out_of_memory is not None:
+            latents_in = noise = generators = latents = None  # this frame's own tensors go too
+            free_memory()
+            raise out_of_memory
         for offset, image in enumerate(decoded):
             index = batch_index * request.batch_size + offset
             seed = batch_seeds[offset]

@@ -70,12 +70,17 @@ def format_infotext(request: Any, seed: int, model_name: str, model_hash: str | 
                     extra: dict[str, Any] | None = None) -> str:
     """The parameters text for one image of ``request`` made with ``seed``.
 
-    ``extra`` adds pairs before ``Version`` (e.g. {"VAE": "..."}); a None value drops the key.
+    ``extra`` adds pairs before ``Version`` (e.g. {"VAE": "..."}); a None value drops the key. "Schedule type"
+    is the schedule that ran, as A1111 writes it: "Automatic" with DPM++ 2M is written "Karras"; a sampler
+    whose Automatic is its scheduler's own default sigmas writes none.
     """
+    from sdlocal.engine.samplers import AUTOMATIC, effective_schedule
+
+    schedule = effective_schedule(request.sampler, request.schedule)
     pairs: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler,
-        "Schedule type": None if request.schedule == "Automatic" else request.schedule,
+        "Schedule type": None if schedule == AUTOMATIC else schedule,
         "CFG scale": _number(float(request.cfg_scale)),
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -161,8 +162,48 @@ def check_safetensors(path: Path) -> None:
                           "The file is damaged or incomplete (an interrupted download?): download it again.") from None
 
 
+# Library messages nobody can act on, by logger and exact text; every other message of these loggers still shows.
+HARMLESS_LIBRARY_MESSAGES: dict[str, tuple[re.Pattern[str], ...]] = {
+    # transformers 5 says so for every image processor diffusers imports; sdlocal uses none (no safety checker)
+    # and keeps torchvision out on purpose (its PyPI wheels replace the CPU torch).
+    "transformers.utils.import_utils": (
+        re.compile(r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to "
+                   r"`\w+ImageProcessorPil` for backward compatibility\."),
+    ),
+    # diffusers 0.42 logs this on every dtype cast, even when the list of such modules is empty.
+    "diffusers.models.modeling_utils": (
+        re.compile(r"There are modules in \w+ that should be kept in float32: \[\]\. "),
+    ),
+}
+
+
+class _DropHarmless(logging.Filter):
+    """Drops the records whose message matches one of ``patterns`` (from the start); lets all others through."""
+
+    def __init__(self, patterns: tuple[re.Pattern[str], ...]) -> None:
+        super().__init__()
+        self.patterns = patterns
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to drop
+            return True
+        return not any(pattern.match(message) for pattern in self.patterns)
+
+
+def silence_harmless_messages() -> None:
+    """Filter ``HARMLESS_LIBRARY_MESSAGES`` on their exact loggers (stdlib only: nothing is imported). Idempotent."""
+    for name, patterns in HARMLESS_LIBRARY_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _DropHarmless) for existing in logger.filters):
+            logger.addFilter(_DropHarmless(patterns))
+
+
 def quiet_libraries() -> None:
-    """No tqdm bars from diffusers/transformers in a server's log: progress goes through sdlocal's callbacks."""
+    """No tqdm bars from diffusers/transformers in a server's log (progress goes through sdlocal's callbacks),
+    and none of the known harmless library notes; call it before importing diffusers' pipelines."""
+    silence_harmless_messages()
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 
@@ -170,11 +211,29 @@ def quiet_libraries() -> None:
     tlogging.disable_progress_bar()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU/MPS allocators' RuntimeError."""
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def _load_error(entry: ModelEntry, exc: BaseException) -> EngineError:
+    first_line = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
+    return EngineError(
+        f"{entry.name}: could not be loaded as {entry.family or 'a Stable Diffusion model'} "
+        f"({type(exc).__name__}: {first_line}).",
+        "The file may be damaged, or be another kind of model (a LoRA, a VAE, an upscaler) in the checkpoints "
+        "folder.",
+    )
+
+
 def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
                   on_status: Callable[[str], None] | None = None) -> LoadedModel:
     """Load ``entry`` onto the runtime's device and precision; every failure is an EngineError naming the file."""
-    import torch
-
     if not entry.supported:
         raise EngineError(f"{entry.name}: cannot be loaded: {entry.reason}", "Choose a supported model.")
     status = on_status or (lambda _message: None)
@@ -185,6 +244,7 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
     started = time.perf_counter()
     dtype = runtime.dtype
     status(f"Loading {entry.name} ({entry.format}, {runtime.precision} on {runtime.device})…")
+    out_of_memory: EngineError | None = None
     try:
         if entry.format == "diffusers":
             family = entry.family or _family_of_folder(path) or "sd1"
@@ -211,18 +271,18 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
                                         **extra)
     except EngineError:
         raise
-    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - out of memory, wrong architecture, missing keys, damaged file
+        if is_out_of_memory(exc):
+            # Freed after this block: until it is left, the traceback keeps the half-loaded weights alive.
+            out_of_memory = EngineError(f"{entry.name}: not enough memory to load it ({str(exc)[:160]}).",
+                                        "Close other programs, unload other models, or use precision fp16/bf16.")
+        else:
+            log.exception("loading %s failed", path)
+            raise _load_error(entry, exc) from None
+    if out_of_memory is not None:
         free_memory()
-        raise EngineError(f"{entry.name}: not enough memory to load it ({str(exc)[:160]}).",
-                          "Close other programs, unload other models, or use precision fp16/bf16.") from None
-    except Exception as exc:  # noqa: BLE001 - wrong architecture, missing keys, damaged file
-        log.exception("loading %s failed", path)
-        raise EngineError(
-            f"{entry.name}: could not be loaded as {entry.family or 'a Stable Diffusion model'} "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ''}).",
-            "The file may be damaged, or be another kind of model (a LoRA, a VAE, an upscaler) in the checkpoints "
-            "folder.",
-        ) from None
+        raise out_of_memory
+
 
     status("Preparing the pipeline…")
     _set_prediction_type(pipe, entry)
@@ -265,19 +325,39 @@ def clip_skip_compat(pipe: Any) -> None:
             object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=norm))
 
 
+def vae_precision(pipe: Any, runtime: Runtime) -> str:
+    """The VAE's precision for this pipeline: the runtime's, except fp32 where an fp16 VAE's config says
+    ``force_upcast``.
+
+    SDXL's VAE overflows in fp16 (NaN images), which is why its config sets ``force_upcast``; diffusers'
+    pipelines honour the flag exactly where they have ``upcast_vae`` (the SDXL ones), and so does this.
+    Decoding in fp32 from the start costs one fp32 VAE; otherwise every decode would run once in fp16, come
+    out NaN, and run again in fp32.
+    """
+    if runtime.vae_precision == "fp16" and hasattr(pipe, "upcast_vae") \
+            and bool(getattr(pipe.vae.config, "force_upcast", False)):
+        return "fp32"
+    return runtime.vae_precision
+
+
 def _place(pipe: Any, runtime: Runtime) -> None:
     """Device, VAE precision, attention and memory options, in the order diffusers needs them."""
-    if pipe.vae.dtype != runtime.vae_dtype:
+    from sdlocal.engine.devices import torch_dtype
+
+    vae_dtype = torch_dtype(vae_precision(pipe, runtime))
+    if pipe.vae.dtype != vae_dtype:
         # diffusers logs a generic "cast with to()" warning here; keeping the VAE in fp32 is the point.
         from diffusers.utils import logging as dlogging
 
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()
         try:
-            pipe.vae.to(dtype=runtime.vae_dtype)
+            pipe.vae.to(dtype=vae_dtype)
         finally:
             dlogging.set_verbosity(level)
-    if runtime.cpu_offload:
+    if runtime.sequential_offload:
+        pipe.enable_sequential_cpu_offload()
+    elif runtime.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(runtime.device)
@@ -291,7 +371,7 @@ def _place(pipe: Any, runtime: Runtime) -> None:
 
 def runtime_key(runtime: Runtime) -> tuple:
     return (runtime.device, runtime.precision, runtime.vae_precision, runtime.attention, runtime.attention_slicing,
-            runtime.vae_slicing, runtime.cpu_offload, runtime.fast)
+            runtime.vae_slicing, runtime.cpu_offload, runtime.sequential_offload, runtime.fast)
 
 
 def free_memory() -> None:

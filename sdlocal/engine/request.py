@@ -9,6 +9,7 @@ control and the API can return it as a 422 without either of them knowing the ru
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -208,3 +209,41 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+class RunControl:
+    """The Interrupt and Skip buttons of one run, pressed from any thread, before or during the run.
+
+    Whoever starts a run owns its control (the job queue makes one per job), so a button pressed while the
+    run is still starting is kept for that run and never reaches the next one. An interrupt stays set; a skip
+    is pending until the run acts on it: in the middle of a batch it abandons that batch, between two batches
+    (or before the first) it skips the next one.
+    """
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+        self._lock = threading.Lock()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        """A skip is pending (pressed and not yet acted on)."""
+        return self._skip.is_set()
+
+    def take_skip(self) -> bool:
+        """Act on a pending skip: True once per press, and the press is used up."""
+        with self._lock:
+            if self._skip.is_set():
+                self._skip.clear()
+                return True
+            return False

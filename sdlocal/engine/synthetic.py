@@ -55,8 +55,17 @@ def _tiny_vae(base_config: dict[str, Any]) -> Any:
     )
 
 
-def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = False) -> Any:
-    """An in-memory random-weight pipeline of ``family`` ("sd1", "sd2" or "sdxl"); the same seed, the same weights."""
+def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = False,
+                        top_attention: bool = False) -> Any:
+    """An in-memory random-weight pipeline of ``family`` ("sd1", "sd2" or "sdxl"); the same seed, the same weights.
+
+    ``top_attention`` (SD 1.x/2.x) puts the UNet's attention at the full latent resolution, where real SD 1.x
+    and 2.x models have it and where token merging works (it merges there only, by default); the usual tiny
+    UNet attends only at half resolution, like SDXL.
+    """
+    from sdlocal.engine.loader import quiet_libraries
+
+    quiet_libraries()  # first: importing the pipelines is what logs the torchvision fallback notes
     import torch
     from diffusers import (
         StableDiffusionInpaintPipeline,
@@ -67,9 +76,6 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = F
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sdlocal.engine.loader import quiet_libraries
-
-    quiet_libraries()
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
     config = _bundled(family)
@@ -102,8 +108,10 @@ def build_tiny_pipeline(family: str = "sd1", seed: int = 0, inpainting: bool = F
                        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64), layers_per_block=1, sample_size=64, in_channels=in_channels, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D") if top_attention
+            else ("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D") if top_attention
+            else ("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
             attention_head_dim=8 if family == "sd1" else (2, 4),
             use_linear_projection=family == "sd2", norm_num_groups=32,
         ).eval()

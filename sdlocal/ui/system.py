@@ -53,7 +53,7 @@ def sharing_text(settings: Any) -> str:
         shown = f" (users: {', '.join(users)})" if users else ""
         lines.append(f"Login required{shown}.")
     elif share or listen:
-        lines.append("⚠ **No login**: anyone who can reach it can use it. Add `--auth user:password`.")
+        lines.append("⚠ **No login**: anyone who can reach it can use it. Add `--gradio-auth user:password`.")
     return "\n\n".join(lines)
 
 

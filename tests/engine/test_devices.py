@@ -91,6 +91,49 @@ def test_xformers_and_offload_are_refused_on_cpu_with_reasons(tmp_path: Path) ->
     assert any("offload" in w for w in caps.warnings) and any("xformers" in w for w in caps.warnings)
 
 
+@pytest.mark.parametrize(("mode", "attention_slicing", "what"), [
+    ("medvram", False, "model CPU offload"), ("lowvram", True, "sequential CPU offload"),
+])
+def test_memory_modes_on_cpu_keep_the_slicing_and_say_why_offload_is_off(tmp_path: Path, mode: str,
+                                                                         attention_slicing: bool, what: str) -> None:
+    runtime = resolve_runtime(_config(tmp_path, **{mode: True}), cpu_flags=OLD_LAPTOP)
+    assert runtime.vae_slicing is True and runtime.attention_slicing is attention_slicing
+    assert runtime.cpu_offload is False and runtime.sequential_offload is False
+    caps = runtime.capabilities
+    assert caps.memory_mode == mode and f"no {what}" in caps.memory_reason and "NVIDIA" in caps.memory_reason
+    assert [w for w in caps.warnings if w.startswith(f"--{mode}: {what} needs an NVIDIA GPU")]
+
+
+@pytest.mark.parametrize(("options", "offload", "attention_slicing", "vae_slicing"), [
+    ({}, "none", False, False),
+    ({"medvram": True}, "model", False, True),
+    ({"lowvram": True}, "sequential", True, True),
+    ({"lowvram": True, "medvram": True, "cpu_offload": True}, "sequential", True, True),  # the lowest wins
+    ({"cpu_offload": True, "attention_slicing": True}, "model", True, False),
+    ({"vae_slicing": True}, "none", False, True),
+])
+def test_memory_modes_on_an_nvidia_gpu(tmp_path: Path, options: dict, offload: str, attention_slicing: bool,
+                                       vae_slicing: bool) -> None:
+    from sdlocal.engine.devices import resolve_memory
+
+    plan = resolve_memory(_config(tmp_path, **options), "cuda")
+    assert (plan.offload, plan.attention_slicing, plan.vae_slicing) == (offload, attention_slicing, vae_slicing)
+    assert plan.warnings == [] and plan.reason
+    assert resolve_memory(_config(tmp_path, lowvram=True), "cuda", attention="xformers").attention_slicing is False
+
+
+def test_memory_options_are_part_of_the_runtime_key(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sdlocal.engine.loader import runtime_key
+
+    base = resolve_runtime(_config(tmp_path), cpu_flags=OLD_LAPTOP)
+    keys = {runtime_key(base), runtime_key(replace(base, sequential_offload=True)),
+            runtime_key(replace(base, cpu_offload=True)), runtime_key(replace(base, attention_slicing=True)),
+            runtime_key(replace(base, vae_slicing=True))}
+    assert len(keys) == 5
+
+
 def test_asking_for_cuda_without_one_falls_back_with_a_warning(tmp_path: Path) -> None:
     import torch
 

@@ -77,11 +77,23 @@ def _tome_blocks(engine) -> int:
     return sum(type(module).__name__ == "ToMeBlock" for module in unet.modules())
 
 
-def test_token_merging_is_applied_and_removed(engine, request_for) -> None:
+@pytest.fixture(scope="module")
+def tome_engine(tmp_path_factory):
+    """A tiny SD 1.x model with attention at full resolution, where token merging acts (as in real SD 1.5)."""
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    models = tmp_path_factory.mktemp("tome-models")
+    build_tiny_pipeline("sd1", top_attention=True).save_pretrained(str(models / "tiny-sd1-diffusers"))
+    return make_engine(models, tmp_path_factory.mktemp("tome-data"), device="cpu", precision="fp32")
+
+
+def test_token_merging_is_applied_and_removed(tome_engine, request_for) -> None:
+    engine = tome_engine
     plain = pixels(engine.generate(request_for(width=128, height=128)).images[0].image)
     merged = engine.generate(request_for(width=128, height=128, token_merging_ratio=0.5))
     assert "Token merging ratio: 0.5" in merged.images[0].infotext
     assert _tome_blocks(engine) > 0
+    assert not np.array_equal(plain, pixels(merged.images[0].image)), "merging tokens changes the computation"
     repeat = engine.generate(request_for(width=128, height=128, token_merging_ratio=0.5))
     assert np.array_equal(pixels(repeat.images[0].image), pixels(merged.images[0].image)), "same seed and ratio"
     again = pixels(engine.generate(request_for(width=128, height=128)).images[0].image)
@@ -170,6 +182,42 @@ def test_out_of_memory_is_an_engine_error_and_the_engine_survives(engine, reques
     assert engine.generate(request_for()).images
 
 
+@pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 2.00 GiB",
+                                     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"])
+def test_out_of_memory_frees_the_failed_calls_tensors(engine, request_for, monkeypatch, message: str) -> None:
+    """free_memory() runs after the except block, when the traceback no longer keeps the failing frames alive."""
+    import weakref
+
+    import torch
+
+    from sdlocal.engine import generate as gen
+
+    engine.generate(request_for())
+    unet = _loaded(engine).pipe.unet
+    held: list[weakref.ref] = []
+
+    def explode(*_args, **_kwargs):
+        activations = torch.zeros(1024, 1024)  # referenced from this frame only, as a real allocation would be
+        held.append(weakref.ref(activations))
+        raise RuntimeError(message)
+
+    freed_at_call: list[bool] = []
+    real_free = gen.free_memory
+
+    def checking_free() -> None:
+        freed_at_call.append(all(ref() is None for ref in held))
+        real_free()
+
+    monkeypatch.setattr(unet, "forward", explode)
+    monkeypatch.setattr(gen, "free_memory", checking_free)
+    with pytest.raises(EngineError, match="Out of memory") as caught:
+        engine.generate(request_for(batch_size=2))
+    assert held and freed_at_call == [True]
+    assert caught.value.__context__ is None and caught.value.__cause__ is None  # no traceback kept
+    monkeypatch.undo()
+    assert len(engine.generate(request_for()).images) == 1
+
+
 def test_nan_from_the_unet_is_reported(engine, request_for, monkeypatch) -> None:
     engine.generate(request_for())
     unet = _loaded(engine).pipe.unet
@@ -213,3 +261,57 @@ def test_bf16_on_cpu_is_close_to_fp32(tiny_models_dir: Path, tmp_path: Path, req
         assert not b.warnings
         diff = np.abs(pixels(a.images[0].image) - pixels(b.images[0].image)).mean()
         assert diff < 4, f"{model}: mean pixel difference {diff:.2f}"
+
+
+def test_skip_pressed_between_batches_skips_the_next_batch(engine, request_for) -> None:
+    def on_progress(progress) -> None:
+        # Reported after the step's own Skip check: the batch's last step is done, so this press lands
+        # between batch 0 and batch 1.
+        if progress.batch_index == 0 and progress.step == progress.total_steps:
+            engine.skip()
+
+    result = engine.generate(request_for(steps=2, batch_count=3, seed=50), on_progress=on_progress)
+    assert [im.seed for im in result.images] == [50, 52] and not result.interrupted
+
+
+def test_a_control_pressed_before_the_run_applies_to_that_run_only(engine, request_for) -> None:
+    from sdlocal.engine.request import RunControl
+
+    stopped = RunControl()
+    stopped.interrupt()
+    result = engine.generate(request_for(batch_count=2), control=stopped)
+    assert result.interrupted and result.images == []
+    skipped = RunControl()
+    skipped.skip()
+    assert [im.seed for im in engine.generate(request_for(batch_count=2, seed=7), control=skipped).images] == [8]
+    assert len(engine.generate(request_for(batch_count=2)).images) == 2
+
+
+def test_queue_interrupt_while_the_job_is_starting_stops_it_and_not_the_next(engine, request_for,
+                                                                             monkeypatch) -> None:
+    """The press comes after the queue started the job and before the engine's run exists."""
+    from sdlocal.jobs import DONE, INTERRUPTED, JobQueue
+
+    entered, release = threading.Event(), threading.Event()
+    real_find = engine.find_model
+
+    def find_model_held(name: str):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        return real_find(name)
+
+    monkeypatch.setattr(engine, "find_model", find_model_held)
+    queue = JobQueue(engine, None)
+    try:
+        first = queue.submit(request_for(batch_count=2))
+        assert entered.wait(30) and engine._control is None
+        assert queue.interrupt()
+        release.set()
+        result = first.wait(60)
+        assert first.state == INTERRUPTED and result.interrupted and result.images == []
+        second = queue.submit(request_for())
+        assert not second.wait(60).interrupted and second.state == DONE and len(second.result.images) == 1
+    finally:
+        release.set()
+        queue.close()

@@ -25,11 +25,19 @@ def test_exact_a1111_line() -> None:
 
 
 def test_optional_keys_appear_only_when_they_matter() -> None:
-    plain = format_infotext(_request(schedule="Automatic"), 1, "m", "abc")
+    plain = format_infotext(_request(sampler="Euler", schedule="Automatic"), 1, "m", "abc")
     assert "Schedule type" not in plain and "Clip skip" not in plain and "Token merging" not in plain
     assert "Negative prompt" not in plain
     rich = format_infotext(_request(clip_skip=2, token_merging_ratio=0.5, cfg_scale=7.5), 1, "m", "abc")
     assert "Clip skip: 2" in rich and "Token merging ratio: 0.5" in rich and "CFG scale: 7.5" in rich
+
+
+def test_automatic_writes_the_schedule_that_ran() -> None:
+    """A1111 1.9+: "Automatic" with DPM++ 2M runs Karras, and the text says so."""
+    text = format_infotext(_request(sampler="DPM++ 2M", schedule="Automatic"), 1, "m", "abc")
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, " in text
+    text = format_infotext(_request(sampler="DPM++ 2M SDE", schedule="Automatic"), 1, "m", "abc")
+    assert "Schedule type: Exponential" in text
 
 
 def test_values_with_separators_are_json_quoted() -> None:

@@ -6,6 +6,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdlocal.engine import EngineError, ModelNotFoundError
@@ -204,6 +205,64 @@ def test_cpu_offload_is_refused_on_cpu_with_a_reason(tiny_models_dir: Path, tmp_
     assert engine.generate(request_for()).images
 
 
+def _sliced(pipe) -> tuple[bool, bool]:
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    processors = list(pipe.unet.attn_processors.values())
+    return all(isinstance(p, SlicedAttnProcessor) for p in processors), bool(pipe.vae.use_slicing)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("medvram", (False, True)), ("lowvram", (True, True))])
+def test_memory_modes_slice_the_loaded_pipeline_and_a_change_reloads(tiny_models_dir: Path, tmp_path: Path,
+                                                                     request_for, mode: str,
+                                                                     expected: tuple[bool, bool]) -> None:
+    engine = make_engine(tiny_models_dir, tmp_path, device="cpu", precision="fp32")
+    plain = engine.generate(request_for())
+    assert _sliced(engine._cache._models[str(engine.current_model.path)].pipe) == (False, False)
+    engine.configure(**{mode: True})
+    sliced = engine.generate(request_for())
+    assert _sliced(engine._cache._models[str(engine.current_model.path)].pipe) == expected
+    assert np.abs(pixels(sliced.images[0].image) - pixels(plain.images[0].image)).max() <= 2
+    assert engine.capabilities().memory_mode == mode
+
+
+def test_offload_modes_call_diffusers_offload_on_an_nvidia_runtime(tmp_path: Path) -> None:
+    """What _place asks of the pipeline for each memory mode, on a CUDA runtime described without a GPU."""
+    from dataclasses import replace
+
+    from sdlocal.engine.config import EngineConfig
+    from sdlocal.engine.devices import resolve_memory, resolve_runtime
+    from sdlocal.engine.loader import _place
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+            self.vae = self
+
+        dtype = None  # never equal to a torch dtype: _place casts
+
+        def to(self, *args, **kwargs):
+            self.calls.append("to")
+            return self
+
+        def __getattr__(self, name: str):
+            if name.startswith("enable_"):
+                return lambda *args, **kwargs: self.calls.append(name)
+            raise AttributeError(name)
+
+    cpu = resolve_runtime(EngineConfig(data_dir=tmp_path, device="cpu", precision="fp32"), cpu_flags=set())
+    for mode, expected in (("medvram", ["to", "enable_model_cpu_offload", "enable_slicing"]),
+                           ("lowvram", ["to", "enable_sequential_cpu_offload", "enable_attention_slicing",
+                                        "enable_slicing"])):
+        plan = resolve_memory(EngineConfig(data_dir=tmp_path, **{mode: True}), "cuda")
+        runtime = replace(cpu, device="cuda", cpu_offload=plan.offload == "model",
+                          sequential_offload=plan.offload == "sequential", attention_slicing=plan.attention_slicing,
+                          vae_slicing=plan.vae_slicing)
+        pipe = Recorder()
+        _place(pipe, runtime)
+        assert pipe.calls == expected, mode
+
+
 def test_fast_mode_is_applied_at_load_and_keeps_the_image(tiny_models_dir: Path, tmp_path: Path, request_for,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """--fast reaches the loader through the runtime; switching it reloads; the image stays the same."""
@@ -222,3 +281,37 @@ def test_fast_mode_is_applied_at_load_and_keeps_the_image(tiny_models_dir: Path,
     assert abs(image - plain).max() <= 2
     with pytest.raises(Exception, match="fast"):
         engine.configure(fast="yes")
+
+
+def test_out_of_memory_while_loading_frees_the_half_loaded_weights(tiny_models_dir: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    import weakref
+
+    import torch
+
+    from sdlocal.engine import loader
+
+    engine = make_engine(tiny_models_dir, tmp_path, device="cpu", precision="fp32")
+    held: list[weakref.ref] = []
+
+    class Exploding:
+        @classmethod
+        def from_pretrained(cls, *_args, **_kwargs):
+            weights = torch.zeros(1024, 1024)
+            held.append(weakref.ref(weights))
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4 GB")
+
+    freed_at_call: list[bool] = []
+    real_free = loader.free_memory
+
+    def checking_free() -> None:
+        freed_at_call.append(all(ref() is None for ref in held))
+        real_free()
+
+    monkeypatch.setattr(loader, "pipeline_class", lambda family, inpainting: Exploding)
+    monkeypatch.setattr(loader, "free_memory", checking_free)
+    with pytest.raises(EngineError, match="not enough memory to load it") as caught:
+        engine.load("tiny-sd1-diffusers")
+    assert "fp16/bf16" in caught.value.hint and held and freed_at_call == [True]
+    monkeypatch.undo()
+    assert engine.load("tiny-sd1-diffusers").name == "tiny-sd1-diffusers"

@@ -92,3 +92,64 @@ def test_every_pair_runs_two_steps_on_the_tiny_model(engine, request_for, sample
     assert len(result.images) == 1 and result.images[0].image.size == (64, 64)
     assert f"Sampler: {sampler}," in result.images[0].infotext
     assert not [w for w in result.warnings if "NaN" in w]
+
+
+@pytest.mark.parametrize(("sampler", "karras", "exponential"), [
+    ("DPM++ 2M", True, False), ("DPM++ SDE", True, False), ("DPM++ 2M SDE", False, True),
+    ("Euler", False, False), ("UniPC", False, False), ("Heun", False, False),
+])
+def test_automatic_is_the_a1111_19_default_schedule(sampler: str, karras: bool, exponential: bool) -> None:
+    scheduler = S.build_scheduler(sampler, "Automatic", SDXL_SCHEDULER)
+    assert bool(scheduler.config.get("use_karras_sigmas")) is karras
+    assert bool(scheduler.config.get("use_exponential_sigmas")) is exponential
+    expected = "Karras" if karras else "Exponential" if exponential else "Automatic"
+    assert S.effective_schedule(sampler, "Automatic") == expected
+    assert S.effective_schedule(sampler, "SGM Uniform") == "SGM Uniform"  # an explicit choice is kept
+
+
+def test_the_cache_builds_automatic_and_its_schedule_once() -> None:
+    cache = S.SchedulerCache()
+    automatic = cache.get("m", "DPM++ 2M", "Automatic", SD1_SCHEDULER)
+    assert automatic.config.use_karras_sigmas is True
+    assert list(cache._built) == [("m", "DPM++ 2M", "Karras")]
+    cache.get("m", "DPM++ 2M", "Karras", SD1_SCHEDULER)
+    assert len(cache._built) == 1
+
+
+def test_aliases_are_one_table_with_the_names() -> None:
+    assert list(S.SAMPLER_ALIASES) == [spec.name for spec in S.SAMPLERS]
+    assert S.SAMPLER_ALIASES["Euler a"] == ["k_euler_a", "k_euler_ancestral"] and S.SAMPLER_ALIASES["DDIM"] == []
+    assert S.resolve_alias("k_dpmpp_2m") == "DPM++ 2M" and S.resolve_alias("K_EULER") == "Euler"
+    assert S.resolve_alias("DPM++ 2M") == "DPM++ 2M" and S.resolve_alias("no such") == "no such"
+    assert S.check("k_dpmpp_2m_sde", "Automatic") == ("DPM++ 2M SDE", "Automatic")
+
+
+def test_the_api_lists_the_engine_table() -> None:
+    from sdlocal.api import sdapi
+
+    assert sdapi.SAMPLER_ALIASES is S.SAMPLER_ALIASES
+
+
+def test_sampler_names_import_neither_torch_nor_diffusers() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from sdlocal.engine import samplers; names = samplers.sampler_names(); "
+            "samplers.resolve_alias('k_euler'); samplers.effective_schedule('DPM++ 2M', 'Automatic'); "
+            "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules), len(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "[]", out.stdout
+
+
+def test_automatic_runs_and_writes_the_schedule_that_ran(engine, request_for) -> None:
+    automatic = engine.generate(request_for(sampler="DPM++ 2M", schedule="Automatic", seed=3))
+    pipe = engine._cache._models[str(engine.current_model.path)].pipe
+    assert pipe.scheduler.config.use_karras_sigmas is True
+    karras = engine.generate(request_for(sampler="DPM++ 2M", schedule="Karras", seed=3))
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, " in automatic.images[0].infotext
+    assert automatic.images[0].image.tobytes() == karras.images[0].image.tobytes()
+    sde = engine.generate(request_for(sampler="DPM++ 2M SDE", seed=3))
+    assert "Schedule type: Exponential" in sde.images[0].infotext
+    assert pipe.scheduler.config.use_exponential_sigmas is True
+    euler = engine.generate(request_for(sampler="Euler", seed=3))
+    assert "Schedule type" not in euler.images[0].infotext
