@@ -107,3 +107,36 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
     queue = JobQueue(engine, store, max_queue=settings.queue_size)
     presets = PresetStore(settings.presets_dir, samplers=engine.samplers(), schedules=engine.schedules())
     return Services(settings=settings, engine=engine, queue=queue, store=store, presets=presets)
+
+
+def apply_runtime_options(services: Services, precision: str | None = None, attention: str | None = None,
+                          fast: bool | None = None) -> str:
+    """Reload the model with another precision/attention/fast mode, through the queue so it never races a run.
+
+    Every front end that changes how models run calls this (the Generate tab now, an img2img tab next), so a
+    change always waits for the job in progress and reloads the current model once. Returns the message shown.
+    """
+    engine, queue = services.engine, services.queue
+    configure = getattr(engine, "configure", None) or getattr(engine, "set_runtime_options", None)
+    if configure is None:
+        raise RuntimeError("this engine cannot change precision or attention while running; restart with the flag")
+
+    def reload() -> None:
+        configure(**changes)
+        if engine.current_model is not None:
+            engine.load(engine.current_model.name)
+
+    asked = (("precision", precision), ("attention", attention), ("fast", fast))
+    changes: dict[str, Any] = {key: value for key, value in asked if value is not None}
+    submit_call = getattr(queue, "submit_call", None)
+    if submit_call is None:
+        reload()
+    else:
+        job = submit_call(reload, label="Reloading the model")
+        job.wait(600)  # re-raises the reload's error, shown to the user
+    if fast is not None:
+        loaded = engine.current_model is not None
+        state = "on" if fast else "off"
+        return f"Fast mode **{state}**" + ("; the model was reloaded." if loaded else
+                                           "; it applies when a model loads.")
+    return f"Using precision **{precision}** and attention **{attention}**; the model was reloaded."

@@ -14,7 +14,8 @@ import gradio as gr
 
 from sdlocal.ui.common import UiState
 from sdlocal.ui.gallery import build_gallery_tab
-from sdlocal.ui.generate import build_generate_tab, load_status_text
+from sdlocal.ui.generate import build_generate_tab
+from sdlocal.ui.model_list import load_status_text
 from sdlocal.ui.pnginfo import build_pnginfo_tab
 from sdlocal.ui.system import build_system_tab, sharing_banner
 

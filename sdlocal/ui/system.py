@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 
+from sdlocal.ui.model_list import models_folders
+
 PACKAGES = ("sdlocal", "torch", "diffusers", "transformers", "accelerate", "safetensors", "gradio", "xformers",
             "huggingface_hub", "pillow")
 
@@ -158,8 +160,6 @@ def system_markdown(services: Any) -> str:
         value = getattr(settings, attr, None)
         if value is not None:
             lines.append(f"- {label}: `{value}`")
-    from sdlocal.ui.generate import models_folders
-
     for folder in models_folders(services):
         lines.append(f"- Models: `{folder}`")
     lines.append("\n### Versions")

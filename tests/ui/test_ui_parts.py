@@ -13,8 +13,9 @@ from PIL.PngImagePlugin import PngInfo
 from sdlocal.engine.models import ModelEntry
 from sdlocal.engine.request import EngineError, RequestError
 from sdlocal.ui.common import error_text
-from sdlocal.ui.generate import UNSUPPORTED_PREFIX, model_choices, progress_html
+from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, model_choices
 from sdlocal.ui.pnginfo import read_dropped
+from sdlocal.ui.progress import progress_html
 from sdlocal.ui.system import sharing_text
 
 ROOT = Path(__file__).resolve().parents[2]

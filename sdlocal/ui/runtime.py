@@ -1,0 +1,90 @@
+"""The Generate tab's runtime controls (under Advanced): precision, attention and fast mode.
+
+Each change goes through ``sdlocal.services.apply_runtime_options``, which reloads the model on the queue's
+worker, so it never races a generation; the handlers here only check the choice and word the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from sdlocal.services import apply_runtime_options
+from sdlocal.ui.common import error_text
+
+
+def capabilities(services: Any) -> Any:
+    """The engine's device report, or None when it cannot be read (shown as unknown, never an error page)."""
+    caps = getattr(services, "capabilities", None)
+    if callable(caps):
+        caps = caps()
+    if caps is None:
+        try:
+            caps = services.engine.capabilities()
+        except Exception:  # noqa: BLE001
+            return None
+    return caps
+
+
+def on_runtime(services: Any, precision: str, attention: str) -> tuple[Any, Any, str]:
+    """Updates for (precision, attention, status): a choice this machine cannot use reverts to auto and says why."""
+    caps = capabilities(services)
+    for kind, value, table in (("Precision", precision, getattr(caps, "precisions", {})),
+                               ("Attention", attention, getattr(caps, "attentions", {}))):
+        reason = (table or {}).get(value, "")
+        if value != "auto" and reason:
+            gr.Warning(f"{kind} {value} cannot be used here: {reason}")
+            auto, keep = gr.update(value="auto"), gr.update()
+            revert = (auto, keep) if kind == "Precision" else (keep, auto)
+            return *revert, f"⚠ {kind} {value} cannot be used here: {reason}"
+    try:
+        message = apply_runtime_options(services, precision=precision, attention=attention)
+    except Exception as exc:  # noqa: BLE001
+        gr.Warning(error_text(exc))
+        return gr.update(), gr.update(), f"⚠ {error_text(exc)}"
+    return gr.update(), gr.update(), message
+
+
+def on_fast(services: Any, flag: bool) -> str:
+    try:
+        return apply_runtime_options(services, fast=bool(flag))
+    except Exception as exc:  # noqa: BLE001
+        gr.Warning(error_text(exc))
+        return f"⚠ {error_text(exc)}"
+
+
+def wire(ui: Any, services: Any) -> None:
+    """Attach the runtime controls' events (``set_runtime`` and ``set_fast_mode`` for scripts)."""
+    def set_runtime(precision: str, attention: str) -> tuple[Any, Any, str]:
+        return on_runtime(services, precision, attention)
+
+    outputs = [ui.precision, ui.attention, ui.runtime_status]
+    ui.precision.input(set_runtime, inputs=[ui.precision, ui.attention], outputs=outputs, api_name="set_runtime")
+    ui.attention.input(set_runtime, inputs=[ui.precision, ui.attention], outputs=outputs, api_visibility="private")
+    ui.fast_mode.input(lambda flag: on_fast(services, flag), inputs=[ui.fast_mode], outputs=[ui.runtime_status],
+                       api_name="set_fast_mode")
+
+
+def load_outputs(ui: Any) -> list[Any]:
+    """The runtime controls a page load fills (see ``load_updates``)."""
+    return [ui.precision, ui.attention]
+
+
+def load_updates(services: Any, caps: Any) -> list[Any]:
+    """Per page load: the precision and attention choices this machine offers, and what is used now."""
+    return [_choice_update("precision", caps), _choice_update("attention", caps)]
+
+
+def _choice_update(kind: str, caps: Any) -> Any:
+    table = getattr(caps, f"{kind}s", None) or {}
+    chosen = getattr(caps, kind, None)
+    if not table:
+        return gr.update()
+    usable = [name for name, reason in table.items() if not reason]
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in table.items() if reason)
+    info = f"Now: {chosen}" + (f" ({caps.precision_reason})" if kind == "precision" and caps.precision_reason else "")
+    if reasons:
+        info += f". Unavailable here: {reasons}"
+    choices = ["auto"] + [name for name in table if name != "auto"]
+    return gr.update(choices=choices, info=info, interactive=len(usable) > 1)
