@@ -30,15 +30,12 @@ from sdlocal.ui.model_list import (
 from sdlocal.ui.progress import Waiting, done_html, job_done, progress_html, safe_progress
 
 POLL_SECONDS = 0.25
-FALLBACK_SAMPLERS = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DDIM", "UniPC", "LCM"]
-FALLBACK_SCHEDULES = ["Automatic", "Karras", "Exponential", "SGM Uniform"]
 
 
 def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     """The tab's components and events; ``ui.load`` and ``ui.status`` are for the app's page-load events."""
-    engine = services.engine
-    samplers, schedules = _names(engine.samplers, FALLBACK_SAMPLERS), _names(engine.schedules, FALLBACK_SCHEDULES)
-    ui = build_layout(services, samplers, schedules)
+    # The engine's own tables (sdlocal.engine.samplers imports no torch): one list of names, not a copy here.
+    ui = build_layout(services, list(services.engine.samplers()), list(services.engine.schedules()))
     _wire_models(ui, services)
     _wire_presets(ui, services)
     _wire_sizes_and_seeds(ui)
@@ -49,13 +46,6 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
     ui.status = (lambda: load_status_text(services), ui.load_status)
     return ui
-
-
-def _names(method: Any, fallback: list[str]) -> list[str]:
-    try:
-        return list(method()) or fallback
-    except Exception:  # noqa: BLE001
-        return fallback
 
 
 # ---------------------------------------------------------------------------- model list

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -23,13 +24,43 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ui_import_path_does_not_import_torch_or_diffusers() -> None:
     code = (
-        "import sys, sdlocal.ui.app, sdlocal.outputs, sdlocal.presets, sdlocal.starter\n"
+        "import sys, sdlocal.ui.app, sdlocal.outputs, sdlocal.presets, sdlocal.starter, sdlocal.engine.samplers\n"
+        "import sdlocal.forms, sdlocal.services\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'xformers') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+@pytest.fixture()
+def built_ui(tmp_path: Path):
+    """The whole page built over real services on an empty data dir (no server, no model, no torch)."""
+    from sdlocal.services import build_services
+    from sdlocal.settings import Settings
+    from sdlocal.ui.app import build_ui
+
+    services = build_services(Settings(data_dir=tmp_path))
+    try:
+        yield services, build_ui(services)
+    finally:
+        services.close()
+
+
+def _component(blocks, label: str):
+    found = [block for block in blocks.blocks.values() if getattr(block, "label", None) == label]
+    assert len(found) == 1, f"{len(found)} components labelled {label!r}"
+    return found[0]
+
+
+def test_sampler_and_schedule_choices_are_the_engines_own_lists(built_ui) -> None:
+    from sdlocal.engine.samplers import sampler_names, schedule_names
+
+    _services, blocks = built_ui
+    assert [value for _label, value in _component(blocks, "Sampler").choices] == sampler_names()
+    assert [value for _label, value in _component(blocks, "Schedule type").choices] == schedule_names()
+    assert "PLMS" in sampler_names()  # one the UI's old copy of the list did not have
 
 
 def _entry(name: str, family: str | None, supported: bool = True, reason: str = "", short_hash: str | None = None):
