@@ -76,7 +76,8 @@ def load_status_text(services: Any) -> str:
     engine = services.engine
     current = getattr(engine, "current_model", None)
     if current is not None:
-        return f"✔ Ready: **{current.name}** ({FAMILY_LABELS.get(current.family or '', current.family)})"
+        family = FAMILY_LABELS.get(current.family or "", current.family)
+        return f"✔ Ready: **{current.name}** ({family}){runtime_text(services)}"
     if status:
         return f"{status}"
     try:
@@ -85,6 +86,16 @@ def load_status_text(services: Any) -> str:
     except Exception:  # noqa: BLE001 - the banner must never fail
         pass
     return "Loading the model in the background… the page works meanwhile."
+
+
+def runtime_text(services: Any) -> str:
+    """" on cpu, fp32, sdpa": how the model runs now, read from the engine (it changes with the runtime options)."""
+    try:
+        caps = services.capabilities() if callable(getattr(services, "capabilities", None)) else None
+        caps = caps or services.engine.capabilities()
+        return f" on {caps.device}, {caps.precision}, {caps.attention}"
+    except Exception:  # noqa: BLE001 - the banner must never fail
+        return ""
 
 
 def current_model_name(engine: Any, names: list[str]) -> str | None:

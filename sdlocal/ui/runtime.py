@@ -12,6 +12,7 @@ import gradio as gr
 
 from sdlocal.services import apply_runtime_options
 from sdlocal.ui.common import error_text
+from sdlocal.ui.model_list import load_status_text
 
 
 def capabilities(services: Any) -> Any:
@@ -27,8 +28,12 @@ def capabilities(services: Any) -> Any:
     return caps
 
 
-def on_runtime(services: Any, precision: str, attention: str) -> tuple[Any, Any, str]:
-    """Updates for (precision, attention, status): a choice this machine cannot use reverts to auto and says why."""
+def on_runtime(services: Any, precision: str, attention: str) -> tuple[Any, Any, str, str]:
+    """Updates for (precision, attention, status, status line): a choice this machine cannot use reverts to auto.
+
+    After a change both radios' notes and the status line say what the engine now uses (read again from the
+    engine, which works it out anew after ``configure``), so a fallback such as xformers -> SDPA shows.
+    """
     caps = capabilities(services)
     for kind, value, table in (("Precision", precision, getattr(caps, "precisions", {})),
                                ("Attention", attention, getattr(caps, "attentions", {}))):
@@ -37,13 +42,14 @@ def on_runtime(services: Any, precision: str, attention: str) -> tuple[Any, Any,
             gr.Warning(f"{kind} {value} cannot be used here: {reason}")
             auto, keep = gr.update(value="auto"), gr.update()
             revert = (auto, keep) if kind == "Precision" else (keep, auto)
-            return *revert, f"⚠ {kind} {value} cannot be used here: {reason}"
+            return *revert, f"⚠ {kind} {value} cannot be used here: {reason}", load_status_text(services)
     try:
         message = apply_runtime_options(services, precision=precision, attention=attention)
     except Exception as exc:  # noqa: BLE001
         gr.Warning(error_text(exc))
-        return gr.update(), gr.update(), f"⚠ {error_text(exc)}"
-    return gr.update(), gr.update(), message
+        return gr.update(), gr.update(), f"⚠ {error_text(exc)}", load_status_text(services)
+    caps = capabilities(services)
+    return _choice_update("precision", caps), _choice_update("attention", caps), message, load_status_text(services)
 
 
 def on_fast(services: Any, flag: bool) -> str:
@@ -56,10 +62,10 @@ def on_fast(services: Any, flag: bool) -> str:
 
 def wire(ui: Any, services: Any) -> None:
     """Attach the runtime controls' events (``set_runtime`` and ``set_fast_mode`` for scripts)."""
-    def set_runtime(precision: str, attention: str) -> tuple[Any, Any, str]:
+    def set_runtime(precision: str, attention: str) -> tuple[Any, Any, str, str]:
         return on_runtime(services, precision, attention)
 
-    outputs = [ui.precision, ui.attention, ui.runtime_status]
+    outputs = [ui.precision, ui.attention, ui.runtime_status, ui.load_status]
     ui.precision.input(set_runtime, inputs=[ui.precision, ui.attention], outputs=outputs, api_name="set_runtime")
     ui.attention.input(set_runtime, inputs=[ui.precision, ui.attention], outputs=outputs, api_visibility="private")
     ui.fast_mode.input(lambda flag: on_fast(services, flag), inputs=[ui.fast_mode], outputs=[ui.runtime_status],
@@ -72,19 +78,21 @@ def load_outputs(ui: Any) -> list[Any]:
 
 
 def load_updates(services: Any, caps: Any) -> list[Any]:
-    """Per page load: the precision and attention choices this machine offers, and what is used now."""
-    return [_choice_update("precision", caps), _choice_update("attention", caps)]
+    """Per page load: the precision and attention asked for, the choices this machine offers, and what is used now."""
+    config = getattr(services.engine, "config", None)
+    return [_choice_update(kind, caps, value=getattr(config, kind, "auto")) for kind in ("precision", "attention")]
 
 
-def _choice_update(kind: str, caps: Any) -> Any:
+def _choice_update(kind: str, caps: Any, **extra: Any) -> Any:
+    """The radio's choices and its note: what is used now and why, and what cannot be used here."""
     table = getattr(caps, f"{kind}s", None) or {}
     chosen = getattr(caps, kind, None)
     if not table:
-        return gr.update()
+        return gr.update(**extra)
     usable = [name for name, reason in table.items() if not reason]
     reasons = "; ".join(f"{name}: {reason}" for name, reason in table.items() if reason)
     info = f"Now: {chosen}" + (f" ({caps.precision_reason})" if kind == "precision" and caps.precision_reason else "")
     if reasons:
         info += f". Unavailable here: {reasons}"
     choices = ["auto"] + [name for name in table if name != "auto"]
-    return gr.update(choices=choices, info=info, interactive=len(usable) > 1)
+    return gr.update(choices=choices, info=info, interactive=len(usable) > 1, **extra)

@@ -225,3 +225,25 @@ def test_fast_mode_toggle_reaches_the_engine(client: Client, running_app: Runnin
     finally:
         assert "Fast mode **off**" in client.predict(False, api_name="/set_fast_mode")
     assert engine.config.fast is False
+
+
+def test_runtime_change_shows_the_engines_new_choice(client: Client, running_app: RunningApp) -> None:
+    engine = running_app.services.engine
+    first = engine.capabilities().precision  # what "auto" picks on this CPU
+    target = "fp32" if first == "bf16" else "bf16"
+    assert f"Precision: **{first}**" in call(client, "/system_info")["System"]
+    try:
+        changed = call(client, "/set_runtime", target, "auto")
+        assert f"Using precision **{target}** ({target} as asked" in changed["Runtime status"]
+        assert "the model was reloaded" in changed["Runtime status"]
+        assert changed["Model status"].startswith("✔ Ready") and f"on cpu, {target}, sdpa" in changed["Model status"]
+        assert changed["Precision"]["info"].startswith(f"Now: {target}")
+        # The System tab and a newly opened page read the engine again: the new precision, not the first one.
+        system = call(client, "/system_info")["System"]
+        assert f"Precision: **{target}** — {target} as asked" in system
+        opened = call(client, "/page_state")
+        assert value_of(opened["Precision"]) == target and opened["Precision"]["info"].startswith(f"Now: {target}")
+        assert client.predict(api_name="/load_status").endswith(f"on cpu, {target}, sdpa")
+    finally:
+        restored = call(client, "/set_runtime", "auto", "auto")
+    assert f"Using precision **{first}**" in restored["Runtime status"] and engine.config.precision == "auto"

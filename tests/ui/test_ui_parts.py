@@ -134,3 +134,19 @@ def _write_bomb(path: Path) -> None:
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_runtime_report_says_when_xformers_falls_back_to_sdpa() -> None:
+    from sdlocal.services import runtime_report
+
+    broken = "xformers is installed but does not work here: no kernel for this GPU"
+    before = SimpleNamespace(warnings=[])
+    after = SimpleNamespace(device="cuda", precision="fp16", precision_reason="fp16 on the GPU", attention="sdpa",
+                            attentions={"sdpa": "", "xformers": broken},
+                            warnings=[f"attention xformers was asked but {broken}"])
+    text = runtime_report({"precision": "auto", "attention": "xformers"}, before, after, reloaded=True)
+    assert "attention **sdpa** on **cuda**" in text and f"(xformers was asked but {broken})" in text
+    assert text.count(broken) == 2  # the choice's reason and the new warning
+    assert "the model was reloaded" in text
+    unchanged = runtime_report({"attention": "xformers"}, after, after, reloaded=False)
+    assert unchanged.count(broken) == 1 and "applies when a model loads" in unchanged
