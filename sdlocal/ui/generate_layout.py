@@ -16,6 +16,7 @@ from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, LABELS
 from sdlocal.ui.model_list import empty_state_markdown
 
 NO_PRESET = "(keep my settings)"
+LOW_MEMORY_MODES = ("off", "medvram", "lowvram")
 
 
 @dataclass
@@ -49,6 +50,10 @@ class GenerateTab:
     precision: Any = None
     attention: Any = None
     fast_mode: Any = None
+    attention_slicing: Any = None
+    vae_slicing: Any = None
+    cpu_offload: Any = None
+    low_memory: Any = None  # "off", "medvram" or "lowvram"
     runtime_status: Any = None
     preset_name: Any = None
     save_preset: Any = None
@@ -164,6 +169,7 @@ def _advanced(ui: GenerateTab, services: Any) -> None:
         info="torch.compile, channels-last and fused attention on NVIDIA GPUs (the first image at each size "
              "compiles first); on the CPU channels-last only, a few percent faster.",
         elem_id="sd-fast")
+    _memory_controls(ui, services.settings)
     ui.runtime_status = gr.Markdown("", label="Runtime status")
     with gr.Row():
         f["vae_tiling"] = gr.Checkbox(label=LABELS["vae_tiling"], value=False, info="Large images with less memory.")
@@ -175,6 +181,31 @@ def _advanced(ui: GenerateTab, services: Any) -> None:
                                     elem_id="sd-preset-name")
         ui.save_preset = gr.Button("Save preset", scale=1, elem_id="sd-save-preset")
     ui.preset_status = gr.Markdown("", label="Preset status")
+
+
+def _memory_controls(ui: GenerateTab, settings: Any) -> None:
+    """Memory savers, initialised from the settings (flags); changing one reloads the model (see runtime.py)."""
+    with gr.Row():
+        ui.attention_slicing = gr.Checkbox(label="Attention slicing", elem_id="sd-attention-slicing",
+                                           value=bool(getattr(settings, "attention_slicing", False)),
+                                           info="Attention in pieces: less memory, a little slower.")
+        ui.vae_slicing = gr.Checkbox(label="VAE slicing", value=bool(getattr(settings, "vae_slicing", False)),
+                                     info="Decodes a batch one image at a time.", elem_id="sd-vae-slicing")
+        ui.cpu_offload = gr.Checkbox(label="CPU offload (NVIDIA)", elem_id="sd-cpu-offload",
+                                     value=bool(getattr(settings, "cpu_offload", False)),
+                                     info="Each model part moves to the GPU only while it runs: far less GPU "
+                                          "memory, slower.")
+    ui.low_memory = gr.Radio(list(LOW_MEMORY_MODES), value=low_memory_mode(settings), label="Low memory mode",
+                             elem_id="sd-low-memory",
+                             info="medvram: models move to the GPU only while they run, VAE sliced (about 4 GB "
+                                  "cards); lowvram: layer by layer, attention sliced too (2 GB cards; slow).")
+
+
+def low_memory_mode(config: Any) -> str:
+    """The radio's value for settings or an engine config: lowvram wins over medvram, as in the engine."""
+    if getattr(config, "lowvram", False):
+        return "lowvram"
+    return "medvram" if getattr(config, "medvram", False) else "off"
 
 
 def _results(ui: GenerateTab) -> None:

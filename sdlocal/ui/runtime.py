@@ -1,4 +1,4 @@
-"""The Generate tab's runtime controls (under Advanced): precision, attention and fast mode.
+"""The Generate tab's runtime controls (under Advanced): precision, attention, fast mode and the memory savers.
 
 Each change goes through ``sdlocal.services.apply_runtime_options``, which reloads the model on the queue's
 worker, so it never races a generation; the handlers here only check the choice and word the result.
@@ -12,6 +12,7 @@ import gradio as gr
 
 from sdlocal.services import apply_runtime_options
 from sdlocal.ui.common import error_text
+from sdlocal.ui.generate_layout import LOW_MEMORY_MODES, low_memory_mode
 from sdlocal.ui.model_list import load_status_text
 
 
@@ -60,8 +61,25 @@ def on_fast(services: Any, flag: bool) -> str:
         return f"⚠ {error_text(exc)}"
 
 
+def on_memory(services: Any, attention_slicing: bool, vae_slicing: bool, cpu_offload: bool,
+              low_memory: str) -> tuple[str, str]:
+    """(status, status line) after applying the memory savers; medvram and lowvram exclude each other."""
+    if low_memory not in LOW_MEMORY_MODES:
+        message = f"Low memory mode: {low_memory!r} is not allowed; use {', '.join(LOW_MEMORY_MODES)}."
+        gr.Warning(message)
+        return f"⚠ {message}", load_status_text(services)
+    try:
+        message = apply_runtime_options(services, attention_slicing=bool(attention_slicing),
+                                        vae_slicing=bool(vae_slicing), cpu_offload=bool(cpu_offload),
+                                        medvram=low_memory == "medvram", lowvram=low_memory == "lowvram")
+    except Exception as exc:  # noqa: BLE001
+        gr.Warning(error_text(exc))
+        message = f"⚠ {error_text(exc)}"
+    return message, load_status_text(services)
+
+
 def wire(ui: Any, services: Any) -> None:
-    """Attach the runtime controls' events (``set_runtime`` and ``set_fast_mode`` for scripts)."""
+    """Attach the runtime controls' events (``set_runtime``, ``set_fast_mode`` and ``set_memory`` for scripts)."""
     def set_runtime(precision: str, attention: str) -> tuple[Any, Any, str, str]:
         return on_runtime(services, precision, attention)
 
@@ -71,16 +89,27 @@ def wire(ui: Any, services: Any) -> None:
     ui.fast_mode.input(lambda flag: on_fast(services, flag), inputs=[ui.fast_mode], outputs=[ui.runtime_status],
                        api_name="set_fast_mode")
 
+    def set_memory(attention_slicing: bool, vae_slicing: bool, cpu_offload: bool, low_memory: str) -> tuple[str, str]:
+        return on_memory(services, attention_slicing, vae_slicing, cpu_offload, low_memory)
+
+    memory = [ui.attention_slicing, ui.vae_slicing, ui.cpu_offload, ui.low_memory]
+    for index, control in enumerate(memory):
+        names = {"api_name": "set_memory"} if index == 0 else {"api_visibility": "private"}
+        control.input(set_memory, inputs=memory, outputs=[ui.runtime_status, ui.load_status], **names)
+
 
 def load_outputs(ui: Any) -> list[Any]:
     """The runtime controls a page load fills (see ``load_updates``)."""
-    return [ui.precision, ui.attention]
+    return [ui.precision, ui.attention, ui.attention_slicing, ui.vae_slicing, ui.cpu_offload, ui.low_memory]
 
 
 def load_updates(services: Any, caps: Any) -> list[Any]:
     """Per page load: the precision and attention asked for, the choices this machine offers, and what is used now."""
     config = getattr(services.engine, "config", None)
-    return [_choice_update(kind, caps, value=getattr(config, kind, "auto")) for kind in ("precision", "attention")]
+    choices = [_choice_update(kind, caps, value=getattr(config, kind, "auto")) for kind in ("precision", "attention")]
+    flags = [gr.update(value=bool(getattr(config, name, False)))
+             for name in ("attention_slicing", "vae_slicing", "cpu_offload")]
+    return [*choices, *flags, gr.update(value=low_memory_mode(config))]
 
 
 def _choice_update(kind: str, caps: Any, **extra: Any) -> Any:
