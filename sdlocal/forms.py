@@ -1,7 +1,7 @@
-"""What a generation form is filled with from an image's parameters text.
+"""What a generation form is filled with: an image's parameters text, or the values a page opens with.
 
-Every tab with a generation form (txt2img now, img2img next) needs the same answer, so it lives here as plain
-values (no gradio): the tabs turn them into component updates. Importing this module imports no torch.
+Every tab with a generation form (txt2img now, img2img next) needs the same answers, so they live here as
+plain values (no gradio): the tabs turn them into component updates. Importing this module imports no torch.
 """
 
 from __future__ import annotations
@@ -38,6 +38,39 @@ def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
             return fill
     fill.missing_model = wanted or None
     return fill
+
+
+@dataclass
+class StartForm:
+    """The form a page opens with: values over the request defaults, the preset shown, and whether it was chosen."""
+
+    values: dict[str, Any]
+    preset: str | None = None  # the preset whose values are in the form (shown in the Preset box)
+    chose: bool = False  # True when the user chose it (--preset): picking a model then keeps the form
+    preset_problem: str = ""  # why the --preset could not be applied
+
+
+def start_form(saved_form: dict[str, Any] | None, settings: Any, presets: Any, family: str | None) -> StartForm:
+    """The form's values when a page opens: the saved form, else a first start's; ``--preset`` wins over both.
+
+    A first start (nothing saved) gets the model family's default preset, as picking that model would give.
+    """
+    from sdlocal.presets import PresetError
+
+    start = StartForm(values=dict(saved_form or {}))
+    if not saved_form:
+        default = presets.for_family(family) if family else None
+        if default is not None:
+            start.values.update(default.values())
+            start.preset = default.name
+    wanted = getattr(settings, "preset", None)
+    if wanted:
+        try:
+            start.values.update(presets.get(wanted).values())
+            start.preset, start.chose = wanted, True
+        except PresetError as exc:
+            start.preset_problem = str(exc)
+    return start
 
 
 def _find(engine: Any, name: str) -> Any:

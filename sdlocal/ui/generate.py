@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from sdlocal.engine.request import GenerationRequest
+from sdlocal.forms import start_form
 from sdlocal.presets import PresetError
 from sdlocal.ui import runtime
 from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_box, error_text, infotext_updates
@@ -290,34 +291,43 @@ def _wire_download(ui: GenerateTab, services: Any) -> None:
 def page_state_outputs(ui: GenerateTab) -> list[Any]:
     """The components ``page_state`` fills, in its order."""
     return [ui.model, ui.empty_panel, ui.empty_text, ui.preset_problems, ui.cpu_warning, *runtime.load_outputs(ui),
-            ui.last_seed, ui.preset, ui.user_preset, *ui.controls]
+            ui.last_seed, ui.preset, ui.user_preset, ui.size_buttons, ui.family, *ui.controls]
 
 
 def page_state(services: Any, ui_state: UiState) -> list[Any]:
-    """What a page shows when it opens: the models, the saved (or first-start) form, warnings and problems."""
+    """What a page shows when it opens: the models, the saved (or first-start) form, warnings and problems.
+
+    With no saved form (a first start) the form gets the shown model's family preset and the Preset box its
+    name, as picking that model would; the user has not chosen it, so picking another model still applies its own.
+    """
     presets = services.presets
     saved = ui_state.load()
     model_update, empty_update, empty_text_update = refresh_models(services, saved.get("model"), refresh_scan=False)
-    form = {**DEFAULTS, **{k: v for k, v in (saved.get("form") or {}).items() if k in DEFAULTS}}
-    problems = [f"- `{p}`" for p in getattr(presets, "problems", [])]
-    problem_md = "**Some preset files were skipped:**\n" + "\n".join(problems) if problems else ""
-    preset_update, chose = gr.update(choices=[NO_PRESET] + presets.names()), False
-    wanted = getattr(services.settings, "preset", None)
-    if wanted:  # --preset at start wins over the saved form
-        try:
-            form.update(presets.get(wanted).values())
-            preset_update, chose = gr.update(choices=[NO_PRESET] + presets.names(), value=wanted), True
-        except PresetError as exc:
-            problem_md = (problem_md + "\n" if problem_md else "") + f"**--preset:** {exc}"
+    entry = find_entry(services.engine, model_update.get("value")) if model_update.get("value") else None
+    family = getattr(entry, "family", None) or "sd1"
+    saved_form = {k: v for k, v in (saved.get("form") or {}).items() if k in DEFAULTS}
+    start = start_form(saved_form, services.settings, presets, family if entry is not None else None)
+    form = {**DEFAULTS, **{k: v for k, v in start.values.items() if k in DEFAULTS}}
     caps = runtime.capabilities(services)
-    warnings = list(getattr(caps, "warnings", None) or [])
-    warn_html = "".join(f'<div class="sd-cpu">⚠ {html.escape(w)}</div>' for w in warnings)
     return [
-        model_update, empty_update, empty_text_update,
-        gr.update(value=problem_md, visible=bool(problem_md)),
-        gr.update(value=warn_html, visible=bool(warnings)),
-        *runtime.load_updates(services, caps),
-        saved.get("last_seed", -1), preset_update, chose,
+        model_update, empty_update, empty_text_update, _problems_update(presets, start.preset_problem),
+        _warnings_update(caps), *runtime.load_updates(services, caps),
+        saved.get("last_seed", -1), gr.update(choices=[NO_PRESET] + presets.names(), value=start.preset or NO_PRESET),
+        start.chose, gr.update(choices=size_choices(family), value=None), family,
         *[gr.update(value=form[name]) for name in FORM_FIELDS],
     ]
 
+
+def _problems_update(presets: Any, preset_problem: str) -> Any:
+    """The preset files that were skipped, and why ``--preset`` could not be applied."""
+    problems = [f"- `{p}`" for p in getattr(presets, "problems", [])]
+    text = "**Some preset files were skipped:**\n" + "\n".join(problems) if problems else ""
+    if preset_problem:
+        text = (text + "\n" if text else "") + f"**--preset:** {preset_problem}"
+    return gr.update(value=text, visible=bool(text))
+
+
+def _warnings_update(caps: Any) -> Any:
+    warnings = list(getattr(caps, "warnings", None) or [])
+    return gr.update(value="".join(f'<div class="sd-cpu">⚠ {html.escape(w)}</div>' for w in warnings),
+                     visible=bool(warnings))
