@@ -53,7 +53,8 @@ class StartForm:
 def start_form(saved_form: dict[str, Any] | None, settings: Any, presets: Any, family: str | None) -> StartForm:
     """The form's values when a page opens: the saved form, else a first start's; ``--preset`` wins over both.
 
-    A first start (nothing saved) gets the model family's default preset, as picking that model would give.
+    A first start (nothing saved) gets the model family's default preset, as picking that model would give,
+    and ``--token-merging-ratio`` when it is set: a flag the user gave beats a preset's default of 0.
     """
     from sdlocal.presets import PresetError
 
@@ -63,6 +64,9 @@ def start_form(saved_form: dict[str, Any] | None, settings: Any, presets: Any, f
         if default is not None:
             start.values.update(default.values())
             start.preset = default.name
+        ratio = float(getattr(settings, "token_merging_ratio", 0.0) or 0.0)
+        if ratio:
+            start.values["token_merging_ratio"] = ratio
     wanted = getattr(settings, "preset", None)
     if wanted:
         try:

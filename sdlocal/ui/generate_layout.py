@@ -174,7 +174,8 @@ def _advanced(ui: GenerateTab, services: Any) -> None:
     with gr.Row():
         f["vae_tiling"] = gr.Checkbox(label=LABELS["vae_tiling"], value=False, info="Large images with less memory.")
         f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label=LABELS["clip_skip"])
-    f["token_merging_ratio"] = gr.Slider(0, 0.9, value=0, step=0.05, label=LABELS["token_merging_ratio"],
+    ratio = float(getattr(services.settings, "token_merging_ratio", 0.0) or 0.0)  # --token-merging-ratio
+    f["token_merging_ratio"] = gr.Slider(0, 0.9, value=ratio, step=0.05, label=LABELS["token_merging_ratio"],
                                          info="Faster on big images at some cost in detail; 0 = off.")
     with gr.Row(equal_height=True):
         ui.preset_name = gr.Textbox(label="Save these settings as a preset", placeholder="My portrait", scale=3,

@@ -53,3 +53,16 @@ def test_a_saved_form_wins_over_the_family_preset(client: Client, fresh_app: Run
     shown = form_of(reopened)
     assert (shown["sampler"], shown["steps"], shown["negative_prompt"]) == ("Euler", 2, "blurry")
     assert reopened["Preset"] != KEEP
+
+
+def test_token_merging_flag_is_the_forms_first_value(client: Client, fresh_app: RunningApp) -> None:
+    settings = fresh_app.services.settings
+    settings.token_merging_ratio = 0.3  # as `--token-merging-ratio 0.3` sets it
+    try:
+        opened = form_of(call(client, "/page_state"))
+        assert opened["token_merging_ratio"] == 0.3 and opened["steps"] == 25  # over the SD 1.5 preset's 0
+        # once a form is saved, it keeps its own value
+        call(client, "/generate", fresh_app.model_name, *form(steps=2, batch_size=1, token_merging_ratio=0))
+        assert form_of(call(Client(fresh_app.url, verbose=False), "/page_state"))["token_merging_ratio"] == 0
+    finally:
+        settings.token_merging_ratio = 0.0

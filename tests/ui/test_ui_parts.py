@@ -150,3 +150,51 @@ def test_runtime_report_says_when_xformers_falls_back_to_sdpa() -> None:
     assert "the model was reloaded" in text
     unchanged = runtime_report({"attention": "xformers"}, after, after, reloaded=False)
     assert unchanged.count(broken) == 1 and "applies when a model loads" in unchanged
+
+
+def test_start_form_first_start_saved_form_and_flags(tmp_path: Path) -> None:
+    from sdlocal.forms import start_form
+    from sdlocal.presets import PresetStore
+
+    presets = PresetStore(user_dir=tmp_path)
+    flags = SimpleNamespace(token_merging_ratio=0.0, preset=None)
+    first = start_form(None, flags, presets, "sdxl")
+    assert first.preset == presets.for_family("sdxl").name and first.values["width"] == 1024 and not first.chose
+    assert start_form(None, flags, presets, None).values == {}  # no model yet: the request defaults
+    # --token-merging-ratio is the first start's value, over the preset's 0; a saved form keeps its own
+    flags.token_merging_ratio = 0.4
+    assert start_form(None, flags, presets, "sd1").values["token_merging_ratio"] == 0.4
+    saved = start_form({"steps": 3, "token_merging_ratio": 0.0}, flags, presets, "sd1")
+    assert saved.values == {"steps": 3, "token_merging_ratio": 0.0} and saved.preset is None
+    # --preset wins over the saved form; a bad one is reported, not applied
+    flags.preset = "SD 1.5"
+    chosen = start_form({"steps": 3}, flags, presets, "sdxl")
+    assert (chosen.preset, chosen.chose, chosen.values["steps"]) == ("SD 1.5", True, 25)
+    flags.preset = "No such preset"
+    bad = start_form({"steps": 3}, flags, presets, "sd1")
+    assert bad.values == {"steps": 3} and "No such preset" in bad.preset_problem and bad.preset is None
+
+
+@pytest.mark.parametrize("theme", ["dark", "light", "system"])
+def test_theme_flag_reaches_the_served_page(tmp_path: Path, theme: str) -> None:
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sdlocal.services import build_services
+    from sdlocal.settings import Settings
+    from sdlocal.ui.app import build_ui, mount_options
+
+    services = build_services(Settings(data_dir=tmp_path, theme=theme))
+    try:
+        app = gr.mount_gradio_app(FastAPI(), build_ui(services), path="/", **mount_options(services))
+        http = TestClient(app, follow_redirects=False)
+        page, with_query, own, config = (http.get(url) for url in ("/", "/?view=api", "/?__theme=light", "/config"))
+    finally:
+        services.close()
+    assert own.status_code == 200 and config.status_code == 200  # a chosen __theme and Gradio's own routes
+    if theme == "system":  # Gradio's page follows the system's colour scheme by itself
+        assert page.status_code == 200 and with_query.status_code == 200
+    else:
+        assert page.status_code == 307 and page.headers["location"] == f"?__theme={theme}"
+        assert with_query.headers["location"] == f"?view=api&__theme={theme}"
