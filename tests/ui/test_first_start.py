@@ -66,3 +66,31 @@ def test_token_merging_flag_is_the_forms_first_value(client: Client, fresh_app: 
         assert form_of(call(Client(fresh_app.url, verbose=False), "/page_state"))["token_merging_ratio"] == 0
     finally:
         settings.token_merging_ratio = 0.0
+
+
+def test_reuse_looks_models_up_off_the_event_loop(client: Client, fresh_app: RunningApp) -> None:
+    """A "Model hash" may make find_model hash every model file (gigabytes): never on the server's event loop."""
+    import asyncio
+    import threading
+
+    engine = fresh_app.services.engine
+    calls: list[tuple[str, bool]] = []
+    real = engine.find_model
+
+    def recording(name: str):
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        calls.append((threading.current_thread().name, on_loop))
+        return real(name)
+
+    text = "a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 64x64, Model hash: 0123abcd45, Model: gone"
+    engine.find_model = recording  # type: ignore[method-assign]
+    try:
+        for endpoint in ("/send_to_generate", "/gallery_reuse"):
+            assert form_of(call(client, endpoint, text))["seed"] == 42
+    finally:
+        del engine.find_model
+    assert len(calls) >= 4 and not any(on_loop for _thread, on_loop in calls), calls
