@@ -33,15 +33,16 @@ class Services:
     started_at: float = field(default_factory=time.time)
     load_error: str | None = None
     _status: str = ""
-    _capabilities: Any = None
     _load_job: Job | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def capabilities(self) -> Any:
-        """The engine's device/precision report, computed once (it probes the hardware, importing torch)."""
-        if self._capabilities is None:
-            self._capabilities = self.engine.capabilities()
-        return self._capabilities
+        """The engine's device/precision report (it probes the hardware, importing torch).
+
+        Not cached here: the engine keeps it until ``configure`` changes how models run and then works it out
+        again, so the System tab and the status line show the choice in force, not the one at start.
+        """
+        return self.engine.capabilities()
 
     def load_status(self) -> str:
         """One line about the background load: what it is doing, why it failed, or "" once a model is loaded."""
@@ -107,3 +108,81 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
     queue = JobQueue(engine, store, max_queue=settings.queue_size)
     presets = PresetStore(settings.presets_dir, samplers=engine.samplers(), schedules=engine.schedules())
     return Services(settings=settings, engine=engine, queue=queue, store=store, presets=presets)
+
+
+RUNTIME_OPTIONS = ("device", "precision", "attention", "fast", "attention_slicing", "vae_slicing", "cpu_offload",
+                   "medvram", "lowvram")
+
+
+def apply_runtime_options(services: Services, **changes: Any) -> str:
+    """Reload the model with other runtime options (``RUNTIME_OPTIONS``), through the queue so it never races a run.
+
+    Every front end that changes how models run calls this (the Generate tab now, an img2img tab next), so a
+    change always waits for the job in progress and reloads the current model once. ``None`` values are left
+    out. Returns the message shown: what the engine really chose (it may fall back, e.g. xformers -> SDPA, and
+    says why), and any new warning.
+    """
+    engine, queue = services.engine, services.queue
+    changes = {key: value for key, value in changes.items() if value is not None}
+    unknown = sorted(set(changes) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a runtime option; use {', '.join(RUNTIME_OPTIONS)}")
+    configure = getattr(engine, "configure", None)
+    if configure is None:
+        raise RuntimeError("this engine cannot change how models run while running; restart with the flag")
+    before = _capabilities_or_none(services)
+
+    def reload() -> bool:
+        configure(**changes)
+        if engine.current_model is None:
+            return False
+        engine.load(engine.current_model.name)
+        return True
+
+    submit_call = getattr(queue, "submit_call", None)
+    if submit_call is None:
+        reloaded = reload()
+    else:
+        reloaded = submit_call(reload, label="Reloading the model").wait(600)  # re-raises the reload's error
+    after = _capabilities_or_none(services)
+    return runtime_report(changes, before, after, reloaded=bool(reloaded))
+
+
+def runtime_report(changes: dict[str, Any], before: Any, after: Any, reloaded: bool) -> str:
+    """One Markdown line: the options changed, the engine's real choice with its reasons, new warnings."""
+    parts = []
+    if "fast" in changes:
+        parts.append(f"Fast mode **{'on' if changes['fast'] else 'off'}**")
+    if {"device", "precision", "attention"} & set(changes) and after is not None:
+        parts.append(_choice_text(changes, after))
+    memory = [(label, key) for label, key in (("Attention slicing", "attention_slicing"),
+                                                ("VAE slicing", "vae_slicing"), ("CPU offload", "cpu_offload"))
+              if key in changes]
+    parts += [f"{label} **{'on' if changes[key] else 'off'}**" for label, key in memory]
+    if "medvram" in changes or "lowvram" in changes:
+        mode = "lowvram" if changes.get("lowvram") else "medvram" if changes.get("medvram") else "off"
+        parts.append(f"low memory mode **{mode}**")
+    text = ", ".join(parts) or "Nothing changed"
+    text += "; the model was reloaded." if reloaded else "; it applies when a model loads."
+    old = set(getattr(before, "warnings", None) or [])
+    for warning in getattr(after, "warnings", None) or []:
+        if warning not in old:
+            text += f" ⚠ {warning}."
+    return text
+
+
+def _choice_text(changes: dict[str, Any], caps: Any) -> str:
+    text = (f"Using precision **{caps.precision}** ({caps.precision_reason}) and attention **{caps.attention}** "
+            f"on **{caps.device}**")
+    asked = changes.get("attention")
+    if asked not in (None, "auto", caps.attention):
+        reason = (caps.attentions or {}).get(asked) or "it could not be used"
+        text += f" ({asked} was asked but {reason})"
+    return text
+
+
+def _capabilities_or_none(services: Services) -> Any:
+    try:
+        return services.capabilities()
+    except Exception:  # noqa: BLE001 - the change is still made; the report just says less
+        return None

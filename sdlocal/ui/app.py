@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from sdlocal.ui.common import UiState
 from sdlocal.ui.gallery import build_gallery_tab
-from sdlocal.ui.generate import build_generate_tab, load_status_text
+from sdlocal.ui.generate import build_generate_tab
+from sdlocal.ui.model_list import load_status_text
 from sdlocal.ui.pnginfo import build_pnginfo_tab
 from sdlocal.ui.system import build_system_tab, sharing_banner
+from sdlocal.ui.theme import THEMES_BY_URL, ThemeRedirect
 
 CSS = """
 .gradio-container { max-width: 1500px !important; }
@@ -55,7 +58,11 @@ def mount_options(services: Any) -> dict[str, Any]:
     """
     root = Path(services.store.root)
     root.mkdir(parents=True, exist_ok=True)
-    return {"theme": ui_theme(), "css": CSS, "allowed_paths": [str(root)]}
+    options: dict[str, Any] = {"theme": ui_theme(), "css": CSS, "allowed_paths": [str(root)]}
+    theme = getattr(services.settings, "theme", "system")
+    if theme in THEMES_BY_URL:  # --theme dark/light; "system" is what Gradio's page does by itself
+        options["app_kwargs"] = {"middleware": [Middleware(ThemeRedirect, theme=theme)]}
+    return options
 
 
 def build_ui(services: Any) -> gr.Blocks:

@@ -1,4 +1,4 @@
-"""Pieces every tab shares: the form's field order, turning errors into messages, and the saved UI state.
+"""Pieces every tab shares: the form's field order, errors as messages, the saved UI state, reusing parameters.
 
 Nothing here imports torch or diffusers: the UI module tree must import in the time gradio itself takes.
 """
@@ -9,7 +9,10 @@ import html
 import logging
 from typing import Any
 
+import gradio as gr
+
 from sdlocal.engine.request import EngineError, GenerationRequest, RequestError
+from sdlocal.forms import fill_from_infotext
 
 # The Generate tab's request controls, in the order every event function receives and returns them.
 FORM_FIELDS: tuple[str, ...] = (
@@ -97,3 +100,15 @@ class UiState:
             self.settings.save_ui_state(ui)
         except (OSError, ValueError, AttributeError) as exc:
             logging.getLogger(__name__).warning("could not save the UI state: %s", exc)
+
+
+def infotext_updates(engine: Any, text: str) -> list[Any]:
+    """Updates for [model, *FORM_FIELDS] from an A1111 parameters text; fields it does not name stay as they are.
+
+    Called from sync handlers only (Gradio runs those on worker threads): finding the model may hash files.
+    """
+    fill = fill_from_infotext(engine, text)
+    if fill.missing_model:
+        gr.Info(f"The model {fill.missing_model!r} from these parameters is not here; keeping the current model.")
+    model = gr.update(value=fill.model) if fill.model else gr.update()
+    return [model, *[gr.update(value=fill.fields[n]) if n in fill.fields else gr.update() for n in FORM_FIELDS]]

@@ -14,7 +14,8 @@ from typing import Any
 import gradio as gr
 
 from sdlocal.outputs import read_image_parameters
-from sdlocal.ui.generate import GenerateTab, fill_from_infotext
+from sdlocal.ui.common import infotext_updates
+from sdlocal.ui.generate_layout import GenerateTab
 
 
 def read_dropped(path: str | None) -> tuple[str, str]:
@@ -74,7 +75,7 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
         if not params:
             gr.Warning("Drop an image with parameters first.")
             return [gr.update() for _ in range(len(generate.controls) + 2)]
-        return [gr.Tabs(selected="generate"), *fill_from_infotext(services.engine, params)]
+        return [gr.Tabs(selected="generate"), *infotext_updates(services.engine, params)]
 
     send.click(on_send, inputs=text, outputs=[tabs, generate.model, *generate.controls], api_name="send_to_generate")
     return tab

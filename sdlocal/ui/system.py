@@ -14,6 +14,8 @@ from typing import Any
 
 import gradio as gr
 
+from sdlocal.ui.model_list import models_folders
+
 PACKAGES = ("sdlocal", "torch", "diffusers", "transformers", "accelerate", "safetensors", "gradio", "xformers",
             "huggingface_hub", "pillow")
 
@@ -134,11 +136,10 @@ def system_markdown(services: Any) -> str:
     settings, engine = services.settings, services.engine
     lines = ["### Device"]
     try:
-        caps = services.capabilities() if callable(getattr(services, "capabilities", None)) else services.capabilities
-        caps = caps or engine.capabilities()
+        caps = services.capabilities()  # the engine's, worked out again after each runtime change
         lines.append(f"- Device: **{caps.device}** ({caps.device_name})")
         lines.append(f"- Precision: **{caps.precision}** — {caps.precision_reason}")
-        lines.append(f"- Attention: **{caps.attention}**")
+        lines.append(f"- Attention: **{caps.attention}**" + _attention_note(engine, caps))
         for table, label in ((caps.precisions, "precision"), (caps.attentions, "attention")):
             for name, reason in table.items():
                 lines.append(f"- {label} {name}: {'available' if not reason else 'unavailable — ' + reason}")
@@ -158,14 +159,20 @@ def system_markdown(services: Any) -> str:
         value = getattr(settings, attr, None)
         if value is not None:
             lines.append(f"- {label}: `{value}`")
-    from sdlocal.ui.generate import models_folders
-
     for folder in models_folders(services):
         lines.append(f"- Models: `{folder}`")
     lines.append("\n### Versions")
     lines.append(", ".join(f"{name} {version}" for name, version in versions().items()))
     lines.append(f"\n`{html.escape(sys.executable)}` on {platform.platform()}")
     return "\n".join(lines)
+
+
+def _attention_note(engine: Any, caps: Any) -> str:
+    """Why the attention in use is not the one asked for (xformers falls back to SDPA when it cannot run)."""
+    asked = getattr(getattr(engine, "config", None), "attention", "auto")
+    if asked in ("auto", caps.attention):
+        return ""
+    return f" — {asked} was asked but {(caps.attentions or {}).get(asked) or 'it could not be used'}"
 
 
 def build_system_tab(services: Any) -> Any:

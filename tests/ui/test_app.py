@@ -225,3 +225,56 @@ def test_fast_mode_toggle_reaches_the_engine(client: Client, running_app: Runnin
     finally:
         assert "Fast mode **off**" in client.predict(False, api_name="/set_fast_mode")
     assert engine.config.fast is False
+
+
+def test_runtime_change_shows_the_engines_new_choice(client: Client, running_app: RunningApp) -> None:
+    engine = running_app.services.engine
+    first = engine.capabilities().precision  # what "auto" picks on this CPU
+    target = "fp32" if first == "bf16" else "bf16"
+    assert f"Precision: **{first}**" in call(client, "/system_info")["System"]
+    try:
+        changed = call(client, "/set_runtime", target, "auto")
+        assert f"Using precision **{target}** ({target} as asked" in changed["Runtime status"]
+        assert "the model was reloaded" in changed["Runtime status"]
+        assert changed["Model status"].startswith("✔ Ready") and f"on cpu, {target}, sdpa" in changed["Model status"]
+        assert changed["Precision"]["info"].startswith(f"Now: {target}")
+        # The System tab and a newly opened page read the engine again: the new precision, not the first one.
+        system = call(client, "/system_info")["System"]
+        assert f"Precision: **{target}** — {target} as asked" in system
+        opened = call(client, "/page_state")
+        assert value_of(opened["Precision"]) == target and opened["Precision"]["info"].startswith(f"Now: {target}")
+        assert client.predict(api_name="/load_status").endswith(f"on cpu, {target}, sdpa")
+    finally:
+        restored = call(client, "/set_runtime", "auto", "auto")
+    assert f"Using precision **{first}**" in restored["Runtime status"] and engine.config.precision == "auto"
+
+
+MEMORY = ("Attention slicing", "VAE slicing", "CPU offload (NVIDIA)", "Low memory mode")
+
+
+def test_memory_controls_reach_the_engine(client: Client, running_app: RunningApp) -> None:
+    engine = running_app.services.engine
+    opened = call(client, "/page_state")
+    assert [value_of(opened[label]) for label in MEMORY] == [False, False, False, "off"]  # the settings' defaults
+    try:
+        changed = call(client, "/set_memory", True, True, False, "medvram")
+        assert ("Attention slicing **on**, VAE slicing **on**, CPU offload **off**, low memory mode **medvram**; "
+                "the model was reloaded.") in changed["Runtime status"]
+        config = engine.config
+        assert (config.attention_slicing, config.vae_slicing, config.cpu_offload) == (True, True, False)
+        assert (config.medvram, config.lowvram) == (True, False)
+        assert changed["Model status"].startswith("✔ Ready")
+        # a page opened now shows what the engine runs with
+        assert [value_of(call(client, "/page_state")[label]) for label in MEMORY] == [True, True, False, "medvram"]
+        results = call(client, "/generate", running_app.model_name, *form(batch_size=2, steps=2))
+        assert results["Error"] == "" and "Done: 2 images" in results["Progress"]
+        # lowvram replaces medvram; CPU offload on a machine without an NVIDIA GPU is refused with a warning
+        offload = call(client, "/set_memory", False, False, True, "lowvram")
+        assert (engine.config.medvram, engine.config.lowvram, engine.config.cpu_offload) == (False, True, True)
+        assert "⚠" in offload["Runtime status"] and "offload" in offload["Runtime status"]
+    finally:
+        restored = call(client, "/set_memory", False, False, False, "off")
+    assert "low memory mode **off**" in restored["Runtime status"]
+    config = engine.config
+    assert not (config.attention_slicing or config.vae_slicing or config.cpu_offload or config.medvram
+                or config.lowvram)

@@ -1,16 +1,20 @@
 """The real page in a real browser (Debian chromium via Playwright): pick the model, prompt, Generate, watch the
-progress and the images, then reuse the parameters from the Gallery. Screenshots go to ``test-artifacts/``."""
+progress and the images, then reuse the parameters from the Gallery; and ``--theme``. Screenshots go to
+``test-artifacts/``."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.ui.conftest import RunningApp
+from tests.ui.conftest import RunningApp, _free_port, _wait_http
 
 CHROMIUM = os.environ.get("SDLOCAL_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -71,5 +75,56 @@ def test_generate_and_reuse_in_the_browser(running_app: RunningApp) -> None:
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
             raise
+        finally:
+            browser.close()
+
+
+@contextmanager
+def _themed_server(data_dir: Path, theme: str) -> Iterator[str]:
+    """The real server (no model: the page needs none) started with ``--theme <theme>``."""
+    import uvicorn
+
+    from sdlocal.server import create_app
+    from sdlocal.services import build_services
+    from sdlocal.settings import Settings
+
+    port = _free_port()
+    services = build_services(Settings(data_dir=data_dir, port=port, theme=theme))
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_http(url + "health")  # the page itself answers with a redirect (to add __theme)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        services.close()
+
+
+def test_theme_flag_sets_dark_or_light_whatever_the_system_prefers(tmp_path: Path) -> None:
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    def dark(browser, url: str, system: str) -> bool:
+        page = browser.new_page(color_scheme=system)
+        try:
+            page.goto(url)
+            page.locator("#sd-load-status").wait_for(timeout=60_000)  # Gradio has applied its theme by now
+            return page.evaluate("document.body.classList.contains('dark')")
+        finally:
+            page.close()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
+        try:
+            with _themed_server(tmp_path / "dark", "dark") as url:
+                assert dark(browser, url, system="light") is True
+                assert dark(browser, url + "?__theme=light", system="light") is False  # the address's own wins
+            with _themed_server(tmp_path / "light", "light") as url:
+                assert dark(browser, url, system="dark") is False
+            with _themed_server(tmp_path / "system", "system") as url:
+                assert dark(browser, url, system="dark") is True  # Gradio follows the system by itself
         finally:
             browser.close()

@@ -7,14 +7,16 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from sdlocal.engine.models import ModelEntry
 from sdlocal.engine.request import EngineError, RequestError
 from sdlocal.ui.common import error_text
-from sdlocal.ui.generate import UNSUPPORTED_PREFIX, model_choices, progress_html
+from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, model_choices
 from sdlocal.ui.pnginfo import read_dropped
+from sdlocal.ui.progress import progress_html
 from sdlocal.ui.system import sharing_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,13 +24,43 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ui_import_path_does_not_import_torch_or_diffusers() -> None:
     code = (
-        "import sys, sdlocal.ui.app, sdlocal.outputs, sdlocal.presets, sdlocal.starter\n"
+        "import sys, sdlocal.ui.app, sdlocal.outputs, sdlocal.presets, sdlocal.starter, sdlocal.engine.samplers\n"
+        "import sdlocal.forms, sdlocal.services\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'xformers') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+@pytest.fixture()
+def built_ui(tmp_path: Path):
+    """The whole page built over real services on an empty data dir (no server, no model, no torch)."""
+    from sdlocal.services import build_services
+    from sdlocal.settings import Settings
+    from sdlocal.ui.app import build_ui
+
+    services = build_services(Settings(data_dir=tmp_path))
+    try:
+        yield services, build_ui(services)
+    finally:
+        services.close()
+
+
+def _component(blocks, label: str):
+    found = [block for block in blocks.blocks.values() if getattr(block, "label", None) == label]
+    assert len(found) == 1, f"{len(found)} components labelled {label!r}"
+    return found[0]
+
+
+def test_sampler_and_schedule_choices_are_the_engines_own_lists(built_ui) -> None:
+    from sdlocal.engine.samplers import sampler_names, schedule_names
+
+    _services, blocks = built_ui
+    assert [value for _label, value in _component(blocks, "Sampler").choices] == sampler_names()
+    assert [value for _label, value in _component(blocks, "Schedule type").choices] == schedule_names()
+    assert "PLMS" in sampler_names()  # one the UI's old copy of the list did not have
 
 
 def _entry(name: str, family: str | None, supported: bool = True, reason: str = "", short_hash: str | None = None):
@@ -102,3 +134,67 @@ def _write_bomb(path: Path) -> None:
 
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+
+
+def test_runtime_report_says_when_xformers_falls_back_to_sdpa() -> None:
+    from sdlocal.services import runtime_report
+
+    broken = "xformers is installed but does not work here: no kernel for this GPU"
+    before = SimpleNamespace(warnings=[])
+    after = SimpleNamespace(device="cuda", precision="fp16", precision_reason="fp16 on the GPU", attention="sdpa",
+                            attentions={"sdpa": "", "xformers": broken},
+                            warnings=[f"attention xformers was asked but {broken}"])
+    text = runtime_report({"precision": "auto", "attention": "xformers"}, before, after, reloaded=True)
+    assert "attention **sdpa** on **cuda**" in text and f"(xformers was asked but {broken})" in text
+    assert text.count(broken) == 2  # the choice's reason and the new warning
+    assert "the model was reloaded" in text
+    unchanged = runtime_report({"attention": "xformers"}, after, after, reloaded=False)
+    assert unchanged.count(broken) == 1 and "applies when a model loads" in unchanged
+
+
+def test_start_form_first_start_saved_form_and_flags(tmp_path: Path) -> None:
+    from sdlocal.forms import start_form
+    from sdlocal.presets import PresetStore
+
+    presets = PresetStore(user_dir=tmp_path)
+    flags = SimpleNamespace(token_merging_ratio=0.0, preset=None)
+    first = start_form(None, flags, presets, "sdxl")
+    assert first.preset == presets.for_family("sdxl").name and first.values["width"] == 1024 and not first.chose
+    assert start_form(None, flags, presets, None).values == {}  # no model yet: the request defaults
+    # --token-merging-ratio is the first start's value, over the preset's 0; a saved form keeps its own
+    flags.token_merging_ratio = 0.4
+    assert start_form(None, flags, presets, "sd1").values["token_merging_ratio"] == 0.4
+    saved = start_form({"steps": 3, "token_merging_ratio": 0.0}, flags, presets, "sd1")
+    assert saved.values == {"steps": 3, "token_merging_ratio": 0.0} and saved.preset is None
+    # --preset wins over the saved form; a bad one is reported, not applied
+    flags.preset = "SD 1.5"
+    chosen = start_form({"steps": 3}, flags, presets, "sdxl")
+    assert (chosen.preset, chosen.chose, chosen.values["steps"]) == ("SD 1.5", True, 25)
+    flags.preset = "No such preset"
+    bad = start_form({"steps": 3}, flags, presets, "sd1")
+    assert bad.values == {"steps": 3} and "No such preset" in bad.preset_problem and bad.preset is None
+
+
+@pytest.mark.parametrize("theme", ["dark", "light", "system"])
+def test_theme_flag_reaches_the_served_page(tmp_path: Path, theme: str) -> None:
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sdlocal.services import build_services
+    from sdlocal.settings import Settings
+    from sdlocal.ui.app import build_ui, mount_options
+
+    services = build_services(Settings(data_dir=tmp_path, theme=theme))
+    try:
+        app = gr.mount_gradio_app(FastAPI(), build_ui(services), path="/", **mount_options(services))
+        http = TestClient(app, follow_redirects=False)
+        page, with_query, own, config = (http.get(url) for url in ("/", "/?view=api", "/?__theme=light", "/config"))
+    finally:
+        services.close()
+    assert own.status_code == 200 and config.status_code == 200  # a chosen __theme and Gradio's own routes
+    if theme == "system":  # Gradio's page follows the system's colour scheme by itself
+        assert page.status_code == 200 and with_query.status_code == 200
+    else:
+        assert page.status_code == 307 and page.headers["location"] == f"?__theme={theme}"
+        assert with_query.headers["location"] == f"?view=api&__theme={theme}"
