@@ -21,6 +21,7 @@ CSS_PROPERTY = re.compile(r"(?:var\(\s*|^\s*|[;{]\s*)(--[a-z][a-z0-9-]*)\s*[:,)]
 FOREIGN = {  # file -> flags of other programs that file passes on (never shown to people as sdlocal's)
     "preflight.py": {"--dry-run", "--report", "--quiet", "--ignore-installed", "--disable-pip-version-check",
                      "--extra-index-url"},
+    "doctor.py": {"--usecase"},  # AMD's installer: amdgpu-install --usecase=rocm
 }
 
 
