@@ -336,6 +336,7 @@ def vae_precision(pipe: Any, runtime: Runtime) -> str:
     """
     if runtime.vae_precision == "fp16" and hasattr(pipe, "upcast_vae") \
             and bool(getattr(pipe.vae.config, "force_upcast", False)):
+        log.info("VAE in fp32: its config sets force_upcast (it overflows in fp16)")
         return "fp32"
     return runtime.vae_precision
 
