@@ -12,6 +12,7 @@ import pytest
 
 from sdlocal import cli
 from sdlocal.settings import Settings
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,17 +111,9 @@ def test_generate_bad_value_prints_the_request_error_and_exits_2(tmp_path):
     assert "width" in err.getvalue() and "65" in err.getvalue() and "multiple of 8" in err.getvalue()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _doctor(tmp_path, *flags):
     return subprocess.run([sys.executable, "-m", "sdlocal", "doctor", "--data-dir", str(tmp_path), "--offline",
-                           "--port", str(_free_port()), *flags], cwd=ROOT, capture_output=True, text=True,
+                           "--port", str(free_port()), *flags], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -185,15 +178,11 @@ def test_generate_unknown_model_is_an_error_naming_it(tmp_path):
 def test_serve_stops_with_the_report_when_the_late_checks_fail(tmp_path):
     """The torch checks run after the page is up; a failure there (--require-gpu on a CPU machine) still stops
     the server with the report and exit code 1."""
-    import socket
-
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a usable GPU, so --require-gpu passes")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     done = subprocess.run([sys.executable, "-m", "sdlocal", "serve", "--require-gpu", "--offline", "--port",
                            str(port), "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

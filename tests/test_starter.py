@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sdlocal.starter import STARTER_MODELS, StarterDownloadError, download_starter
+from tests.servers import free_port
 
 PAYLOAD = bytes(range(256)) * 12_000  # about 3 MB: several chunks
 SPEC = replace(
@@ -95,9 +95,7 @@ def test_missing_file_on_the_hub_is_a_clear_error(tmp_path: Path, hub: str) -> N
 
 def test_offline_fails_cleanly_with_manual_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with socket.socket() as probe:  # a port nobody listens on: connection refused, like a machine offline
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it: connection refused, like a machine offline
     with pytest.raises(StarterDownloadError) as caught:
         download_starter(tmp_path / "models", SPEC, endpoint=f"http://127.0.0.1:{port}")
     message = str(caught.value)

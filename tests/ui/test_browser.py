@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.ui.conftest import RunningApp, _free_port, _wait_http
+from tests.servers import free_port, serving
+from tests.ui.conftest import RunningApp
 
 CHROMIUM = os.environ.get("SDLOCAL_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -82,24 +82,17 @@ def test_generate_and_reuse_in_the_browser(running_app: RunningApp) -> None:
 @contextmanager
 def _themed_server(data_dir: Path, theme: str) -> Iterator[str]:
     """The real server (no model: the page needs none) started with ``--theme <theme>``."""
-    import uvicorn
-
     from sdlocal.server import create_app
     from sdlocal.services import build_services
     from sdlocal.settings import Settings
 
-    port = _free_port()
+    port = free_port()
     services = build_services(Settings(data_dir=data_dir, port=port, theme=theme))
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_http(url + "health")  # the page itself answers with a redirect (to add __theme)
-        yield url
+        # /health, since the page itself answers with a redirect (to add __theme)
+        with serving(create_app(services), port) as url:
+            yield url + "/"
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         services.close()
 
 
