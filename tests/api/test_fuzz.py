@@ -95,9 +95,9 @@ def quick_generation(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = api.services.engine
     real = engine.generate
 
-    def quick(request: Any, on_progress: Any = None) -> Any:
+    def quick(request: Any, on_progress: Any = None, control: Any = None) -> Any:
         small = replace(request, steps=1, width=64, height=64, batch_size=1, batch_count=1)
-        return real(small, on_progress=on_progress)
+        return real(small, on_progress=on_progress, control=control)
 
     monkeypatch.setattr(engine, "generate", quick)
 

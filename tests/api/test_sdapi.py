@@ -400,13 +400,13 @@ def gate(api: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[StepGate]:
     real = engine.generate
     step_gate = StepGate()
 
-    def gated(request: Any, on_progress: Any = None) -> Any:
+    def gated(request: Any, on_progress: Any = None, control: Any = None) -> Any:
         def progress(update: Any) -> None:
             if on_progress is not None:
                 on_progress(update)
             step_gate.on_step(update.step)
 
-        return real(request, on_progress=progress)
+        return real(request, on_progress=progress, control=control)  # the job's own Interrupt/Skip
 
     monkeypatch.setattr(engine, "generate", gated)
     yield step_gate
