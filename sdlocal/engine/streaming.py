@@ -292,15 +292,25 @@ def load_other_components(config_dir: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ reads
-def _read(fh: Any, info: TensorInfo) -> Any:
-    """One tensor, read into fresh memory of the file's dtype (reads, not mmap: only this tensor is resident)."""
+def _read(fh: Any, info: TensorInfo, into: Any = None) -> Any:
+    """One tensor of the file's dtype, read into ``into`` (a reused byte buffer) or into fresh memory.
+
+    Plain reads, not mmap: only this tensor is resident, the file's pages stay page cache, not this process's.
+    """
     import torch
 
-    tensor = torch.empty(info.shape, dtype=getattr(torch, info.dtype))
-    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if tensor.numel() else memoryview(b"")
+    kind = getattr(torch, info.dtype)
+    nbytes = info.end - info.start
+    if into is None:
+        tensor = torch.empty(info.shape, dtype=kind)
+        flat = tensor.reshape(-1).view(torch.uint8)
+    else:
+        flat = into[:nbytes]
+        tensor = flat.view(kind).reshape(info.shape)
+    view = memoryview(flat.numpy()) if nbytes else memoryview(b"")
     fh.seek(info.start)
     done = 0
-    while done < len(view):
+    while done < nbytes:
         count = fh.readinto(view[done:])
         if not count:
             raise OSError(f"the file ended at byte {info.start + done}, inside a tensor (truncated?)")
@@ -308,7 +318,10 @@ def _read(fh: Any, info: TensorInfo) -> Any:
     return tensor
 
 
-def _value(raw: Any, step: Step, dtype: Any, device: str) -> Any:
+def _value(raw: Any, step: Step, dtype: Any, device: str, owned: bool) -> Any:
+    """The model's tensor from the file's: split, transpose, reshape, convert; a copy unless ``raw`` is its own."""
+    import torch
+
     value = raw
     if step.source.chunk is not None:
         value = value.chunk(3, dim=0)[step.source.chunk]
@@ -318,9 +331,9 @@ def _value(raw: Any, step: Step, dtype: Any, device: str) -> Any:
         value = value.reshape(step.shape)
     target = dtype if step.floating else value.dtype
     value = value.to(device=device, dtype=target)
-    # A chunk or transpose still views the whole file tensor: give each parameter storage of its own.
-    if value.data_ptr() == raw.data_ptr() and (step.source.chunk is not None or step.source.transpose):
-        value = value.contiguous() if not value.is_contiguous() else value.clone()
+    # Still a view of the read buffer (no conversion was needed): give the parameter storage of its own.
+    if not owned and value.untyped_storage().data_ptr() == raw.untyped_storage().data_ptr():
+        value = value.clone(memory_format=torch.contiguous_format)
     return value
 
 
@@ -336,18 +349,40 @@ def _assign(model: Any, name: str, value: Any) -> None:
         owner._buffers[attr] = value
 
 
+def _direct(steps: list[Step], info: TensorInfo, dtype: Any, device: str) -> bool:
+    """Whether a file tensor can be read straight into the parameter's own memory (no conversion, no split)."""
+    import torch
+
+    if device != "cpu" or len(steps) != 1:
+        return False
+    step = steps[0]
+    plain = step.source.chunk is None and not step.source.transpose
+    return plain and (not step.floating or getattr(torch, info.dtype) == dtype)
+
+
 def stream_into(path: Path, models: dict[str, Any], steps: list[Step], header: dict[str, TensorInfo], dtype: Any,
                 device: str = "cpu") -> None:
-    """Fill the meta models from the file, one tensor at a time, in file order (sequential reads)."""
+    """Fill the meta models from the file, one tensor at a time, in file order (sequential reads).
+
+    Tensors that need converting (or go to a GPU) are read into one reused buffer the size of the largest, so
+    the only memory beside the model is that buffer: no per-tensor temporaries for the allocator to keep.
+    """
+    import torch
+
     by_key: dict[str, list[Step]] = {}
     for step in steps:
         by_key.setdefault(step.source.key, []).append(step)
+    direct = {key for key, group in by_key.items() if _direct(group, header[key], dtype, device)}
+    sizes = [header[key].end - header[key].start for key in by_key if key not in direct]
+    scratch = torch.empty(max(sizes), dtype=torch.uint8) if sizes else None
     with open(path, "rb", buffering=0) as fh:
         for key in sorted(by_key, key=lambda k: header[k].start):
-            raw = _read(fh, header[key])
+            owned = key in direct
+            raw = _read(fh, header[key], None if owned else scratch)
             for step in by_key[key]:
-                _assign(models[step.component], step.name, _value(raw, step, dtype, device))
+                _assign(models[step.component], step.name, _value(raw, step, dtype, device, owned))
             del raw
+    del scratch
 
 
 def _leftover_meta(models: dict[str, Any]) -> Iterator[str]:

@@ -25,17 +25,28 @@ from tests.engine.conftest import make_engine, pixels
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = {"sd1": ("sd1", False), "sd2": ("sd2", False), "sdxl": ("sdxl", False), "sd1-inpainting": ("sd1", True),
-         "sdxl-inpainting": ("sdxl", True)}
+         "sdxl-inpainting": ("sdxl", True), "sdxl-fp16": ("sdxl", False)}
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sdlocal.engine.synthetic import save_tiny_model
+    import shutil
+
+    import torch
+
+    from sdlocal.engine import ldm_layout
+    from sdlocal.engine.synthetic import build_tiny_pipeline, save_tiny_model
 
     folder = tmp_path_factory.mktemp("streamed")
     for case, (family, inpainting) in CASES.items():
+        if case.endswith("-fp16"):
+            continue
         save_tiny_model(folder / f"{case}.safetensors", family, "safetensors", seed=4, inpainting=inpainting)
+    # fp16 weights, as most downloads are: loaded at fp16 they are read straight into place, q/k/v split included.
+    half = ldm_layout.write_single_file(build_tiny_pipeline("sdxl", seed=5), folder / "sdxl-fp16.safetensors",
+                                        dtype=torch.float16, include_extras=True)
+    shutil.copytree(folder / "sdxl.config", half.with_name("sdxl-fp16.config"))
     return folder
 
 
@@ -81,11 +92,13 @@ def _assert_identical(reference: Any, streamed: Any) -> int:
             assert torch.equal(actual[name], tensor), f"{component}.{name} differs"
             compared += 1
         assert [p.requires_grad for p in got.parameters()] == [p.requires_grad for p in want.parameters()]
+        storages = [t.untyped_storage().data_ptr() for t in actual.values() if t.numel()]
+        assert len(storages) == len(set(storages)), f"{component}: tensors share storage (q/k/v views?)"
     return compared
 
 
 PRECISION_CASES = [(case, "fp32") for case in CASES] + [(case, precision) for case in ("sd1", "sdxl-inpainting")
-                                                       for precision in ("fp16", "bf16")]
+                                                       for precision in ("fp16", "bf16")] + [("sdxl-fp16", "fp16")]
 
 
 @pytest.mark.parametrize(("case", "precision"), PRECISION_CASES)
