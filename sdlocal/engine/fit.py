@@ -54,7 +54,7 @@ class Needs:
 
 
 def _gib(value: int) -> str:
-    return f"{value / GIB:.1f} GiB"
+    return f"{value / GIB:.1f} GiB" if value >= GIB // 10 else f"{value / 2**20:.0f} MiB"
 
 
 def check_fits(name: str, needs: Needs, precision: str, device: str,

@@ -468,3 +468,27 @@ def load_single_file(path: Path, config_dir: Path, family: str, pipeline_cls: An
     largest = max((plan.header[s.source.key].end - plan.header[s.source.key].start for s in plan.steps), default=0)
     fits(label, needs_for(plan.size(runtime.dtype), largest, runtime), runtime.precision, str(runtime.device))
     return load_planned(plan, pipeline_cls, runtime.dtype, target_device(runtime), extra)
+
+
+def folder_estimate(folder: Path, dtype: Any) -> int:
+    """A diffusers folder's model size at ``dtype`` from its safetensors headers (the files diffusers loads:
+    the ones without a variant such as ``.fp16`` in their name when there are such, else all)."""
+    total = 0
+    for component in MODEL_COMPONENTS:
+        files = sorted((Path(folder) / component).glob("*.safetensors"))
+        plain = [f for f in files if "." not in f.stem]
+        for file in plain or files:
+            try:
+                total += header_estimate({f"{ldm_layout.UNET_PREFIX}{k}": v for k, v in read_header(file).items()},
+                                         dtype)
+            except LayoutMismatch:
+                continue  # damaged: diffusers' own load reports it with the file's name
+    return total
+
+
+def check_folder_fits(folder: Path, runtime: Any, name: str, fits: Callable[..., None] | None = None) -> None:
+    """The fit check for a diffusers folder (loaded by diffusers in RAM, then moved to the device)."""
+    size = folder_estimate(folder, runtime.dtype)
+    on_gpu = target_device(runtime).startswith("cuda")
+    if size:
+        (fits or check_fits)(name, Needs(ram=size, gpu=size if on_gpu else 0), runtime.precision, str(runtime.device))

@@ -247,7 +247,7 @@ def test_a_model_too_big_for_the_free_ram_is_refused_before_any_read(tiny_files:
     reads: list[Any] = []
     monkeypatch.setattr(streaming, "_read", lambda *args: reads.append(args))
     monkeypatch.setattr(fit, "available_ram", lambda: size - 1)
-    with pytest.raises(EngineError, match=rf"sdxl: needs {size / GIB:.1f} GiB of RAM in fp32") as info:
+    with pytest.raises(EngineError, match=rf"sdxl: needs {size / 2**20:.0f} MiB of RAM in fp32") as info:
         loader.load_pipeline(entry, runtime, tmp_path / "cache")
     assert "bf16 or fp16" in info.value.hint
     assert reads == []
@@ -337,3 +337,44 @@ def test_realsize_sd15_peak_is_within_a_quarter_of_the_model_above_the_start(tmp
     assert 1.9e9 < result["size"] < 2.3e9
     assert result["peak"] - result["before"] <= 1.25 * result["size"], result
     assert result["compared"] > 30 and result["differ"] == []
+
+
+def test_a_gpu_load_streams_onto_the_gpu_and_checks_gpu_memory(tiny_files: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """No GPU here: the plan is real, the last step (reading onto the device) is recorded instead of run."""
+    import torch
+
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(streaming, "load_planned", lambda plan, cls, dtype, device, extra: calls.update(
+        device=device, dtype=dtype, size=plan.size(dtype)) or "pipe")
+    runtime = SimpleNamespace(device="cuda", cpu_offload=False, dtype=torch.float16, precision="fp16")
+    checked: list[tuple] = []
+    pipe = streaming.load_single_file(tiny_files / "sdxl.safetensors", tiny_files / "sdxl.config", "sdxl", object,
+                                      runtime, fits=lambda *args: checked.append(args))
+    assert pipe == "pipe" and calls["device"] == "cuda" and calls["dtype"] == torch.float16
+    (name, needs, precision, device), = checked
+    assert (name, precision, device) == ("sdxl.safetensors", "fp16", "cuda")
+    assert needs.gpu == calls["size"] and 0 < needs.ram < needs.gpu  # RAM holds one tensor at a time
+
+    runtime.cpu_offload = True  # offloading keeps the model in RAM: it is read there
+    checked.clear()
+    streaming.load_single_file(tiny_files / "sdxl.safetensors", tiny_files / "sdxl.config", "sdxl", object, runtime,
+                               fits=lambda *args: checked.append(args))
+    assert calls["device"] == "cpu" and checked[0][1] == Needs(ram=calls["size"])
+
+
+def test_a_diffusers_folder_too_big_for_the_free_ram_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    import torch
+
+    from sdlocal.engine import fit, loader
+    from sdlocal.engine.synthetic import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "models" / "tiny-folder", "sd1", "diffusers")
+    entry, runtime = _engine_entry_runtime(tmp_path / "models", tmp_path / "data", "tiny-folder", "fp16")
+    pipe = loader.load_pipeline(entry, runtime, tmp_path / "cache").pipe
+    elements = sum(t.numel() for part in (pipe.unet, pipe.vae, pipe.text_encoder) for t in part.state_dict().values())
+    assert streaming.folder_estimate(folder, torch.float16) == 2 * elements  # every weight, at the target width
+    monkeypatch.setattr(fit, "available_ram", lambda: 2 * elements - 1)
+    with pytest.raises(EngineError, match=r"tiny-folder: needs \d+ MiB of RAM in fp16, \d+ MiB is available"):
+        loader.load_pipeline(entry, runtime, tmp_path / "cache")
