@@ -192,10 +192,11 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
             cls = pipeline_class(family, inpainting)
             extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
                 if family != "sdxl" else {}
-            from sdlocal.engine.streaming import check_folder_fits
+            from sdlocal.engine.streaming import load_folder
 
-            check_folder_fits(path, runtime, entry.name)
-            pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
+            pipe = load_folder(path, cls, runtime, extra, name=entry.name)  # tensor by tensor, as single files
+            if pipe is None:
+                pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
         else:
             if entry.format == "ckpt":
                 status(f"Checking {path.name} is weights only…")

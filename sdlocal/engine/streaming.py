@@ -17,6 +17,7 @@ before anything is read; the loader then falls back to diffusers' reader, so wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     start: int
     end: int
+    path: Path | None = None  # the file it is in (a diffusers folder has one or more per component)
 
     @property
     def numel(self) -> int:
@@ -65,8 +67,9 @@ class Source:
 
 
 # ------------------------------------------------------------------------------------------------ header
-def read_header(path: Path) -> dict[str, TensorInfo]:
-    """The tensors a safetensors file holds, from its JSON header alone (nothing else is read)."""
+def read_header(path: Path, namespace: str = "") -> dict[str, TensorInfo]:
+    """The tensors a safetensors file holds, from its JSON header alone (nothing else is read); ``namespace`` is
+    put before every name (a folder's components share names such as ``conv_in.weight``)."""
     import struct
 
     path = Path(path)
@@ -94,7 +97,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         shape = tuple(int(d) for d in info["shape"])
         if not 0 <= begin <= end or base + end > size:
             raise LayoutMismatch(f"{path.name}: tensor {key} lies outside the file (truncated?)")
-        tensors[key] = TensorInfo(kind, shape, base + begin, base + end)
+        tensors[namespace + key] = TensorInfo(kind, shape, base + begin, base + end, path)
     return tensors
 
 
@@ -170,13 +173,16 @@ class Step:
     floating: bool
 
 
-def plan_component(component: str, model: Any, family: str, header: dict[str, TensorInfo]) -> list[Step]:
+def plan_component(component: str, model: Any, family: str, header: dict[str, TensorInfo],
+                   mapper: Callable[[str], Source] | None = None) -> list[Step]:
     """Every tensor of ``model``'s state dict with the file tensor it comes from; LayoutMismatch if one is not there.
 
     Shapes are checked here, before anything is read: the file's tensor must give the model's shape (after the
     split or transpose), or differ only by trailing 1x1 dimensions (a convolution stored for a linear layer).
     """
-    if component == "unet":
+    if mapper is not None:
+        pass
+    elif component == "unet":
         mapper = _unet_sources(model)
     elif component == "vae":
         mapper = _vae_sources(model)
@@ -375,10 +381,14 @@ def stream_into(path: Path, models: dict[str, Any], steps: list[Step], header: d
     direct = {key for key, group in by_key.items() if _direct(group, header[key], dtype, device)}
     sizes = [header[key].end - header[key].start for key in by_key if key not in direct]
     scratch = torch.empty(max(sizes), dtype=torch.uint8) if sizes else None
-    with open(path, "rb", buffering=0) as fh:
-        for key in sorted(by_key, key=lambda k: header[k].start):
+    handles: dict[Path, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for key in sorted(by_key, key=lambda k: (str(header[k].path or path), header[k].start)):
+            file = Path(header[key].path or path)
+            if file not in handles:
+                handles[file] = stack.enter_context(open(file, "rb", buffering=0))
             owned = key in direct
-            raw = _read(fh, header[key], None if owned else scratch)
+            raw = _read(handles[file], header[key], None if owned else scratch)
             for step in by_key[key]:
                 _assign(models[step.component], step.name, _value(raw, step, dtype, device, owned))
             del raw
@@ -402,15 +412,23 @@ class StreamPlan:
     header: dict[str, TensorInfo]
     models: dict[str, Any]
     steps: list[Step]
+    name_or_path: str | None = None  # a folder's path, recorded in the pipeline's config as from_pretrained does
 
     def size(self, dtype: Any) -> int:
         return needed_bytes(self.steps, dtype, self.header)
 
 
+def _meta_models(config_dir: Path) -> dict[str, Any]:
+    try:
+        return build_meta_models(config_dir)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as exc:  # a class or config not known here
+        raise LayoutMismatch(f"the models cannot be built from {config_dir} ({type(exc).__name__}: {exc})") from None
+
+
 def plan_single_file(path: Path, config_dir: Path, family: str) -> StreamPlan:
     """Map every model tensor to the file before reading any; LayoutMismatch when the file does not fit."""
     header = read_header(path)
-    models = build_meta_models(config_dir)
+    models = _meta_models(config_dir)
     steps: list[Step] = []
     for component, model in models.items():
         steps.extend(plan_component(component, model, family, header))
@@ -427,7 +445,13 @@ def load_planned(plan: StreamPlan, pipeline_cls: Any, dtype: Any, device: str = 
     parts = {**plan.models, **load_other_components(plan.config_dir)}
     index = model_index(plan.config_dir)
     options = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
-    return pipeline_cls(**parts, **{**options, **(extra or {})})
+    pipe = pipeline_cls(**parts, **{**options, **(extra or {})})
+    if plan.name_or_path is not None:  # what from_pretrained records: the folder, and transformers' loaded dtype
+        pipe.register_to_config(_name_or_path=plan.name_or_path)
+        for model in plan.models.values():
+            if not hasattr(model, "register_to_config"):
+                model.config.dtype = dtype
+    return pipe
 
 
 def target_device(runtime: Any) -> str:
@@ -465,19 +489,56 @@ def load_single_file(path: Path, config_dir: Path, family: str, pipeline_cls: An
         on_gpu = target_device(runtime).startswith("cuda")  # diffusers' reader loads in RAM, then moves it
         fits(label, Needs(ram=size, gpu=size if on_gpu else 0), runtime.precision, str(runtime.device))
         return None
-    largest = max((plan.header[s.source.key].end - plan.header[s.source.key].start for s in plan.steps), default=0)
-    fits(label, needs_for(plan.size(runtime.dtype), largest, runtime), runtime.precision, str(runtime.device))
-    return load_planned(plan, pipeline_cls, runtime.dtype, target_device(runtime), extra)
+    return _load_checked(plan, pipeline_cls, runtime, extra, label, fits)
+
+
+def _component_files(folder: Path, component: str) -> list[Path]:
+    """The safetensors files diffusers loads for a component: those without a variant (``.fp16``) in the name."""
+    return [f for f in sorted((Path(folder) / component).glob("*.safetensors")) if "." not in f.stem]
+
+
+def _folder_sources(component: str, header: dict[str, TensorInfo]) -> Callable[[str], Source]:
+    """Same names as the model's, under the component; text encoders saved with or without ``text_model.``."""
+
+    def source(key: str) -> Source:
+        for candidate in (key, "text_model." + key):
+            if f"{component}/{candidate}" in header:
+                return Source(f"{component}/{candidate}")
+        return Source(f"{component}/{key}")  # not there: the plan says which tensor is missing
+
+    return source
+
+
+def plan_folder(folder: Path) -> StreamPlan:
+    """Map every model tensor of a diffusers folder to its file; LayoutMismatch for .bin weights, variants only."""
+    folder = Path(folder)
+    models = _meta_models(folder)
+    header: dict[str, TensorInfo] = {}
+    steps: list[Step] = []
+    for component, model in models.items():
+        _name_after(model, folder / component)
+        files = _component_files(folder, component)
+        if not files:
+            raise LayoutMismatch(f"{component}: no safetensors weights without a variant in {folder / component}")
+        for file in files:
+            header.update(read_header(file, f"{component}/"))
+        steps.extend(plan_component(component, model, "", header, mapper=_folder_sources(component, header)))
+    return StreamPlan(folder, folder, header, models, steps, name_or_path=str(folder))
+
+
+def _name_after(model: Any, folder: Path) -> None:
+    """Record where the model came from, as ``from_pretrained`` does (``config._name_or_path``)."""
+    if hasattr(model, "register_to_config"):
+        model.register_to_config(_name_or_path=str(folder))
+    else:
+        model.config._name_or_path = str(folder)
 
 
 def folder_estimate(folder: Path, dtype: Any) -> int:
-    """A diffusers folder's model size at ``dtype`` from its safetensors headers (the files diffusers loads:
-    the ones without a variant such as ``.fp16`` in their name when there are such, else all)."""
+    """A diffusers folder's model size at ``dtype`` from its safetensors headers (for the fallback's fit check)."""
     total = 0
     for component in MODEL_COMPONENTS:
-        files = sorted((Path(folder) / component).glob("*.safetensors"))
-        plain = [f for f in files if "." not in f.stem]
-        for file in plain or files:
+        for file in _component_files(folder, component) or sorted((Path(folder) / component).glob("*.safetensors")):
             try:
                 total += header_estimate({f"{ldm_layout.UNET_PREFIX}{k}": v for k, v in read_header(file).items()},
                                          dtype)
@@ -486,9 +547,27 @@ def folder_estimate(folder: Path, dtype: Any) -> int:
     return total
 
 
-def check_folder_fits(folder: Path, runtime: Any, name: str, fits: Callable[..., None] | None = None) -> None:
-    """The fit check for a diffusers folder (loaded by diffusers in RAM, then moved to the device)."""
-    size = folder_estimate(folder, runtime.dtype)
-    on_gpu = target_device(runtime).startswith("cuda")
-    if size:
-        (fits or check_fits)(name, Needs(ram=size, gpu=size if on_gpu else 0), runtime.precision, str(runtime.device))
+def load_folder(folder: Path, pipeline_cls: Any, runtime: Any, extra: dict[str, Any] | None = None,
+                name: str | None = None, fits: Callable[..., None] | None = None) -> Any | None:
+    """A diffusers folder streamed onto the runtime's device, or None when it is not one streamed here (``.bin``
+    weights, variant files only, an unknown class: the caller then uses ``from_pretrained``)."""
+    folder = Path(folder)
+    label = name or folder.name
+    fits = fits or check_fits
+    try:
+        plan = plan_folder(folder)
+    except LayoutMismatch as exc:
+        log.info("%s: not streamed (%s); loading it with diffusers' from_pretrained", folder.name, exc)
+        size = folder_estimate(folder, runtime.dtype)
+        on_gpu = target_device(runtime).startswith("cuda")  # diffusers loads in RAM, then the pipeline moves
+        if size:
+            fits(label, Needs(ram=size, gpu=size if on_gpu else 0), runtime.precision, str(runtime.device))
+        return None
+    return _load_checked(plan, pipeline_cls, runtime, extra, label, fits)
+
+
+def _load_checked(plan: StreamPlan, pipeline_cls: Any, runtime: Any, extra: dict[str, Any] | None, label: str,
+                  fits: Callable[..., None]) -> Any:
+    largest = max((plan.header[s.source.key].end - plan.header[s.source.key].start for s in plan.steps), default=0)
+    fits(label, needs_for(plan.size(runtime.dtype), largest, runtime), runtime.precision, str(runtime.device))
+    return load_planned(plan, pipeline_cls, runtime.dtype, target_device(runtime), extra)

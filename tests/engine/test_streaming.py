@@ -378,3 +378,57 @@ def test_a_diffusers_folder_too_big_for_the_free_ram_is_refused(tmp_path: Path, 
     monkeypatch.setattr(fit, "available_ram", lambda: 2 * elements - 1)
     with pytest.raises(EngineError, match=r"tiny-folder: needs \d+ MiB of RAM in fp16, \d+ MiB is available"):
         loader.load_pipeline(entry, runtime, tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------------------------------ folders
+FOLDER_CASES = [("sd1", "fp32"), ("sd2", "bf16"), ("sdxl", "fp16"), ("sd1-inpainting", "fp16")]
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdlocal.engine.synthetic import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("folders")
+    for case in {case for case, _ in FOLDER_CASES}:
+        family, inpainting = CASES[case]
+        save_tiny_model(folder / case, family, "diffusers", seed=6, inpainting=inpainting)
+    return folder
+
+
+@pytest.mark.parametrize(("case", "precision"), FOLDER_CASES)
+def test_streamed_folder_is_bit_identical_to_from_pretrained(no_network, tiny_folders: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, case: str,
+                                                             precision: str) -> None:
+    from sdlocal.engine import loader
+
+    entry, runtime = _engine_entry_runtime(tiny_folders, tmp_path, case, precision)
+    assert entry.format == "diffusers"
+    cls = loader.pipeline_class(entry.family, entry.inpainting)
+    extra = {} if entry.family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
+                                                "requires_safety_checker": False}
+    reference = cls.from_pretrained(str(entry.path), dtype=runtime.dtype, local_files_only=True, **extra)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the streamed path must not call from_pretrained")
+
+    monkeypatch.setattr(cls, "from_pretrained", refuse)
+    loaded = loader.load_pipeline(entry, runtime, tmp_path / "cache")
+    assert _assert_identical(reference, loaded.pipe) > 50
+
+
+def test_a_folder_of_bin_weights_is_loaded_by_from_pretrained(no_network, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    from sdlocal.engine import loader
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd1", seed=2)
+    pipe.save_pretrained(str(tmp_path / "models" / "bin-folder"), safe_serialization=False)
+    with pytest.raises(streaming.LayoutMismatch, match=r"unet: no safetensors weights without a variant"):
+        streaming.plan_folder(tmp_path / "models" / "bin-folder")
+    entry, runtime = _engine_entry_runtime(tmp_path / "models", tmp_path / "data", "bin-folder", "fp32")
+    with caplog.at_level(logging.INFO, logger="sdlocal.engine.streaming"):
+        loaded = loader.load_pipeline(entry, runtime, tmp_path / "cache")
+    assert "bin-folder: not streamed" in caplog.text and "from_pretrained" in caplog.text
+    assert torch.equal(loaded.pipe.unet.conv_in.weight, pipe.unet.conv_in.weight)
