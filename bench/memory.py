@@ -1,4 +1,4 @@
-"""Resident memory of loading a single-file checkpoint: sdlocal's streaming loader against plain diffusers.
+"""Resident memory of loading a checkpoint (single file or folder): sdlocal's streaming loader against diffusers.
 
 Each load runs in its own fresh process, so one load's peak does not hide in another's: the child imports the
 libraries, notes its resident memory (the baseline), resets the kernel's peak counter (``/proc/self/clear_refs``,
@@ -7,10 +7,11 @@ after the load, both above the baseline, beside the loaded model's own size (its
 target: a peak at most 1.25x the model above the baseline.
 
 Loaders: ``sdlocal`` is ``loader.load_pipeline`` (what ``sdlocal generate`` runs, placing included) on the CPU;
-``diffusers`` is ``from_single_file(file, config=<bundled config>, torch_dtype=...)``. Models: SD 1.5 (2.1 GB of
-random fp16 weights at the real shapes, cached) in fp32, fp16 and bf16, and SDXL (6.9 GB, written for the run and
-deleted after it unless ``--keep``) in fp16 and bf16; a load is skipped, with the reason, when the machine has
-less RAM available than it needs (diffusers' reader: twice the model) or the disk has no room for the file.
+``diffusers`` is ``from_single_file(file, config=<bundled config>, torch_dtype=...)``, or ``from_pretrained`` for a
+folder. Models: SD 1.5 (2.1 GB of random fp16 weights at the real shapes, cached) in fp32, fp16 and bf16; the
+same written as a diffusers folder; SDXL (6.9 GB) in fp16 and bf16. The folder and the SDXL file are written for
+the run and deleted after it unless ``--keep``. A load is skipped, with the reason, when the machine has less RAM
+available than it needs (diffusers' reader: twice the model) or the disk has no room for the file.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from _common import (  # noqa: E402 - the folder has no package; _common also pu
 MARK = "MEMORY-RESULT "
 GIB = 2**30
 LOADERS = ("sdlocal", "diffusers")
-PLAN = {"sd15": ("sd1", ("fp32", "fp16", "bf16")), "sdxl": ("sdxl", ("fp16", "bf16"))}
-TINY_PLAN = {"sd15": ("sd1", ("fp32", "fp16")), "sdxl": ("sdxl", ("fp16",))}
+PLAN = {"sd15": ("sd1", ("fp32", "fp16", "bf16")), "sd15-folder": ("sd1", ("fp32", "fp16", "bf16")),
+        "sdxl": ("sdxl", ("fp16", "bf16"))}
+TINY_PLAN = {"sd15": ("sd1", ("fp32", "fp16")), "sd15-folder": ("sd1", ("fp16",)), "sdxl": ("sdxl", ("fp16",))}
 SDXL_FILE_BYTES = 6.94e9
 TARGET = 1.25
 
@@ -96,6 +98,10 @@ def _touch(pipe: Any) -> None:
                 tensor.reshape(-1)[:: max(1, 4096 // tensor.element_size())].sum()  # one element per page
 
 
+def _on_disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def _config_for(path: Path, family: str) -> Path:
     from sdlocal.engine.loader import BUNDLED_CONFIGS, sidecar_config_dir
 
@@ -111,6 +117,8 @@ def _load(loader_name: str, path: Path, family: str, precision: str, scratch: Pa
         cls = pipeline_class(family, False)
         extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
                                              "requires_safety_checker": False}
+        if path.is_dir():
+            return cls.from_pretrained(str(path), torch_dtype=torch_dtype(precision), local_files_only=True, **extra)
         return cls.from_single_file(str(path), config=str(_config_for(path, family)),
                                     torch_dtype=torch_dtype(precision), local_files_only=True, **extra)
     from sdlocal.engine import EngineConfig
@@ -120,10 +128,10 @@ def _load(loader_name: str, path: Path, family: str, precision: str, scratch: Pa
     runtime = resolve_runtime(EngineConfig(data_dir=scratch, models_dirs=[path.parent], device="cpu",
                                            precision=precision))
     stat = path.stat()
-    sidecar = _config_for(path, family)
-    entry = ModelEntry(name=path.stem, path=path, format="safetensors", family=family, inpainting=False,
-                       supported=True, reason="", size=stat.st_size, mtime=stat.st_mtime,
-                       config_dir=sidecar if sidecar.parent == path.parent else None)
+    sidecar = None if path.is_dir() else _config_for(path, family)
+    entry = ModelEntry(name=path.stem, path=path, format="diffusers" if path.is_dir() else "safetensors",
+                       family=family, inpainting=False, supported=True, reason="", size=_on_disk(path),
+                       mtime=stat.st_mtime, config_dir=sidecar if sidecar and sidecar.parent == path.parent else None)
     return load_pipeline(entry, runtime, scratch / "cache").pipe
 
 
@@ -211,8 +219,35 @@ def tiny_files(folder: Path) -> dict[str, Path]:
     setup()
     from sdlocal.engine.synthetic import save_tiny_model
 
-    return {name: save_tiny_model(folder / f"tiny-{name}.safetensors", family, "safetensors")
+    return {name: save_tiny_model(folder / (f"tiny-{name}" if name.endswith("folder") else f"tiny-{name}.safetensors"),
+                                  family, "diffusers" if name.endswith("folder") else "safetensors")
             for name, (family, _) in TINY_PLAN.items()}
+
+
+def sd15_folder(file: Path) -> Path:
+    """The SD 1.5 file as a diffusers folder (2.1 GB), written by a child process that streams the file in."""
+    folder = file.with_name(file.stem + "-folder")
+    if not (folder / "model_index.json").is_file():
+        print(f"writing {folder} (the SD 1.5 file as a diffusers folder)...", flush=True)
+        subprocess.run([sys.executable, __file__, "--make-folder", str(file), str(folder)], check=True, cwd=ROOT)
+    return folder
+
+
+def make_folder(file: Path, folder: Path) -> None:
+    setup()
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdlocal.engine import streaming
+    from sdlocal.engine.loader import BUNDLED_CONFIGS
+
+    plan = streaming.plan_single_file(file, BUNDLED_CONFIGS / "sd1", "sd1")
+    pipe = streaming.load_planned(plan, StableDiffusionPipeline, torch.float16, extra={
+        "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False})
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(str(partial), safe_serialization=True)
+    partial.rename(folder)
 
 
 def measure(files: dict[str, Path | None], plan: dict[str, Any], tiny: bool, skipped: list[str]) -> list[dict]:
@@ -224,7 +259,7 @@ def measure(files: dict[str, Path | None], plan: dict[str, Any], tiny: bool, ski
         for precision in precisions:
             width = 4 if precision == "fp32" else 2
             for loader_name in LOADERS:
-                reason = None if tiny else skip_reason(loader_name, path.stat().st_size / 2 * width)
+                reason = None if tiny else skip_reason(loader_name, _on_disk(path) / 2 * width)
                 if reason:
                     skipped.append(f"{model} {precision} {loader_name}: {reason}")
                     print(f"skipped {skipped[-1]}", flush=True)
@@ -243,7 +278,11 @@ def main() -> int:
     ap.add_argument("--file", type=Path, help=_hidden())
     ap.add_argument("--family", help=_hidden())
     ap.add_argument("--precision", help=_hidden())
+    ap.add_argument("--make-folder", nargs=2, type=Path, help=_hidden())
     args = ap.parse_args()
+    if args.make_folder:
+        make_folder(*args.make_folder)
+        return 0
     if args.child:
         print(MARK + json.dumps(child(args.child, args.file, args.family, args.precision)), flush=True)
         return 0
@@ -255,7 +294,9 @@ def main() -> int:
             plan = TINY_PLAN
         else:
             plan = {name: PLAN[name] for name in args.models}
-            files = {"sd15": realsize_sd15()} if "sd15" in plan else {}
+            files = {"sd15": realsize_sd15()} if {"sd15", "sd15-folder"} & set(plan) else {}
+            if "sd15-folder" in plan:
+                files["sd15-folder"] = sd15_folder(files["sd15"])
             built = None
             if "sdxl" in plan:
                 built, reason = sdxl_file(args.keep)
@@ -266,8 +307,11 @@ def main() -> int:
         try:
             rows = measure(files, plan, args.tiny, skipped)
         finally:
-            if not args.tiny and not args.keep and files.get("sdxl") is not None:
-                files["sdxl"].unlink(missing_ok=True)
+            if not args.tiny and not args.keep:
+                if files.get("sdxl") is not None:
+                    files["sdxl"].unlink(missing_ok=True)
+                if files.get("sd15-folder") is not None:
+                    shutil.rmtree(files["sd15-folder"], ignore_errors=True)
 
     print(f"\nresident memory of one load, {'tiny models' if args.tiny else 'real-size random-weight files'}, CPU, "
           f"each load in a fresh process (MiB above the process's memory before the load)")

@@ -135,15 +135,14 @@ def test_cpu(tiny_runs: dict) -> None:
 
 def test_memory(tiny_runs: dict) -> None:
     data = results(tiny_runs, "memory")
+    cases = (("sd15", "fp32"), ("sd15", "fp16"), ("sd15-folder", "fp16"), ("sdxl", "fp16"))
     loads = {(r["model"], r["precision"], r["loader"]) for r in data["results"]}
-    assert loads == {(model, precision, loader) for model, precision in (("sd15", "fp32"), ("sd15", "fp16"),
-                                                                          ("sdxl", "fp16"))
-                     for loader in ("sdlocal", "diffusers")}
+    assert loads == {(model, precision, loader) for model, precision in cases for loader in ("sdlocal", "diffusers")}
     for result in data["results"]:
         assert result["peak_above_mib"] >= result["after_above_mib"] - 1  # a peak is never below what stays
         assert result["model_mib"] > 0 and result["peak_over_model"] is not None
     by_load = {(r["model"], r["precision"], r["loader"]): r["model_mib"] for r in data["results"]}
-    for model, precision in (("sd15", "fp32"), ("sd15", "fp16"), ("sdxl", "fp16")):  # both load the same model
+    for model, precision in cases:  # both load the same model
         assert by_load[(model, precision, "sdlocal")] == by_load[(model, precision, "diffusers")]
     assert by_load[("sd15", "fp16", "sdlocal")] < by_load[("sd15", "fp32", "sdlocal")]
     assert data["target"] == 1.25 and data["skipped"] == []
