@@ -13,6 +13,11 @@ OpenCLIP's fused ``in_proj``, its transposed projection, and 1x1 convolutions re
 are copied bit for bit, converted exactly as diffusers converts them (``Tensor.to(dtype)``). A file whose layout
 this does not know (an unknown prefix, a missing or misshapen tensor, an unusual dtype) raises ``LayoutMismatch``
 before anything is read; the loader then falls back to diffusers' reader, so whatever loaded before still loads.
+
+Diffusers folders go the same way (``from_pretrained`` holds a converted copy beside the file's state dict too):
+their safetensors files already use the models' names. ``.ckpt`` files keep diffusers' reader: a pickle has no
+header to plan from, and ``torch.load(mmap=True)`` keeps every page it has read mapped until the last tensor is
+released (measured: 2.0x the model at peak for SD 1.5 in bf16).
 """
 
 from __future__ import annotations
