@@ -252,7 +252,11 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
             cls = pipeline_class(family, inpainting)
             extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
                 if family != "sdxl" else {}
-            pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
+            from sdlocal.engine.streaming import load_folder
+
+            pipe = load_folder(path, cls, runtime, extra, name=entry.name)  # tensor by tensor, as single files
+            if pipe is None:
+                pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
         else:
             if entry.format == "ckpt":
                 status(f"Checking {path.name} is weights only…")
@@ -267,8 +271,14 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
             cls = pipeline_class(family, inpainting)
             extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
                 if family != "sdxl" else {}
-            pipe = cls.from_single_file(str(path), config=str(config_dir), dtype=dtype, local_files_only=True,
-                                        **extra)
+            pipe = None
+            if entry.format == "safetensors":  # read tensor by tensor: about the model's size in RAM, not twice it
+                from sdlocal.engine.streaming import load_single_file
+
+                pipe = load_single_file(path, config_dir, family, cls, runtime, extra, name=entry.name)
+            if pipe is None:
+                pipe = cls.from_single_file(str(path), config=str(config_dir), dtype=dtype, local_files_only=True,
+                                            **extra)
     except EngineError:
         raise
     except Exception as exc:  # noqa: BLE001 - out of memory, wrong architecture, missing keys, damaged file

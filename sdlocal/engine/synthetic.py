@@ -187,34 +187,35 @@ def _fill_value(name: str, shape: tuple[int, ...], generator: Any) -> Any:
     return (torch.randn(shape, generator=generator) / math.sqrt(fan_in)).to(torch.float16)
 
 
-def build_realsize_sd15_file(path: Path, seed: int = 0) -> Path:
-    """A 2.1 GB SD 1.5 checkpoint in the original (A1111) layout with random fp16 weights at the real shapes.
+_FAMILY_NAMES = {"sd1": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
-    The pipeline is built on the meta device from the bundled sd1 config (no memory), converted to the
-    original key names by ``ldm_layout``, and each tensor is materialised and streamed to the file one at a
-    time, so peak memory stays near the largest tensor instead of the whole model.
+
+def build_realsize_sd15_file(path: Path, seed: int = 0) -> Path:
+    """A 2.1 GB SD 1.5 checkpoint in the original (A1111) layout with random fp16 weights at the real shapes."""
+    return build_realsize_file(path, "sd1", seed=seed)
+
+
+def build_realsize_file(path: Path, family: str = "sd1", seed: int = 0) -> Path:
+    """A checkpoint of ``family`` at its real shapes (SD 1.5: 2.1 GB, SDXL: 6.9 GB), random fp16 weights.
+
+    The models are built on the meta device from the bundled config (no memory), converted to the original key
+    names by ``ldm_layout``, and each tensor is materialised and streamed to the file one at a time, so peak
+    memory stays near the largest tensor instead of the whole model.
     """
+    from types import SimpleNamespace
+
     import torch
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from sdlocal.engine import ldm_layout
+    from sdlocal.engine.streaming import build_meta_models, load_other_components
 
-    config = _bundled("sd1")
+    config = _bundled(family)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config / "unet")))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config / "vae")))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config / "text_encoder")))
-    import diffusers
-
-    scheduler_config = json.loads((config / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(
-        str(config / "tokenizer")), unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+    # ldm_layout reads only the models and the scheduler's config: a namespace stands in for the pipeline.
+    pipe = SimpleNamespace(**build_meta_models(config), scheduler=load_other_components(config)["scheduler"])
+    if family != "sdxl":
+        pipe.text_encoder_2 = None
     layout = ldm_layout.pipeline_to_ldm_state_dict(pipe, include_extras=True)
 
     header: dict[str, Any] = {}
@@ -232,7 +233,8 @@ def build_realsize_sd15_file(path: Path, seed: int = 0) -> Path:
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         plan.append((name, shape, real))
         offset += nbytes
-    header["__metadata__"] = {"format": "pt", "sdlocal": "random weights at SD 1.5 shapes (bench/test only)"}
+    header["__metadata__"] = {"format": "pt",
+                              "sdlocal": f"random weights at {_FAMILY_NAMES[family]} shapes (bench/test only)"}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     generator = torch.Generator().manual_seed(seed)

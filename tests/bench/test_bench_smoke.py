@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
-    "cpu": [],
+    "cpu": [], "memory": [],
 }
 
 
@@ -131,3 +131,18 @@ def test_cpu(tiny_runs: dict) -> None:
         assert figures["vs_diffusers"]["64"]["median"] is not None
     assert configurations["sdlocal auto"]["precision"] == ("bf16" if data["cpu_native_bf16"] else "fp32")
     assert configurations["sdlocal auto + ToMe 0.5"]["token_merging_ratio"] == 0.5
+
+
+def test_memory(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "memory")
+    cases = (("sd15", "fp32"), ("sd15", "fp16"), ("sd15-folder", "fp16"), ("sdxl", "fp16"))
+    loads = {(r["model"], r["precision"], r["loader"]) for r in data["results"]}
+    assert loads == {(model, precision, loader) for model, precision in cases for loader in ("sdlocal", "diffusers")}
+    for result in data["results"]:
+        assert result["peak_above_mib"] >= result["after_above_mib"] - 1  # a peak is never below what stays
+        assert result["model_mib"] > 0 and result["peak_over_model"] is not None
+    by_load = {(r["model"], r["precision"], r["loader"]): r["model_mib"] for r in data["results"]}
+    for model, precision in cases:  # both load the same model
+        assert by_load[(model, precision, "sdlocal")] == by_load[(model, precision, "diffusers")]
+    assert by_load[("sd15", "fp16", "sdlocal")] < by_load[("sd15", "fp32", "sdlocal")]
+    assert data["target"] == 1.25 and data["skipped"] == []
