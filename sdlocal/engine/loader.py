@@ -293,7 +293,6 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
         free_memory()
         raise out_of_memory
 
-
     status("Preparing the pipeline…")
     _set_prediction_type(pipe, entry)
     clip_skip_compat(pipe)

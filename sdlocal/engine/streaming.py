@@ -460,9 +460,11 @@ def load_planned(plan: StreamPlan, pipeline_cls: Any, dtype: Any, device: str = 
 
 
 def target_device(runtime: Any) -> str:
-    """Where the tensors are put as they are read: the GPU itself unless offloading keeps the model in RAM."""
+    """Where the tensors are put as they are read: the GPU itself unless offloading (--medvram's model offload,
+    --lowvram's sequential one) keeps the model in RAM and moves parts to the GPU only while they run."""
     device = str(runtime.device)
-    if device.split(":")[0] in ("cuda", "mps") and not runtime.cpu_offload:
+    offload = runtime.cpu_offload or getattr(runtime, "sequential_offload", False)
+    if device.split(":")[0] in ("cuda", "mps") and not offload:
         return device
     return "cpu"
 

@@ -289,7 +289,7 @@ def test_out_of_memory_while_loading_frees_the_half_loaded_weights(tiny_models_d
 
     import torch
 
-    from sdlocal.engine import loader
+    from sdlocal.engine import loader, streaming
 
     engine = make_engine(tiny_models_dir, tmp_path, device="cpu", precision="fp32")
     held: list[weakref.ref] = []
@@ -309,6 +309,7 @@ def test_out_of_memory_while_loading_frees_the_half_loaded_weights(tiny_models_d
         real_free()
 
     monkeypatch.setattr(loader, "pipeline_class", lambda family, inpainting: Exploding)
+    monkeypatch.setattr(streaming, "load_folder", lambda folder, cls, *_args, **_kwargs: cls.from_pretrained(folder))
     monkeypatch.setattr(loader, "free_memory", checking_free)
     with pytest.raises(EngineError, match="not enough memory to load it") as caught:
         engine.load("tiny-sd1-diffusers")
