@@ -166,6 +166,8 @@ def child(loader_name: str, path: Path, family: str, precision: str) -> dict[str
             "model_mib": round(size / 2**20), "peak_over_model": round((peak - before) / size, 3),
             "after_over_model": round((after - before) / size, 3), "seconds": round(seconds, 1),
             "touched_above_mib": round((touched - before) / 2**20),
+            # sdlocal keeps an fp16 SDXL VAE in fp32 (its config's force_upcast), so that model is a little larger
+            "vae_dtype": str(pipe.vae.dtype).removeprefix("torch."),
             "peak_counter_reset": reset}
 
 
