@@ -13,7 +13,10 @@ them all in one process):
 
 Each process loads the model, warms up (64x64, 1 step), then times one image per size (Euler, 2 steps, CFG 7,
 seed 1234). Rounds are interleaved (every configuration once per round) so load drift on a shared machine
-hits all of them; the figures are medians and minimums over rounds, and sdlocal/diffusers ratios of both.
+hits all of them, and the order rotates each round: with a fixed order ``sdlocal auto`` always ran right after
+the diffusers process (6.3 GiB peak) and ``sdlocal bf16`` after it, a place effect that the same configuration
+cannot tell from a speed difference; the figures are medians and minimums over rounds, and sdlocal/diffusers
+ratios of both.
 bf16 on a CPU without native bf16 is emulated (10-20x slower): it runs only at sizes up to 256 there.
 
     python bench/cpu.py [--sizes 256 512] [--runs 3] [--precisions auto bf16] [--tome 0.3 0.5] [--tiny]
@@ -166,7 +169,8 @@ def main() -> int:
         # --tiny checks the script works: all configurations share one process there (one import, not four).
         groups = [specs] if args.tiny else [[spec] for spec in specs]
         for round_index in range(args.runs):
-            for group in groups:
+            shift = round_index % len(groups)  # each configuration takes every place in the order (see docstring)
+            for group in groups[shift:] + groups[:shift]:
                 for spec, result in zip(group, run_child(group), strict=True):
                     runs[spec["name"]].append(result)
                     print(f"  round {round_index + 1}: {spec['name']:28s} " + ", ".join(

@@ -35,6 +35,18 @@ FINISHED_STATES = (DONE, FAILED, INTERRUPTED, CANCELLED)
 DEFAULT_JOB_SECONDS = 10.0  # the first Retry-After guess, before any job has been timed
 
 
+@dataclass(frozen=True)
+class RunTiming:
+    """One finished generation's measured time and size, from which the UI estimates the time per image here."""
+
+    model_name: str
+    seconds: float  # the engine's sampling + decoding time (``timings["generate"]``), without the model load
+    steps: int
+    width: int
+    height: int
+    images: int  # batch_size x batch_count
+
+
 class QueueFullError(RuntimeError):
     """The queue already holds ``max_queue`` waiting jobs; ``retry_after`` is a whole-second estimate."""
 
@@ -176,6 +188,7 @@ class JobQueue:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._recent_seconds: deque[float] = deque(maxlen=20)
+        self._recent_runs: deque[RunTiming] = deque(maxlen=20)
         # Counters (read by /metrics and the System tab).
         self.images_generated = 0
         self.jobs_finished: dict[str, int] = {DONE: 0, FAILED: 0, INTERRUPTED: 0, CANCELLED: 0}
@@ -359,6 +372,7 @@ class JobQueue:
                 self._save(job, result)
             self.images_generated += len(result.images)
             self._recent_seconds.append(time.time() - job.started)
+            self._record_timing(result)
             job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
         except Exception as exc:  # noqa: BLE001 - becomes the job's error; the worker goes on
             if _is_user_error(exc):
@@ -366,6 +380,19 @@ class JobQueue:
             else:
                 log.exception("job %s (%s) failed", job.id, job.source)
             job._finish(FAILED, error=exc)
+
+    def recent_runs(self) -> list[RunTiming]:
+        """The last finished generations' timings, oldest first (interrupted runs are left out: partial)."""
+        return list(self._recent_runs)
+
+    def _record_timing(self, result: GenerationResult) -> None:
+        seconds = (getattr(result, "timings", None) or {}).get("generate")
+        request = getattr(result, "request", None)
+        if getattr(result, "interrupted", False) or not seconds or request is None:
+            return  # fake engines in tests may return less than a GenerationResult
+        self._recent_runs.append(RunTiming(model_name=getattr(result, "model_name", ""), seconds=float(seconds),
+                                           steps=request.steps, width=request.width, height=request.height,
+                                           images=request.batch_size * request.batch_count))
 
     def _save(self, job: Job, result: GenerationResult) -> None:
         """Save every image; a failed save keeps the image in the result and adds a warning (nothing is lost)."""

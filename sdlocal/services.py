@@ -94,6 +94,15 @@ class Services:
             return ""
         return name if isinstance(name, str) else ""
 
+    def cpu_banner(self) -> str:
+        """The CPU banner's line for the current model: measured time per image here, and few-step presets."""
+        model = self.engine.current_model
+        name = getattr(model, "name", "") or ""
+        family = getattr(model, "family", None) or "sd1"
+        runs = getattr(self.queue, "recent_runs", lambda: [])()
+        return cpu_speed_text([run for run in runs if run.model_name == name], family,
+                              getattr(self.presets, "presets", {}).values())
+
     def close(self) -> None:
         """Stop the worker (tests and a clean shutdown)."""
         self.queue.close()
@@ -108,6 +117,63 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
     queue = JobQueue(engine, store, max_queue=settings.queue_size)
     presets = PresetStore(settings.presets_dir, samplers=engine.samplers(), schedules=engine.schedules())
     return Services(settings=settings, engine=engine, queue=queue, store=store, presets=presets)
+
+
+# The image the CPU estimate is given for: the family's native size at A1111's default 20 steps.
+REFERENCE_STEPS = 20
+FEW_STEPS = 8  # presets at or under this many steps are the few-step ones (LCM, Turbo, Lightning)
+
+
+def reference_side(family: str | None) -> int:
+    return 1024 if family == "sdxl" else 512
+
+
+def estimate_seconds_per_image(runs: Any, family: str | None) -> float | None:
+    """Seconds for one reference image (``reference_side`` square, 20 steps) from measured runs, or None.
+
+    Each run gives seconds per step per megapixel per image; the median of them resists one slow run (a first
+    image that compiled kernels, another program busy). The UNet's cost grows with steps and pixels, so that
+    rate scales to the reference; the VAE decode, once per image, makes few-step runs read a little high.
+    """
+    rates = sorted(run.seconds / (run.steps * run.width * run.height / 1e6 * run.images)
+                   for run in runs if run.steps > 0 and run.width * run.height > 0 and run.images > 0)
+    if not rates:
+        return None
+    middle = len(rates) // 2
+    rate = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+    side = reference_side(family)
+    return rate * REFERENCE_STEPS * side * side / 1e6
+
+
+def few_step_presets(presets: Any, family: str | None) -> list[Any]:
+    """The presets of this family that need few steps (LCM, Turbo...), fewest steps first."""
+    return sorted((preset for preset in presets if preset.family == family and preset.steps <= FEW_STEPS),
+                  key=lambda preset: (preset.steps, preset.name))
+
+
+def cpu_speed_text(runs: Any, family: str | None, presets: Any) -> str:
+    """The CPU banner's text: a measured time per image (never a made-up constant) and a few-step preset."""
+    runs = list(runs)
+    side = reference_side(family)
+    seconds = estimate_seconds_per_image(runs, family)
+    if seconds is None:
+        text = "Running on the CPU: the first image will tell how long one takes here."
+    else:
+        images = sum(run.images for run in runs)
+        text = (f"Running on the CPU: about {_duration(seconds)} per {side}x{side} image at {REFERENCE_STEPS} steps "
+                f"here (measured from your last {images} image{'s' if images != 1 else ''}).")
+    fast = few_step_presets(presets, family)
+    if fast:
+        names = " or ".join(f"'{preset.name}' ({preset.steps} steps)" for preset in fast)
+        text += f" For faster results try the preset {names}."
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{seconds / 3600:.1f} h"
 
 
 RUNTIME_OPTIONS = ("device", "precision", "attention", "fast", "attention_slicing", "vae_slicing", "cpu_offload",

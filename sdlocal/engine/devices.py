@@ -237,7 +237,8 @@ def resolve_device(requested: str) -> tuple[str, str, list[str]]:
     elif requested == "mps":
         warnings.append(f"device mps was asked but {mps_why}: running on the CPU")
     else:
-        warnings.append("No usable NVIDIA GPU: running on the CPU (expect minutes per 512x512 image)")
+        # No time per image here: the UI banner gives the one measured on this machine (Services.cpu_banner).
+        warnings.append("No usable NVIDIA GPU: running on the CPU")
     return "cpu", cpu_name(), warnings
 
 

@@ -234,9 +234,12 @@ def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
     outputs = [ui.progress, ui.error, ui.preview, ui.gallery, ui.results, ui.selected, ui.info]
     event = ui.generate.click(generate, inputs=[ui.model, *ui.controls], outputs=outputs, api_name="generate",
                               concurrency_limit=None)
-    ui.fields["prompt"].submit(generate, inputs=[ui.model, *ui.controls], outputs=outputs, api_visibility="private")
+    submitted = ui.fields["prompt"].submit(generate, inputs=[ui.model, *ui.controls], outputs=outputs,
+                                           api_visibility="private")
     event.then(lambda rows: rows[0][0] if rows else -1, inputs=ui.results, outputs=ui.last_seed,
                api_visibility="private")
+    for finished in (event, submitted):
+        finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
     ui.interrupt.click(do_interrupt, outputs=ui.progress, api_name="interrupt", queue=False)
     ui.skip.click(do_skip, outputs=ui.progress, api_name="skip", queue=False)
 
@@ -311,7 +314,7 @@ def page_state(services: Any, ui_state: UiState) -> list[Any]:
     caps = runtime.capabilities(services)
     return [
         model_update, empty_update, empty_text_update, _problems_update(presets, start.preset_problem),
-        _warnings_update(caps), *runtime.load_updates(services, caps),
+        _warnings_update(caps, services), *runtime.load_updates(services, caps),
         saved.get("last_seed", -1), gr.update(choices=[NO_PRESET] + presets.names(), value=start.preset or NO_PRESET),
         start.chose, gr.update(choices=size_choices(family), value=None), family,
         *[gr.update(value=form[name]) for name in FORM_FIELDS],
@@ -327,7 +330,16 @@ def _problems_update(presets: Any, preset_problem: str) -> Any:
     return gr.update(value=text, visible=bool(text))
 
 
-def _warnings_update(caps: Any) -> Any:
-    warnings = list(getattr(caps, "warnings", None) or [])
-    return gr.update(value="".join(f'<div class="sd-cpu">⚠ {html.escape(w)}</div>' for w in warnings),
-                     visible=bool(warnings))
+def _warnings_update(caps: Any, services: Any) -> Any:
+    """The device warnings and, on the CPU, the measured time per image (``Services.cpu_banner``)."""
+    lines = [f"⚠ {warning}" for warning in getattr(caps, "warnings", None) or []]
+    banner = getattr(services, "cpu_banner", None)
+    if getattr(caps, "device", None) == "cpu" and callable(banner):
+        lines.append(banner())
+    return gr.update(value="".join(f'<div class="sd-cpu">{html.escape(line)}</div>' for line in lines),
+                     visible=bool(lines))
+
+
+def cpu_banner_update(services: Any) -> Any:
+    """The banner again after a generation, so the time per image follows the newest measurement."""
+    return _warnings_update(runtime.capabilities(services), services)

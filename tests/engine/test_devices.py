@@ -199,3 +199,69 @@ def test_resolve_runtime_times_the_cpu_when_flags_are_unknown(tmp_path: Path, mo
     runtime = resolve_runtime(_config(tmp_path), cpu_flags=set())
     assert runtime.precision == "fp32" and "timed" in runtime.capabilities.precision_reason
     assert (tmp_path / "cache" / "cpu-bf16.json").is_file()
+
+
+# ------------------------------------------------------------------ auto on a native-bf16 CPU is exactly bf16
+def _without_reason(runtime) -> dict:
+    from dataclasses import asdict
+
+    fields = asdict(runtime)
+    fields["capabilities"].pop("precision_reason")
+    return fields
+
+
+class _RecordingPipe:
+    """Records what ``loader._place`` does to a pipeline, so two runtimes can be compared without a model."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.calls: list[tuple] = []
+        pipe = self
+
+        class _Vae:
+            dtype = torch.float32
+            config = type("Config", (), {"force_upcast": False})()
+
+            def to(self, dtype=None):
+                pipe.calls.append(("vae.to", dtype))
+
+            def enable_slicing(self):
+                pipe.calls.append(("vae.enable_slicing",))
+
+        self.vae = _Vae()
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self.calls.append((name, args, tuple(sorted(kwargs.items()))))
+
+
+@pytest.mark.parametrize(("flags", "machine"), [(SAPPHIRE_RAPIDS, "x86_64"), (COOPER_LAKE, "x86_64"),
+                                                (GRAVITON3, "aarch64")])
+def test_auto_on_a_native_bf16_cpu_is_exactly_the_bf16_runtime(tmp_path: Path, monkeypatch, flags: set[str],
+                                                               machine: str) -> None:
+    """Issue 12 measured auto slower than bf16 on such a CPU: it is the same configuration, so that was noise.
+
+    Every field of the Runtime (dtype, VAE precision, attention, slicing, offload, fast) matches apart from the
+    reason text, no timing probe runs (the OS listed the flags), the loaded-model cache key is the same, and the
+    loader places a pipeline identically.
+    """
+    from sdlocal.engine import devices
+    from sdlocal.engine.loader import _place, runtime_key
+
+    monkeypatch.setattr(devices.platform, "machine", lambda: machine)
+
+    def no_probe(*_args, **_kwargs):
+        raise AssertionError("auto must not time the CPU when the OS lists its flags")
+
+    monkeypatch.setattr(devices, "timed_native_bf16", no_probe)
+    auto = resolve_runtime(_config(tmp_path, precision="auto"), cpu_flags=flags)
+    bf16 = resolve_runtime(_config(tmp_path, precision="bf16"), cpu_flags=flags)
+    assert auto.precision == "bf16" and auto.vae_precision == "bf16"
+    assert _without_reason(auto) == _without_reason(bf16)
+    assert runtime_key(auto) == runtime_key(bf16)
+    placed = []
+    for runtime in (auto, bf16):
+        pipe = _RecordingPipe()
+        _place(pipe, runtime)
+        placed.append(pipe.calls)
+    assert placed[0] == placed[1] and ("to", ("cpu",), ()) in placed[0]

@@ -278,3 +278,15 @@ def test_memory_controls_reach_the_engine(client: Client, running_app: RunningAp
     config = engine.config
     assert not (config.attention_slicing or config.vae_slicing or config.cpu_offload or config.medvram
                 or config.lowvram)
+
+
+def test_cpu_banner_gives_the_measured_time_after_an_image(client: Client, running_app: RunningApp) -> None:
+    """Before any image the banner says the first one will tell; after one it gives the time it measured."""
+    running_app.services.queue._recent_runs.clear()  # other tests of this module generate too
+    before = value_of(call(client, "/page_state")["CPU warning"])
+    assert "the first image will tell how long one takes here" in before and " s per 512x512" not in before
+    assert "try the preset &#x27;SD 1.5 LCM (few steps)&#x27; (6 steps)" in before
+    client.predict(running_app.model_name, *form(seed=4242, steps=2, batch_size=1), api_name="/generate")
+    after = value_of(call(client, "/page_state")["CPU warning"])
+    assert " per 512x512 image at 20 steps here (measured from your last 1 image)" in after
+    assert "first image will tell" not in after

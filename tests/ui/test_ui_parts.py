@@ -198,3 +198,21 @@ def test_theme_flag_reaches_the_served_page(tmp_path: Path, theme: str) -> None:
     else:
         assert page.status_code == 307 and page.headers["location"] == f"?__theme={theme}"
         assert with_query.headers["location"] == f"?view=api&__theme={theme}"
+
+
+def test_cpu_banner_refreshes_after_each_generation(built_ui) -> None:
+    """The Generate button and the prompt's Enter each chain a banner update, which shows the newest timing."""
+    from sdlocal.jobs import RunTiming
+
+    services, blocks = built_ui
+    banner = _component(blocks, "CPU warning")
+    generate = next(fn for fn in blocks.fns.values() if fn.api_name == "generate")
+    refreshes = [fn for fn in blocks.fns.values() if [block._id for block in fn.outputs] == [banner._id]]
+    triggers = {fn.trigger_after for fn in refreshes}
+    assert generate._id in triggers and len(triggers) == 2
+    services.engine = SimpleNamespace(current_model=SimpleNamespace(name="m", family="sd1"))
+    services.queue._recent_runs.append(RunTiming(model_name="m", seconds=10, steps=5, width=512, height=512,
+                                                 images=1))
+    services.capabilities = lambda: SimpleNamespace(device="cpu", warnings=[])
+    update = refreshes[0].fn()
+    assert "about 40 s per 512x512 image at 20 steps here" in update["value"] and update["visible"] is True
