@@ -161,7 +161,7 @@ def cpu_speed_text(runs: Any, family: str | None, presets: Any) -> str:
     else:
         images = sum(run.images for run in runs)
         text = (f"Running on the CPU: about {_duration(seconds)} per {side}x{side} image at {REFERENCE_STEPS} steps "
-                f"here (measured from your last {images} image{'s' if images != 1 else ''}).")
+                f"here (measured from {'your last image' if images == 1 else f'your last {images} images'}).")
     fast = few_step_presets(presets, family)
     if fast:
         names = " or ".join(f"'{preset.name}' ({preset.steps} steps)" for preset in fast)

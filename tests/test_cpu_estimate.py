@@ -49,7 +49,7 @@ def test_text_gives_the_measured_time_and_the_familys_few_step_presets() -> None
     assert "try the preset 'SD 1.5 LCM (few steps)' (6 steps)" in text
     assert "SD 1.5 fast draft" not in text  # 15 steps is not a few-step preset
     sdxl = cpu_speed_text([run(100, side=1024)], "sdxl", presets)
-    assert "about 1 min 40 s per 1024x1024 image" in sdxl and "(measured from your last 1 image)" in sdxl
+    assert "about 1 min 40 s per 1024x1024 image" in sdxl and "(measured from your last image)" in sdxl
     assert "'SDXL Turbo (few steps)' (4 steps)" in sdxl and "LCM" not in sdxl
     assert "preset" not in cpu_speed_text([run(40)], "sd2", presets)  # no few-step preset for SD 2.x
 

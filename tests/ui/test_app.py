@@ -288,5 +288,5 @@ def test_cpu_banner_gives_the_measured_time_after_an_image(client: Client, runni
     assert "try the preset &#x27;SD 1.5 LCM (few steps)&#x27; (6 steps)" in before
     client.predict(running_app.model_name, *form(seed=4242, steps=2, batch_size=1), api_name="/generate")
     after = value_of(call(client, "/page_state")["CPU warning"])
-    assert " per 512x512 image at 20 steps here (measured from your last 1 image)" in after
+    assert " per 512x512 image at 20 steps here (measured from your last image)" in after
     assert "first image will tell" not in after
