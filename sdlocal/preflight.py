@@ -147,18 +147,20 @@ class NvidiaInfo:
     gpus: tuple[str, ...] = ()
 
 
-def run_nvidia_smi(timeout: float = 10.0) -> str | None:
-    """The plain ``nvidia-smi`` output, or None when there is no tool or it fails (no driver, no GPU)."""
-    exe = shutil.which("nvidia-smi")
+def tool_output(exe: str | None, timeout: float = 10.0) -> str | None:
+    """A GPU tool's plain output, or None when it is missing or fails (no driver, no GPU): never an exception."""
     if exe is None:
         return None
     try:
         done = subprocess.run([exe], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    if done.returncode != 0:
-        return None
-    return done.stdout
+    return done.stdout if done.returncode == 0 else None
+
+
+def run_nvidia_smi(timeout: float = 10.0) -> str | None:
+    """The plain ``nvidia-smi`` output, or None when there is no tool or it fails (no driver, no GPU)."""
+    return tool_output(shutil.which("nvidia-smi"), timeout)
 
 
 def parse_nvidia_smi(output: str | None) -> NvidiaInfo | None:
@@ -264,13 +266,7 @@ def amd_pci_gpus(devices: Path = Path("/sys/bus/pci/devices")) -> tuple[str, ...
 
 def run_rocminfo(timeout: float = 10.0) -> str | None:
     exe = shutil.which("rocminfo") or ("/opt/rocm/bin/rocminfo" if Path("/opt/rocm/bin/rocminfo").exists() else None)
-    if exe is None:
-        return None
-    try:
-        done = subprocess.run([exe], capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
+    return tool_output(exe, timeout)
 
 
 def rocm_version(root: Path = Path("/")) -> str | None:

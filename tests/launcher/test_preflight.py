@@ -324,3 +324,16 @@ def test_url_reachable_is_false_quickly_for_a_closed_port():
     assert preflight.url_reachable(f"http://127.0.0.1:{port}/", timeout=2) is False
     assert time.monotonic() - started < 10
 
+
+
+def test_gpu_tool_output_is_none_when_the_tool_is_missing_or_fails(tmp_path):
+    tool = tmp_path / "fake-smi"
+    tool.write_text("#!/bin/sh\necho 'Driver Version: 580.1'\n")
+    tool.chmod(0o755)
+    broken = tmp_path / "broken-smi"
+    broken.write_text("#!/bin/sh\necho 'No devices were found'\nexit 9\n")
+    broken.chmod(0o755)
+    assert preflight.tool_output(str(tool)) == "Driver Version: 580.1\n"
+    assert preflight.tool_output(str(broken)) is None
+    assert preflight.tool_output(None) is None
+    assert preflight.tool_output(str(tmp_path / "absent")) is None  # OSError becomes None
