@@ -37,7 +37,6 @@ from sdlocal.engine.fit import Needs, check_fits
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
            "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -74,23 +73,17 @@ class Source:
 # ------------------------------------------------------------------------------------------------ header
 def read_header(path: Path, namespace: str = "") -> dict[str, TensorInfo]:
     """The tensors a safetensors file holds, from its JSON header alone (nothing else is read); ``namespace`` is
-    put before every name (a folder's components share names such as ``conv_in.weight``)."""
-    import struct
+    put before every name (a folder's components share names such as ``conv_in.weight``). The header is parsed
+    and checked against the file's length by discovery's own reader; a file it refuses is not streamed."""
+    from sdlocal.engine.headers import TRUNCATED, HeaderError, read_safetensors_header
 
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise LayoutMismatch(f"{path.name}: shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", raw)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise LayoutMismatch(f"{path.name}: the header length {length} does not fit the file")
-        try:
-            header = json.loads(fh.read(length))
-        except ValueError as exc:
-            raise LayoutMismatch(f"{path.name}: the header is not JSON ({exc})") from None
-    base = 8 + length
+    try:
+        header = read_safetensors_header(path)
+    except (HeaderError, OSError) as exc:
+        where = "its tensors lie outside the file: " if str(exc) == TRUNCATED else ""
+        raise LayoutMismatch(f"{path.name}: {where}{exc}") from None
+    base = 8 + _header_length(path)
     tensors: dict[str, TensorInfo] = {}
     for key, info in header.items():
         if key == "__metadata__":
@@ -99,11 +92,19 @@ def read_header(path: Path, namespace: str = "") -> dict[str, TensorInfo]:
         if kind is None:
             raise LayoutMismatch(f"{path.name}: tensor {key} has the dtype {info.get('dtype')}, not streamed here")
         begin, end = (int(v) for v in info["data_offsets"])
-        shape = tuple(int(d) for d in info["shape"])
-        if not 0 <= begin <= end or base + end > size:
-            raise LayoutMismatch(f"{path.name}: tensor {key} lies outside the file (truncated?)")
-        tensors[namespace + key] = TensorInfo(kind, shape, base + begin, base + end, path)
+        if not 0 <= begin <= end:
+            raise LayoutMismatch(f"{path.name}: tensor {key} has offsets {begin}..{end}")
+        tensors[namespace + key] = TensorInfo(kind, tuple(int(d) for d in info["shape"]), base + begin, base + end,
+                                              path)
     return tensors
+
+
+def _header_length(path: Path) -> int:
+    """The header's length, which places every tensor (data offsets count from the end of the header)."""
+    import struct
+
+    with open(path, "rb") as fh:
+        return struct.unpack("<Q", fh.read(8))[0]
 
 
 # ------------------------------------------------------------------------------------------ name mapping
