@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 # Limits: wide enough for every real use, narrow enough that a typo (steps=10000) is caught before
@@ -26,6 +26,15 @@ MAX_CLIP_SKIP = 12
 MAX_SEED = 2**32 - 1  # A1111 seeds are unsigned 32-bit; -1 means "pick one at random"
 MAX_TOKEN_MERGING = 0.9
 MAX_PROMPT_CHARS = 20_000
+MAX_INIT_IMAGES = 16
+MAX_SOURCE_SIDE = 8192  # an init image may be larger than the output (it is resized), but not without bound
+MAX_MASK_BLUR = 64
+MAX_MASK_PADDING = 256
+
+# A1111's names, in A1111's order: the API sends the index, the UI and the infotext the name.
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 
 
 class RequestError(ValueError):
@@ -104,9 +113,118 @@ def _as_text(name: str, value: Any) -> str:
     return value
 
 
+def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """A name from ``choices`` (any case) or its index, as A1111's API sends it."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(choices):
+        return choices[value]
+    if isinstance(value, str):
+        for choice in choices:
+            if value.strip().lower() == choice.lower():
+                return choice
+    listed = ", ".join(f"{i} {c!r}" for i, c in enumerate(choices))
+    raise RequestError(name, value, f"must be one of {listed}")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):  # A1111's API sends inpainting_mask_invert as 0/1
+        return bool(value)
+    raise RequestError(name, value, "must be true or false")
+
+
+def _check_image(name: str, image: Any) -> tuple[int, int]:
+    size = getattr(image, "size", None)
+    if not (isinstance(size, tuple) and len(size) == 2 and hasattr(image, "mode")):
+        raise RequestError(name, type(image).__name__, "must be an image (PNG, JPEG or WebP)")
+    width, height = size
+    if width < 1 or height < 1:
+        raise RequestError(name, f"{width}x{height}", "is empty; give an image with pixels")
+    if width > MAX_SOURCE_SIDE or height > MAX_SOURCE_SIDE:
+        raise RequestError(name, f"{width}x{height}", f"is too large; each side must be at most {MAX_SOURCE_SIDE}")
+    return width, height
+
+
+def _from_dict(cls: Any, values: dict, name: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        allowed = f"is not a field; fields are {', '.join(sorted(known))}"
+        raise RequestError(f"{name}.{unknown[0]}", values[unknown[0]], allowed)
+    return cls(**values)
+
+
+@dataclass
+class MaskSpec:
+    """Inpainting: which part of the init image to repaint, and how (A1111's inpaint controls).
+
+    ``image`` is white where to repaint; an RGBA mask uses its alpha instead. ``blur_x``/``blur_y`` are the
+    Gaussian's sigma in pixels; ``padding`` is used only with ``area == "Only masked"``; ``conditional_weight``
+    only by 9-channel inpainting checkpoints (1 = the masked image, 0 = the whole original as conditioning).
+    """
+
+    image: Any = None  # PIL.Image.Image
+    blur_x: int = 4
+    blur_y: int = 4
+    invert: bool = False
+    area: str = "Whole picture"
+    padding: int = 32
+    content: str = "original"
+    conditional_weight: float = 1.0
+
+    def validate(self) -> MaskSpec:
+        _check_image("mask", self.image)
+        self.blur_x = _as_int("mask_blur_x", self.blur_x, 0, MAX_MASK_BLUR)
+        self.blur_y = _as_int("mask_blur_y", self.blur_y, 0, MAX_MASK_BLUR)
+        self.invert = _as_bool("inpainting_mask_invert", self.invert)
+        self.area = _as_choice("inpaint_area", self.area, INPAINT_AREAS)
+        self.padding = _as_int("inpaint_full_res_padding", self.padding, 0, MAX_MASK_PADDING)
+        self.content = _as_choice("inpainting_fill", self.content, MASKED_CONTENT)
+        self.conditional_weight = _as_float("conditional_mask_weight", self.conditional_weight, 0.0, 1.0)
+        return self
+
+
+@dataclass
+class ImageSource:
+    """img2img: the init image(s) a run starts from; with ``mask`` it is inpainting.
+
+    Image i of the run starts from ``images[i % len(images)]``. Field names in errors are the API's.
+    """
+
+    images: list[Any] = field(default_factory=list)  # PIL.Image.Image
+    denoising_strength: float = 0.75
+    resize_mode: str = "Just resize"
+    mask: MaskSpec | None = None
+
+    def validate(self) -> ImageSource:
+        if not isinstance(self.images, list | tuple) or not self.images:
+            raise RequestError("init_images", self.images, "must hold at least one image")
+        if len(self.images) > MAX_INIT_IMAGES:
+            raise RequestError("init_images", f"<{len(self.images)} images>", f"must hold at most {MAX_INIT_IMAGES}")
+        self.images = list(self.images)
+        sizes = [_check_image("init_images", image) for image in self.images]
+        self.denoising_strength = _as_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        self.resize_mode = _as_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        if isinstance(self.mask, dict):
+            self.mask = _from_dict(MaskSpec, self.mask, "mask")
+        if self.mask is not None:
+            if not isinstance(self.mask, MaskSpec):
+                raise RequestError("mask", type(self.mask).__name__, "must be a mask image")
+            self.mask.validate()
+            for index, size in enumerate(sizes):
+                if size != self.mask.image.size:
+                    raise RequestError("mask", "x".join(map(str, self.mask.image.size)),
+                                       f"must be the size of its image: init image {index + 1} is "
+                                       f"{size[0]}x{size[1]}; paint or resize the mask to match")
+        return self
+
+
 @dataclass
 class GenerationRequest:
-    """A txt2img request in A1111's terms (sampler names, schedule types, seed -1 for random)."""
+    """A txt2img request in A1111's terms (sampler names, schedule types, seed -1 for random).
+
+    With a ``source`` it is img2img, and with ``source.mask`` inpainting: the same fields, the same checks.
+    """
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -123,6 +241,28 @@ class GenerationRequest:
     clip_skip: int = 1
     token_merging_ratio: float = 0.0
     vae_tiling: bool = False
+    source: ImageSource | None = None
+
+    @property
+    def mode(self) -> str:
+        """"txt2img", "img2img" or "inpaint"."""
+        if self.source is None:
+            return "txt2img"
+        return "inpaint" if self.source.mask is not None else "img2img"
+
+    @property
+    def output_kind(self) -> str:
+        """The outputs folder, as A1111 names it: inpainting results go with img2img's."""
+        return "txt2img" if self.source is None else "img2img"
+
+    def denoising_steps(self) -> int:
+        """Steps that actually run: all of them for txt2img; int(steps x min(strength, 0.999)) for img2img.
+
+        That is A1111's rule with its default settings; a run always takes at least one step.
+        """
+        if self.source is None:
+            return self.steps
+        return max(1, int(self.steps * min(self.source.denoising_strength, 0.999)))
 
     def validate(self) -> GenerationRequest:
         """Check and normalise every field in place; raise ``RequestError`` on the first bad one."""
@@ -150,6 +290,12 @@ class GenerationRequest:
         self.token_merging_ratio = _as_float("token_merging_ratio", self.token_merging_ratio, 0.0, MAX_TOKEN_MERGING)
         if not isinstance(self.vae_tiling, bool):
             raise RequestError("vae_tiling", self.vae_tiling, "must be true or false")
+        if isinstance(self.source, dict):
+            self.source = _from_dict(ImageSource, self.source, "source")
+        if self.source is not None:
+            if not isinstance(self.source, ImageSource):
+                raise RequestError("init_images", type(self.source).__name__, "must be init images")
+            self.source.validate()
         return self
 
     @classmethod
@@ -163,7 +309,17 @@ class GenerationRequest:
         return cls(**values).validate()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as plain values; the source's images are left out (they are pixels, not settings)."""
+        values = asdict(replace(self, source=None))
+        if self.source is not None:
+            mask = self.source.mask
+            values["source"] = {
+                "images": len(self.source.images), "denoising_strength": self.source.denoising_strength,
+                "resize_mode": self.source.resize_mode,
+                "mask": None if mask is None else {k: v for k, v in asdict(replace(mask, image=None)).items()
+                                                   if k != "image"},
+            }
+        return values
 
 
 @dataclass
