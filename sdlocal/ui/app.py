@@ -27,7 +27,7 @@ CSS = """
 #sd-header h1 { font-size: 1.35rem; margin: 0; }
 #sd-header .sd-sub { opacity: 0.7; font-size: 0.9rem; }
 #sd-load-status p { margin: 0; font-size: 0.92rem; }
-#sd-generate { min-height: 3.2rem; font-size: 1.1rem; }
+.sd-generate-button { min-height: 3.2rem; font-size: 1.1rem; }
 .sd-cpu { background: #fff4e5; color: #8a4b00; border: 1px solid #f0b25a; border-radius: 8px; padding: 0.6rem 0.9rem;
           font-weight: 600; }
 .sd-error { background: #fdecea; color: #8c1d18; border: 1px solid #f1a7a1; border-radius: 8px;

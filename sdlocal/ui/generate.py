@@ -17,7 +17,8 @@ from sdlocal.engine.request import GenerationRequest
 from sdlocal.forms import start_form
 from sdlocal.presets import PresetError
 from sdlocal.ui import runtime
-from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_box, error_text, infotext_updates
+from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_text
+from sdlocal.ui.form_events import on_preset, stream_job, wire_results, wire_run, wire_seeds
 from sdlocal.ui.generate_layout import NO_PRESET, GenerateTab, build_layout, size_choices
 from sdlocal.ui.model_list import (
     UNSUPPORTED_PREFIX,
@@ -28,9 +29,6 @@ from sdlocal.ui.model_list import (
     model_choices,
     starter_dir,
 )
-from sdlocal.ui.progress import Waiting, done_html, job_done, progress_html, safe_progress
-
-POLL_SECONDS = 0.25
 
 
 def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
@@ -39,9 +37,9 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     ui = build_layout(services, list(services.engine.samplers()), list(services.engine.schedules()))
     _wire_models(ui, services)
     _wire_presets(ui, services)
-    _wire_sizes_and_seeds(ui)
+    wire_seeds(ui)
     _wire_run(ui, services, ui_state)
-    _wire_results(ui, services)
+    wire_results(ui, services.engine, ui.model)
     runtime.wire(ui, services)
     _wire_download(ui, services)
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
@@ -99,19 +97,6 @@ def _wire_models(ui: GenerateTab, services: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- presets
-def on_preset(presets: Any, name: str, *values: Any) -> list[Any]:
-    """Updates for (user chose a preset, *controls): the preset's values over the form; the prompt stays."""
-    if not name or name == NO_PRESET:
-        return [False, *[gr.update() for _ in FORM_FIELDS]]
-    try:
-        chosen = presets.get(name)
-    except PresetError as exc:
-        gr.Warning(str(exc))
-        return [False, *[gr.update() for _ in FORM_FIELDS]]
-    updated = {**dict(zip(FORM_FIELDS, values, strict=True)), **chosen.values()}
-    return [True, *[gr.update(value=updated[n]) for n in FORM_FIELDS]]
-
-
 def on_save_preset(presets: Any, name: str, family: str, *values: Any) -> tuple[Any, str]:
     """Save the form as a user preset: (preset dropdown update, status message)."""
     current = coerce_fields(dict(zip(FORM_FIELDS, values, strict=True)))
@@ -137,138 +122,35 @@ def _wire_presets(ui: GenerateTab, services: Any) -> None:
                          outputs=[ui.preset, ui.preset_status], api_name="save_preset")
 
 
-# ---------------------------------------------------------------------------- sizes and seeds
-def on_size(choice: str | None) -> tuple[Any, Any]:
-    if not choice:
-        return gr.update(), gr.update()
-    width, height = (int(part) for part in choice.split("×"))
-    return width, height
-
-
-def _wire_sizes_and_seeds(ui: GenerateTab) -> None:
-    width, height, seed = ui.fields["width"], ui.fields["height"], ui.fields["seed"]
-    ui.size_buttons.input(on_size, inputs=ui.size_buttons, outputs=[width, height], api_visibility="private")
-    ui.random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
-    ui.reuse_seed.click(lambda last: last, inputs=ui.last_seed, outputs=seed, api_visibility="private")
-
-
 # ---------------------------------------------------------------------------- generate
-# After the progress and error outputs: preview, gallery, results, selected, info.
-_KEEP_REST = (gr.update(), gr.update(), gr.update(), gr.update())
-
-
 def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
-    """Submit the request to the queue and stream its progress; errors become a message, never a crash.
+    """Submit the txt2img request to the queue and stream its progress; errors become a message, never a crash.
 
     Yields (progress, error, preview, gallery, results, selected, info).
     """
     form = coerce_fields(dict(zip(FORM_FIELDS, values, strict=True)))
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
-    try:
+
+    def submit() -> Any:
         request = GenerationRequest.build(model=model_name or "", **form)
         ui_state.save({"model": model_name or "", "form": form})
-        job = services.queue.submit(request, save=True, source="ui")
-    except Exception as exc:  # noqa: BLE001 - RequestError, QueueFullError...: a message, not an error page
-        gr.Warning(error_text(exc))
-        yield ("", error_box(error_text(exc)), gr.update(visible=False), *_KEEP_REST)
-        return
-    yield (progress_html(Waiting()), "", gr.update(visible=True, value=None), *_KEEP_REST)
-    yield from _follow(services.queue, job)
-    rows = yield from _finish(job)
+        return services.queue.submit(request, save=True, source="ui")
+
+    rows = yield from stream_job(services.queue, submit)
     if rows:
         ui_state.save({"model": model_name or "", "form": {**form, "seed": form.get("seed", -1)},
                        "last_seed": rows[0][0]})
 
 
-def _follow(queue: Any, job: Any):
-    """Stream the job's progress, sending each preview image once, until it ends."""
-    shown_preview = None
-    while not job_done(job):
-        state = safe_progress(queue, job)
-        preview_image = getattr(state, "preview", None) if state is not None else None
-        preview_key = getattr(state, "preview_id", id(preview_image))
-        preview_update = gr.update()
-        if preview_image is not None and preview_key != shown_preview:
-            shown_preview = preview_key
-            preview_update = gr.update(visible=True, value=preview_image)
-        yield (progress_html(state), "", preview_update, *_KEEP_REST)
-        job.join(POLL_SECONDS)
-
-
-def _finish(job: Any):
-    """Yield the finished job's images (or its error); return its rows [(seed, infotext, path)]."""
-    failure, result = getattr(job, "error", None), getattr(job, "result", None)
-    if failure is not None or result is None:
-        message = error_text(failure) if failure is not None else "The job ended without a result."
-        gr.Warning(message)
-        yield ("", error_box(message), gr.update(visible=False), *_KEEP_REST)
-        return []
-    paths = list(getattr(job, "paths", None) or getattr(result, "paths", None) or [])
-    rows, images = [], []
-    for index, image in enumerate(result.images):
-        path = str(paths[index]) if index < len(paths) else ""
-        rows.append((image.seed, image.infotext, path))
-        # The saved file (with its parameters chunk) when there is one, so a download keeps the parameters.
-        images.append((path or image.image, f"Seed {image.seed}"))
-    for warning in list(getattr(result, "warnings", []) or []):
-        gr.Warning(warning)
-    yield (done_html(result, len(images)), "", gr.update(visible=False), images, rows, 0, rows[0][1] if rows else "")
-    return rows
-
-
 def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
-    queue = services.queue
-
     def generate(model_name: str | None, *values: Any):
         yield from run(services, ui_state, model_name, *values)
 
-    def do_interrupt() -> str:
-        queue.interrupt()
-        return "Interrupting after the current step…"
-
-    def do_skip() -> str:
-        queue.skip()
-        return "Skipping the current batch…"
-
-    outputs = [ui.progress, ui.error, ui.preview, ui.gallery, ui.results, ui.selected, ui.info]
-    event = ui.generate.click(generate, inputs=[ui.model, *ui.controls], outputs=outputs, api_name="generate",
-                              concurrency_limit=None)
-    submitted = ui.fields["prompt"].submit(generate, inputs=[ui.model, *ui.controls], outputs=outputs,
-                                           api_visibility="private")
-    event.then(lambda rows: rows[0][0] if rows else -1, inputs=ui.results, outputs=ui.last_seed,
-               api_visibility="private")
-    for finished in (event, submitted):
+    names = {"generate": "generate", "interrupt": "interrupt", "skip": "skip"}
+    events = wire_run(ui, services.queue, generate, [ui.model, *ui.controls], names)
+    for finished in events:
         finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
-    ui.interrupt.click(do_interrupt, outputs=ui.progress, api_name="interrupt", queue=False)
-    ui.skip.click(do_skip, outputs=ui.progress, api_name="skip", queue=False)
-
-
-# ---------------------------------------------------------------------------- results
-def _wire_results(ui: GenerateTab, services: Any) -> None:
-    def on_select(rows: list, evt: gr.SelectData):
-        index = evt.index if isinstance(evt.index, int) else 0
-        if not rows or index >= len(rows):
-            return 0, ""
-        return index, rows[index][1]
-
-    def reuse_selected_seed(rows: list, index: int):
-        if not rows:
-            gr.Warning("Generate an image first; then its seed can be reused.")
-            return gr.update()
-        return rows[min(index, len(rows) - 1)][0]
-
-    def reuse_selected_all(rows: list, index: int) -> list[Any]:
-        if not rows:
-            gr.Warning("Generate an image first; then its parameters can be reused.")
-            return [gr.update() for _ in range(len(FORM_FIELDS) + 1)]
-        return infotext_updates(services.engine, rows[min(index, len(rows) - 1)][1])
-
-    ui.gallery.select(on_select, inputs=ui.results, outputs=[ui.selected, ui.info], api_visibility="private")
-    ui.reuse_image_seed.click(reuse_selected_seed, inputs=[ui.results, ui.selected], outputs=ui.fields["seed"],
-                              api_visibility="private")
-    ui.reuse_all.click(reuse_selected_all, inputs=[ui.results, ui.selected], outputs=[ui.model, *ui.controls],
-                       api_visibility="private")
 
 
 # ---------------------------------------------------------------------------- starter download
