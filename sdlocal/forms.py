@@ -1,6 +1,6 @@
 """What a generation form is filled with: an image's parameters text, or the values a page opens with.
 
-Every tab with a generation form (txt2img now, img2img next) needs the same answers, so they live here as
+Every tab with a generation form (txt2img and img2img) needs the same answers, so they live here as
 plain values (no gradio): the tabs turn them into component updates. Importing this module imports no torch.
 """
 
@@ -17,6 +17,9 @@ class InfotextFill:
     fields: dict[str, Any] = field(default_factory=dict)
     model: str | None = None  # the name of the local model the text names; None: keep the current one
     missing_model: str | None = None  # the model the text names when it is not here, for a message
+    # img2img and inpainting settings the text names (Denoising strength, Mask blur...), as ImageSource and
+    # MaskSpec field names (``infotext_to_source_fields``); empty for a txt2img text
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
@@ -30,7 +33,7 @@ def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
     params = parse_infotext(text or "")
     values = infotext_to_request_fields(params)
     wanted = values.pop("model", None) or params.get("Model")
-    fill = InfotextFill(fields=values)
+    fill = InfotextFill(fields=values, source=_source_fields(params))
     for key in (params.get("Model hash"), wanted):
         entry = _find(engine, key) if key else None
         if entry is not None and entry.supported:
@@ -75,6 +78,14 @@ def start_form(saved_form: dict[str, Any] | None, settings: Any, presets: Any, f
         except PresetError as exc:
             start.preset_problem = str(exc)
     return start
+
+
+def _source_fields(params: dict[str, str]) -> dict[str, Any]:
+    """The img2img settings of a parsed text, through the engine's reader of A1111's keys."""
+    from sdlocal.engine import infotext
+
+    reader = getattr(infotext, "infotext_to_source_fields", None)
+    return dict(reader(params)) if callable(reader) else {}
 
 
 def _find(engine: Any, name: str) -> Any:

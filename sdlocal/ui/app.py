@@ -16,8 +16,10 @@ from starlette.middleware import Middleware
 from sdlocal.ui.common import UiState
 from sdlocal.ui.gallery import build_gallery_tab
 from sdlocal.ui.generate import build_generate_tab
+from sdlocal.ui.img2img import build_img2img_tab
 from sdlocal.ui.model_list import load_status_text
 from sdlocal.ui.pnginfo import build_pnginfo_tab
+from sdlocal.ui.send import result_pick
 from sdlocal.ui.system import build_system_tab, sharing_banner
 from sdlocal.ui.theme import THEMES_BY_URL, ThemeRedirect
 
@@ -74,9 +76,12 @@ def build_ui(services: Any) -> gr.Blocks:
             sharing = gr.HTML("", label="Sharing", elem_id="sd-share-badge")
         with gr.Tabs(selected="generate") as tabs:
             generate = build_generate_tab(services, ui_state)
+            img2img = build_img2img_tab(services, generate.model, tabs)
             build_gallery_tab(services, generate, tabs)
-            build_pnginfo_tab(services, generate, tabs)
+            build_pnginfo_tab(services, generate, tabs, send=img2img.send)
             build_system_tab(services)
+        for button, target in ((generate.send_img2img, "img2img"), (generate.send_inpaint, "inpaint")):
+            img2img.send.connect(button, result_pick, [generate.results, generate.selected], target)
 
         on_load, load_outputs = generate.load
         status_fn, status_md = generate.status
@@ -88,6 +93,7 @@ def build_ui(services: Any) -> gr.Blocks:
             return text, gr.Timer(active=not ready)
 
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")
+        blocks.load(img2img.load[0], outputs=img2img.load[1], api_visibility="private")
         blocks.load(tick, outputs=[status_md, timer], api_visibility="private")
         blocks.load(lambda: sharing_banner(services.settings), outputs=sharing, api_visibility="private")
         timer.tick(tick, outputs=[status_md, timer], api_visibility="private")

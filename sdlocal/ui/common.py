@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from sdlocal.engine.request import EngineError, GenerationRequest, RequestError
-from sdlocal.forms import fill_from_infotext
+from sdlocal.forms import InfotextFill, fill_from_infotext
 
 # The Generate tab's request controls, in the order every event function receives and returns them.
 FORM_FIELDS: tuple[str, ...] = (
@@ -50,7 +50,23 @@ LABELS: dict[str, str] = {
     "clip_skip": "Clip skip",
     "token_merging_ratio": "Token merging ratio",
     "vae_tiling": "VAE tiling",
+    # the img2img tab's controls, by the request's (API) field names its errors use
+    "init_images": "Image",
+    "denoising_strength": "Denoising strength",
+    "resize_mode": "Resize mode",
+    "mask": "Mask",
+    "mask_blur_x": "Mask blur",
+    "mask_blur_y": "Mask blur",
+    "inpainting_mask_invert": "Mask mode",
+    "inpaint_area": "Inpaint area",
+    "inpaint_full_res_padding": "Only masked padding, pixels",
+    "inpainting_fill": "Masked content",
+    "conditional_mask_weight": "Conditional mask weight",
 }
+
+
+class FormError(ValueError):
+    """Something the user must do before a run (drop an image first); the message is the whole sentence."""
 
 
 def error_text(error: BaseException) -> str:
@@ -60,6 +76,8 @@ def error_text(error: BaseException) -> str:
         return f"{label}: {error.value!r} is not allowed; {error.allowed}."
     if isinstance(error, EngineError):
         return f"{error.message} {error.hint}".strip()
+    if isinstance(error, FormError):
+        return str(error)
     name = type(error).__name__
     if name == "QueueFullError":
         return f"The queue is full: {error}. Wait for the running jobs to finish, then try again."
@@ -102,12 +120,13 @@ class UiState:
             logging.getLogger(__name__).warning("could not save the UI state: %s", exc)
 
 
-def infotext_updates(engine: Any, text: str) -> list[Any]:
+def infotext_updates(engine: Any, text: str, fill: InfotextFill | None = None) -> list[Any]:
     """Updates for [model, *FORM_FIELDS] from an A1111 parameters text; fields it does not name stay as they are.
 
     Called from sync handlers only (Gradio runs those on worker threads): finding the model may hash files.
+    ``fill`` is the text already read (``fill_from_infotext``), for a caller that needs more of it.
     """
-    fill = fill_from_infotext(engine, text)
+    fill = fill if fill is not None else fill_from_infotext(engine, text)
     if fill.missing_model:
         gr.Info(f"The model {fill.missing_model!r} from these parameters is not here; keeping the current model.")
     model = gr.update(value=fill.model) if fill.model else gr.update()

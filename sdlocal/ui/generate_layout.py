@@ -78,7 +78,7 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Ge
                 with gr.Accordion("Advanced", open=False, elem_id="sd-advanced"):
                     _advanced(ui, services)
             with gr.Column(scale=6, min_width=360):
-                results_column(ui, send_buttons=False)
+                results_column(ui)
         ui.finish()
         ui.user_preset, ui.family = gr.State(False), gr.State("sd1")
     return ui

@@ -1,4 +1,4 @@
-"""The PNG Info tab: read the A1111 parameters of any dropped image and send them to the Generate tab.
+"""The PNG Info tab: read the A1111 parameters of any dropped image and send them to Generate or img2img.
 
 The upload is a plain file (not ``gr.Image``) so that the original bytes, with their text chunks, reach the
 reader: an image component would re-encode the picture and drop the parameters. Anything that is not a
@@ -15,7 +15,9 @@ import gradio as gr
 
 from sdlocal.outputs import read_image_parameters
 from sdlocal.ui.common import infotext_updates
+from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
+from sdlocal.ui.send import SendTarget
 
 
 def read_dropped(path: str | None) -> tuple[str, str]:
@@ -52,7 +54,7 @@ def parameters_table(text: str) -> str:
     return f'<table class="sd-params">{rows}</table>' if rows else ""
 
 
-def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
+def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: SendTarget | None = None) -> Any:
     with gr.Tab("PNG Info", id="pnginfo") as tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
@@ -63,7 +65,9 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
                 text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="sd-pnginfo-text",
                                   buttons=["copy"])
                 table = gr.HTML("", label="Parameters table")
-                send = gr.Button("Send to Generate", variant="primary", elem_id="sd-pnginfo-send")
+                to_generate = gr.Button("Send to Generate", variant="primary", elem_id="sd-pnginfo-send")
+                with gr.Row():
+                    to_img2img, to_inpaint = send_buttons_row("sd-pnginfo-")
 
     def on_upload(path: str | None):
         params, note = read_dropped(path)
@@ -77,5 +81,10 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
             return [gr.update() for _ in range(len(generate.controls) + 2)]
         return [gr.Tabs(selected="generate"), *infotext_updates(services.engine, params)]
 
-    send.click(on_send, inputs=text, outputs=[tabs, generate.model, *generate.controls], api_name="send_to_generate")
+    to_generate.click(on_send, inputs=text, outputs=[tabs, generate.model, *generate.controls],
+                      api_name="send_to_generate")
+    if send is not None:
+        # the dropped file itself (the text is its parameters); an image without parameters is sent alone
+        for button, target in ((to_img2img, "img2img"), (to_inpaint, "inpaint")):
+            send.connect(button, lambda path, params: (path, params), [upload, text], target)
     return tab

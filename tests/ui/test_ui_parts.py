@@ -54,13 +54,44 @@ def _component(blocks, label: str):
     return found[0]
 
 
+def _components(blocks, label: str) -> list:
+    return [block for block in blocks.blocks.values() if getattr(block, "label", None) == label]
+
+
 def test_sampler_and_schedule_choices_are_the_engines_own_lists(built_ui) -> None:
     from sdlocal.engine.samplers import sampler_names, schedule_names
 
     _services, blocks = built_ui
-    assert [value for _label, value in _component(blocks, "Sampler").choices] == sampler_names()
-    assert [value for _label, value in _component(blocks, "Schedule type").choices] == schedule_names()
+    samplers, schedules = _components(blocks, "Sampler"), _components(blocks, "Schedule type")
+    assert len(samplers) == len(schedules) == 2  # the Generate and img2img tabs' (one builder, two places)
+    for sampler, schedule in zip(samplers, schedules, strict=True):
+        assert [value for _label, value in sampler.choices] == sampler_names()
+        assert [value for _label, value in schedule.choices] == schedule_names()
     assert "PLMS" in sampler_names()  # one the UI's old copy of the list did not have
+
+
+def test_img2img_tab_has_its_modes_and_every_image_tab_can_send_to_it(built_ui) -> None:
+    import gradio as gr
+
+    _services, blocks = built_ui
+    by_id = {getattr(block, "elem_id", None): block for block in blocks.blocks.values()}
+    tab_labels = [block.label for block in blocks.blocks.values() if isinstance(block, gr.Tab)]
+    assert {"Generate", "img2img", "Sketch", "Inpaint", "Inpaint upload", "Gallery", "PNG Info"} <= set(tab_labels)
+    assert isinstance(by_id["sd-i2i-inpaint"], gr.ImageEditor) and isinstance(by_id["sd-i2i-sketch"], gr.ImageEditor)
+    editor, image = by_id["sd-i2i-inpaint"]._id, by_id["sd-i2i-image"]._id
+    for source in ("sd-", "sd-i2i-", "sd-pnginfo-"):
+        for button, target in ((f"{source}send-img2img", image), (f"{source}send-inpaint", editor)):
+            trigger = by_id[button]._id
+            sends = [fn for fn in blocks.fns.values() if any(target_id == trigger for target_id, _ in fn.targets)]
+            assert len(sends) == 1, button
+            assert target in [block._id for block in sends[0].outputs], button
+    img2img = next(fn for fn in blocks.fns.values() if fn.api_name == "img2img")
+    inputs = {block._id for block in img2img.inputs}
+    assert {editor, image, by_id["sd-i2i-denoising"]._id, by_id["sd-model"]._id} <= inputs
+    defaults = {name: by_id[f"sd-i2i-{name}"].value for name in ("denoising", "mask-blur", "masked-content",
+                                                                  "inpaint-area", "padding", "resize-mode")}
+    assert defaults == {"denoising": 0.75, "mask-blur": 4, "masked-content": "original",
+                        "inpaint-area": "Whole picture", "padding": 32, "resize-mode": "Just resize"}
 
 
 def _entry(name: str, family: str | None, supported: bool = True, reason: str = "", short_hash: str | None = None):
