@@ -77,7 +77,7 @@ def build_ui(services: Any) -> gr.Blocks:
         with gr.Tabs(selected="generate") as tabs:
             generate = build_generate_tab(services, ui_state)
             img2img = build_img2img_tab(services, generate.model, tabs)
-            build_gallery_tab(services, generate, tabs)
+            build_gallery_tab(services, generate, tabs, send=img2img.send)
             build_pnginfo_tab(services, generate, tabs, send=img2img.send)
             build_system_tab(services)
         for button, target in ((generate.send_img2img, "img2img"), (generate.send_inpaint, "inpaint")):

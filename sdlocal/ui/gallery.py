@@ -15,7 +15,9 @@ import gradio as gr
 
 from sdlocal.outputs import OutputError
 from sdlocal.ui.common import infotext_updates
+from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
+from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
 
@@ -39,6 +41,8 @@ class GalleryTab:
     params: Any = None
     path_md: Any = None
     reuse: Any = None
+    send_img2img: Any = None
+    send_inpaint: Any = None
     delete: Any = None
     confirm_row: Any = None
     confirm: Any = None
@@ -46,10 +50,12 @@ class GalleryTab:
     select_api: Any = None
 
 
-def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any) -> Any:
+def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any, send: SendTarget | None = None) -> Any:
     ui = _layout()
     show_page = _wire_pages(ui, services.store)
     _wire_selection(ui, services, generate, tabs)
+    if send is not None:
+        _wire_send(ui, services.store, send)
     _wire_delete(ui, services.store, show_page)
     return ui.tab
 
@@ -87,6 +93,8 @@ def _selected_column(ui: GalleryTab) -> None:
     with gr.Row():
         ui.reuse = gr.Button("Reuse parameters", variant="primary", elem_id="sd-gallery-reuse")
         ui.delete = gr.Button("Delete", variant="stop", elem_id="sd-gallery-delete")
+    with gr.Row():
+        ui.send_img2img, ui.send_inpaint = send_buttons_row("sd-gallery-")
     with gr.Row(visible=False) as ui.confirm_row:
         gr.Markdown("Delete this image for good?")
         ui.confirm = gr.Button("Yes, delete", variant="stop", size="sm", elem_id="sd-gallery-confirm")
@@ -151,6 +159,21 @@ def _wire_selection(ui: GalleryTab, services: Any, generate: GenerateTab, tabs: 
     ui.select_api.click(select_item, inputs=ui.chosen, outputs=selected, api_name="gallery_select")
     ui.reuse.click(on_reuse, inputs=ui.params, outputs=[tabs, generate.model, *generate.controls],
                    api_name="gallery_reuse")
+
+
+def _wire_send(ui: GalleryTab, store: Any, send: SendTarget) -> None:
+    """"Send to img2img" / "Send to inpaint": the selected file, with its parameters."""
+    def pick(rel: str, text: str) -> tuple[str | None, str]:
+        if not rel:
+            return None, ""
+        try:
+            path = str(store.resolve(rel))
+        except (OSError, OutputError, ValueError):
+            return None, ""
+        return path, "" if (text or "").startswith("(this image") else text
+
+    for button, target in ((ui.send_img2img, "img2img"), (ui.send_inpaint, "inpaint")):
+        send.connect(button, pick, [ui.chosen, ui.params], target)
 
 
 def _wire_delete(ui: GalleryTab, store: Any, show_page: Any) -> None:

@@ -79,7 +79,7 @@ def test_img2img_tab_has_its_modes_and_every_image_tab_can_send_to_it(built_ui) 
     assert {"Generate", "img2img", "Sketch", "Inpaint", "Inpaint upload", "Gallery", "PNG Info"} <= set(tab_labels)
     assert isinstance(by_id["sd-i2i-inpaint"], gr.ImageEditor) and isinstance(by_id["sd-i2i-sketch"], gr.ImageEditor)
     editor, image = by_id["sd-i2i-inpaint"]._id, by_id["sd-i2i-image"]._id
-    for source in ("sd-", "sd-i2i-", "sd-pnginfo-"):
+    for source in ("sd-", "sd-i2i-", "sd-gallery-", "sd-pnginfo-"):
         for button, target in ((f"{source}send-img2img", image), (f"{source}send-inpaint", editor)):
             trigger = by_id[button]._id
             sends = [fn for fn in blocks.fns.values() if any(target_id == trigger for target_id, _ in fn.targets)]
