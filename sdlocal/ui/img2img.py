@@ -42,7 +42,7 @@ def build_img2img_tab(services: Any, model: Any, tabs: Any) -> Img2ImgTab:
     _wire_run(ui, services, model)
     wire_results(ui, services.engine, model)
     _wire_model(ui, services, model)
-    ui.load = (lambda: [preset_choices(services.presets)], [ui.preset])
+    ui.load = (lambda: preset_choices(services.presets), [ui.preset])
     ui.send = send_target(ui, services, model, tabs)
     for button, target in ((ui.send_img2img, "img2img"), (ui.send_inpaint, "inpaint")):
         ui.send.connect(button, result_pick, [ui.results, ui.selected], target)

@@ -92,6 +92,11 @@ def test_img2img_tab_has_its_modes_and_every_image_tab_can_send_to_it(built_ui) 
                                                                   "inpaint-area", "padding", "resize-mode")}
     assert defaults == {"denoising": 0.75, "mask-blur": 4, "masked-content": "original",
                         "inpaint-area": "Whole picture", "padding": 32, "resize-mode": "Just resize"}
+    preset = by_id["sd-i2i-preset"]._id
+    load = next(fn for fn in blocks.fns.values() if [block._id for block in fn.outputs] == [preset]
+                and any(target == "load" for _, target in fn.targets))
+    update = load.fn()  # one output: an update, not a list (which Gradio would show as "[object Object]")
+    assert update["value"] == "(keep my settings)" and "SD 1.5" in update["choices"]
 
 
 def _entry(name: str, family: str | None, supported: bool = True, reason: str = "", short_hash: str | None = None):
