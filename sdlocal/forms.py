@@ -28,12 +28,12 @@ def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
     The model is looked up by its hash first, then by name. A hash lookup may hash every model file that has
     no cached hash (gigabytes each): call this from a worker thread, never on an event loop.
     """
-    from sdlocal.engine.infotext import infotext_to_request_fields, parse_infotext
+    from sdlocal.engine.infotext import infotext_to_request_fields, infotext_to_source_fields, parse_infotext
 
     params = parse_infotext(text or "")
     values = infotext_to_request_fields(params)
     wanted = values.pop("model", None) or params.get("Model")
-    fill = InfotextFill(fields=values, source=_source_fields(params))
+    fill = InfotextFill(fields=values, source=infotext_to_source_fields(params))
     for key in (params.get("Model hash"), wanted):
         entry = _find(engine, key) if key else None
         if entry is not None and entry.supported:
@@ -78,14 +78,6 @@ def start_form(saved_form: dict[str, Any] | None, settings: Any, presets: Any, f
         except PresetError as exc:
             start.preset_problem = str(exc)
     return start
-
-
-def _source_fields(params: dict[str, str]) -> dict[str, Any]:
-    """The img2img settings of a parsed text, through the engine's reader of A1111's keys."""
-    from sdlocal.engine import infotext
-
-    reader = getattr(infotext, "infotext_to_source_fields", None)
-    return dict(reader(params)) if callable(reader) else {}
 
 
 def _find(engine: Any, name: str) -> Any:

@@ -197,3 +197,24 @@ def test_conditional_mask_weight_shows_for_inpainting_checkpoints_only() -> None
     assert weight["visible"] is True and "inpaint-model" in note and "inpainting checkpoint" in note
     assert model_updates(engine, "plain")[1]["visible"] is False
     assert model_updates(engine, None)[1]["visible"] is False
+
+
+def test_png_info_parameters_fill_the_img2img_settings(tmp_path: Path) -> None:
+    """An A1111 inpainting text sets denoising, blur, area, padding, content and mask mode in the tab."""
+    from sdlocal.forms import fill_from_infotext
+
+    text = ("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 9, Size: 512x512, Denoising strength: 0.35, "
+            "Mask blur: 6, Inpaint area: Only masked, Masked area padding: 40, Masked content: latent noise, "
+            "Mask mode: Inpaint not masked")
+    engine = SimpleNamespace(find_model=lambda name: None)
+    assert fill_from_infotext(engine, text).source == {
+        "denoising_strength": 0.35, "padding": 40, "mask_blur_x": 6, "mask_blur_y": 6, "inpaint_area": "Only masked",
+        "invert": True, "content": "latent noise"}
+    assert fill_from_infotext(engine, "a cat\nSteps: 20, Seed: 1, Size: 64x64").source == {}
+    path = tmp_path / "a.png"
+    Image.new("RGB", (64, 48)).save(path)
+    updates = send_updates(engine, str(path), "inpaint", text)
+    settings = dict(zip(SOURCE_FIELDS, updates[-len(SOURCE_FIELDS):], strict=True))
+    assert {name: update.get("value") for name, update in settings.items() if "value" in update} == {
+        "denoising_strength": 0.35, "mask_blur": 6, "mask_mode": "Inpaint not masked",
+        "masked_content": "latent noise", "inpaint_area": "Only masked", "padding": 40}
