@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Txt2ImgRequest(BaseModel):
-    """``POST /sdapi/v1/txt2img``. Unknown fields are ignored, as A1111 does; NaN and Infinity are refused (422)."""
+class GenerationFields(BaseModel):
+    """The fields A1111's txt2img and img2img share. Unknown fields are ignored, as A1111 does; NaN and Infinity
+    are refused (422)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -44,10 +45,6 @@ class Txt2ImgRequest(BaseModel):
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
-    enable_hr: bool = False
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
     sampler_index: str = "Euler"
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
@@ -56,6 +53,15 @@ class Txt2ImgRequest(BaseModel):
     save_images: bool = False
     force_task_id: str | None = None
     infotext: str | None = None
+
+
+class Txt2ImgRequest(GenerationFields):
+    """``POST /sdapi/v1/txt2img``: the shared fields plus hires fix (accepted, not implemented)."""
+
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
 
 
 class Txt2ImgResponse(BaseModel):
