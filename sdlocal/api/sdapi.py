@@ -220,6 +220,8 @@ class Runner:
 def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
                  errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
     """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
+    from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
+
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
     engine, queue = services.engine, services.queue
     to_api_error = errors or (lambda exc: exc if isinstance(exc, ApiError) else ApiError(500, "Error", str(exc)))
@@ -239,6 +241,8 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         info = build_info(body, result, job)
         info["warnings"] += notes
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
+
+    add_img2img_route(router, runner)
 
     # ------------------------------------------------------------------------------------------ models
     @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")

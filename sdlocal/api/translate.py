@@ -14,10 +14,12 @@ from sdlocal.engine.request import GenerationRequest, GenerationResult
 from sdlocal.engine.samplers import resolve_alias
 from sdlocal.jobs import Job
 
-# Fields A1111 clients may set that sdlocal does not implement: named in ``info`` when set, never silently.
-UNSUPPORTED = {
-    "enable_hr": False, "restore_faces": None, "tiling": None, "script_name": None, "alwayson_scripts": {},
-    "refiner_checkpoint": None, "subseed_strength": 0.0, "styles": None,
+# Fields A1111 clients may set that sdlocal does not implement, with the value (or the tuple of values) that asks
+# for nothing: any other value is named in ``info.warnings``, never silently dropped. Clients such as webuiapi
+# send ``restore_faces: false`` and ``styles: []`` with every request; those ask for nothing.
+UNSUPPORTED: dict[str, Any] = {
+    "enable_hr": False, "restore_faces": False, "tiling": False, "script_name": (None, ""), "alwayson_scripts": {},
+    "refiner_checkpoint": (None, "", "None"), "subseed_strength": 0.0, "styles": (None, []),
 }
 
 
@@ -63,13 +65,26 @@ def encode_images(result: GenerationResult) -> list[str]:
     return [png_base64(item.image, item.infotext) for item in result.images]
 
 
-def build_info(body: GenerationFields, result: GenerationResult, job: Job) -> dict[str, Any]:
-    """A1111's ``info`` object (sent as a JSON string): what was actually generated, per image."""
+def ignored_fields(body: GenerationFields, unsupported: dict[str, Any]) -> list[str]:
+    """The fields of ``unsupported`` (name -> the value or tuple of values that ask for nothing) that ``body``
+    sets to something else; None always asks for nothing."""
+    ignored = []
+    for name, neutral in unsupported.items():
+        value = getattr(body, name, None)
+        if value is not None and value not in (neutral if isinstance(neutral, tuple) else (neutral,)):
+            ignored.append(name)
+    return ignored
+
+
+def build_info(body: GenerationFields, result: GenerationResult, job: Job,
+               unsupported: dict[str, Any] = UNSUPPORTED) -> dict[str, Any]:
+    """A1111's ``info`` object (sent as a JSON string): what was actually generated, per image; the fields of
+    ``unsupported`` that the body set are named in ``warnings``."""
     request = result.request
     seeds = [item.seed for item in result.images] or list(result.seeds)
     count = len(seeds)
     started = datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S")
-    ignored = [name for name, default in UNSUPPORTED.items() if getattr(body, name, default) not in (default, None)]
+    ignored = ignored_fields(body, unsupported)
     info = {
         "prompt": request.prompt,
         "all_prompts": [request.prompt] * count,

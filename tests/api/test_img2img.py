@@ -1,0 +1,197 @@
+"""``POST /sdapi/v1/img2img`` as AUTOMATIC1111 clients use it: fields, defaults, the translation to the engine's
+request, the response, and a 422 naming the field for every bad image or value."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from sdlocal.api.img2img import IMG2IMG_UNSUPPORTED, decode_sources, to_img2img_request
+from sdlocal.api.models import Img2ImgRequest, Txt2ImgRequest
+from sdlocal.api.translate import UNSUPPORTED, ignored_fields
+from sdlocal.engine.request import RequestError
+from tests.api.conftest import Server
+
+
+def png_b64(size: tuple[int, int] = (64, 64), color: Any = (200, 40, 40), mode: str = "RGB") -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def half_mask(size: tuple[int, int] = (64, 64)) -> str:
+    """White (repaint) on the right half, black elsewhere."""
+    image = Image.new("L", size, 0)
+    image.paste(255, (size[0] // 2, 0, size[0], size[1]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def small(**values: Any) -> dict[str, Any]:
+    body = {"init_images": [png_b64()], "prompt": "a red cube", "steps": 4, "width": 64, "height": 64,
+            "seed": 1234, "sampler_name": "Euler", "cfg_scale": 7}
+    body.update(values)
+    return body
+
+
+def translate(options: dict[str, Any] | None = None, **values: Any) -> Any:
+    """Body -> validated GenerationRequest, as the route does it (decode, translate, validate)."""
+    body = Img2ImgRequest(**small(**values))
+    images, mask = decode_sources(body)
+    request = to_img2img_request(body, options or {}, dict(body.override_settings or {}), images, mask)
+    return request.validate()
+
+
+# ---------------------------------------------------------------------------------------------- translation
+def test_without_a_mask_it_is_img2img_with_a1111_api_defaults() -> None:
+    request = translate()
+    assert request.mode == "img2img" and request.source.mask is None
+    assert request.source.denoising_strength == 0.75 and request.source.resize_mode == "Just resize"
+    assert request.source.images[0].size == (64, 64) and request.source.images[0].getpixel((0, 0)) == (200, 40, 40)
+    assert (request.prompt, request.steps, request.sampler, request.seed) == ("a red cube", 4, "Euler", 1234)
+    assert request.denoising_steps() == 3  # int(4 x 0.75)
+    assert translate(mask="").source.mask is None  # an empty mask is no mask, as in A1111
+
+
+def test_with_a_mask_the_api_defaults_are_fill_only_masked_no_padding_blur_4() -> None:
+    request = translate(mask=half_mask())
+    mask = request.source.mask
+    assert request.mode == "inpaint" and request.output_kind == "img2img"
+    assert (mask.content, mask.area, mask.padding) == ("fill", "Only masked", 0)
+    assert (mask.blur_x, mask.blur_y, mask.invert, mask.conditional_weight) == (4, 4, False, 1.0)
+    assert mask.image.getpixel((0, 0)) == 0 and mask.image.getpixel((63, 0)) == 255
+
+
+def test_every_img2img_field_reaches_the_request() -> None:
+    request = translate(mask=half_mask(), denoising_strength=0.4, resize_mode=1, inpainting_fill=2,
+                        inpaint_full_res=False, inpaint_full_res_padding=32, inpainting_mask_invert=1,
+                        mask_blur_x=3, mask_blur_y=7, override_settings={"inpainting_mask_weight": 0.25})
+    source, mask = request.source, request.source.mask
+    assert (source.denoising_strength, source.resize_mode) == (0.4, "Crop and resize")
+    assert (mask.content, mask.area, mask.padding, mask.invert) == ("latent noise", "Whole picture", 32, True)
+    assert (mask.blur_x, mask.blur_y, mask.conditional_weight) == (3, 7, 0.25)
+    assert translate(resize_mode="Resize and fill").source.resize_mode == "Resize and fill"  # names work too
+    assert translate(mask=half_mask(), inpainting_fill=3).source.mask.content == "latent nothing"
+
+
+def test_mask_blur_when_sent_sets_both_axes() -> None:
+    mask = translate(mask=half_mask(), mask_blur=9, mask_blur_x=1, mask_blur_y=2).source.mask
+    assert (mask.blur_x, mask.blur_y) == (9, 9)
+    mask = translate(mask=half_mask(), mask_blur_x=1, mask_blur_y=2).source.mask
+    assert (mask.blur_x, mask.blur_y) == (1, 2)
+
+
+def test_the_conditional_mask_weight_comes_from_the_option_unless_overridden() -> None:
+    assert translate({"inpainting_mask_weight": 0.5}, mask=half_mask()).source.mask.conditional_weight == 0.5
+    overridden = translate({"inpainting_mask_weight": 0.5}, mask=half_mask(),
+                           override_settings={"inpainting_mask_weight": 0.0})
+    assert overridden.source.mask.conditional_weight == 0.0
+
+
+def test_init_images_decode_with_or_without_a_data_url_prefix() -> None:
+    raw = png_b64(color=(1, 2, 3))
+    body = Img2ImgRequest(init_images=[raw, "data:image/png;base64," + raw], mask="data:image/png;base64," + raw)
+    images, mask = decode_sources(body)
+    assert [image.getpixel((5, 5)) for image in images] == [(1, 2, 3), (1, 2, 3)] and mask.size == (64, 64)
+
+
+def test_a_bad_init_image_names_the_field_and_which_one() -> None:
+    body = Img2ImgRequest(init_images=[png_b64(), "not base64 at all!"])
+    with pytest.raises(RequestError) as caught:
+        decode_sources(body)
+    assert caught.value.field == "init_images" and "init_images[1]" in caught.value.allowed
+
+
+WEBUIAPI_IMG2IMG_DEFAULTS = {  # what webuiapi 0.9.17's img2img() sends when only images and a prompt are given
+    "resize_mode": 0, "denoising_strength": 0.75, "mask_blur": 4, "inpainting_fill": 0, "inpaint_full_res": True,
+    "inpaint_full_res_padding": 0, "inpainting_mask_invert": 0, "initial_noise_multiplier": 1, "styles": [],
+    "seed": -1, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": 0, "seed_resize_from_w": 0,
+    "batch_size": 1, "n_iter": 1, "steps": 20, "cfg_scale": 7.0, "image_cfg_scale": 1.5, "width": 512,
+    "height": 512, "restore_faces": False, "tiling": False, "do_not_save_samples": False, "do_not_save_grid": False,
+    "negative_prompt": "", "eta": 1.0, "s_churn": 0, "s_tmax": 0, "s_tmin": 0, "s_noise": 1,
+    "override_settings": {}, "override_settings_restore_afterwards": True, "sampler_name": "Euler a",
+    "scheduler": "automatic", "sampler_index": "Euler a", "include_init_images": False, "script_name": None,
+    "script_args": [], "send_images": True, "save_images": False, "alwayson_scripts": {},
+}
+
+
+def test_unused_fields_are_named_only_when_they_ask_for_something() -> None:
+    """webuiapi's defaults ask for nothing sdlocal skips, except eta and the image CFG scale (which sdlocal's
+    samplers and models never use); a real request for churn, a seed resize or face restoration is named."""
+    body = Img2ImgRequest(init_images=[png_b64()], **WEBUIAPI_IMG2IMG_DEFAULTS)
+    assert ignored_fields(body, IMG2IMG_UNSUPPORTED) == ["image_cfg_scale", "eta"]
+    asking = Img2ImgRequest(s_churn=0.5, s_noise=1.003, seed_resize_from_h=512, initial_noise_multiplier=0.9,
+                            restore_faces=True, tiling=True, styles=["s"], latent_mask=png_b64(),
+                            refiner_checkpoint="x", subseed_strength=0.2, script_name="x/y/z plot")
+    assert set(ignored_fields(asking, IMG2IMG_UNSUPPORTED)) == {
+        "s_churn", "s_noise", "seed_resize_from_h", "initial_noise_multiplier", "restore_faces", "tiling", "styles",
+        "latent_mask", "refiner_checkpoint", "subseed_strength", "script_name"}
+    # txt2img, which shares the table: webuiapi's restore_faces=False and styles=[] are not warnings either.
+    quiet = Txt2ImgRequest(restore_faces=False, tiling=False, styles=[], script_name=None)
+    assert ignored_fields(quiet, UNSUPPORTED) == []
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _big_png() -> str:
+    buffer = io.BytesIO()
+    Image.new("L", (8200, 1)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize(("values", "field", "mentions"), [
+    ({"init_images": ["%%% not base64"]}, "init_images", "base64"),
+    ({"init_images": [base64.b64encode(b"plain text, not an image").decode()]}, "init_images", "not an image"),
+    ({"init_images": ["https://example.com/cat.png"]}, "init_images", "URL"),
+    ({"init_images": ["data:image/png;base64," + base64.b64encode(b"GIF89a junk").decode()]}, "init_images",
+     "not an image"),
+    ({"init_images": [_big_png()]}, "init_images", "too large"),
+    ({"init_images": []}, "init_images", "at least one"),
+    ({"init_images": None}, "init_images", "at least one"),
+    ({"init_images": [png_b64()] * 17}, "init_images", "at most"),
+    ({"init_images": [5]}, "init_images.0", "string"),
+    ({"mask": half_mask((32, 64))}, "mask", "size of its image"),
+    ({"mask": "https://example.com/mask.png"}, "mask", "URL"),
+    ({"mask": "bm90IGFuIGltYWdl"}, "mask", "not an image"),
+    ({"denoising_strength": 1.5}, "denoising_strength", "0 to 1"),
+    ({"denoising_strength": None}, "denoising_strength", "number"),
+    ({"resize_mode": 9}, "resize_mode", "Just resize"),
+    ({"mask": half_mask(), "inpainting_fill": 7}, "inpainting_fill", "latent nothing"),
+    ({"mask": half_mask(), "mask_blur": -1}, "mask_blur", "-1"),
+    ({"mask": half_mask(), "mask_blur_y": 999}, "mask_blur_y", "999"),
+    ({"mask": half_mask(), "inpainting_mask_invert": 2}, "inpainting_mask_invert", "true or false"),
+    ({"mask": half_mask(), "inpaint_full_res_padding": 9999}, "inpaint_full_res_padding", "9999"),
+    ({"mask": half_mask(), "override_settings": {"inpainting_mask_weight": 2}},
+     "override_settings.inpainting_mask_weight", "0 to 1"),
+    ({"width": 100}, "width", "multiple of 8"),
+    ({"sampler_name": "Nope"}, "sampler_name", "Nope"),
+])
+def test_a_bad_image_or_value_is_422_naming_the_field(client: httpx.Client, values: dict, field: str,
+                                                      mentions: str) -> None:
+    response = client.post("/sdapi/v1/img2img", json=small(**values))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == field and body["detail"].startswith(field) and mentions in body["detail"], body
+
+
+def test_the_route_is_in_the_openapi_description(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    assert "/sdapi/v1/img2img" in schema["paths"]
+    fields = schema["components"]["schemas"]["Img2ImgRequest"]["properties"]
+    assert fields["denoising_strength"]["default"] == 0.75 and fields["inpaint_full_res"]["default"] is True
+    assert fields["inpainting_fill"]["default"] == 0 and fields["mask_blur"]["default"] == 4
+
+
+def test_a_bad_image_does_not_reach_the_queue(client: httpx.Client, api: Server) -> None:
+    before = dict(api.services.queue.jobs_finished)
+    assert client.post("/sdapi/v1/img2img", json=small(init_images=["%%%"])).status_code == 422
+    assert dict(api.services.queue.jobs_finished) == before
+    info = json.loads(client.post("/sdapi/v1/txt2img", json={"prompt": "p", "steps": 1, "width": 64,
+                                                               "height": 64}).json()["info"])
+    assert info["steps"] == 1  # and the server goes on
