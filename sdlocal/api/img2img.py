@@ -122,11 +122,16 @@ def to_img2img_request(body: Img2ImgRequest, current_options: dict[str, Any], ov
         blur_x, blur_y = mask_blur(body)
         spec = MaskSpec(image=mask, blur_x=blur_x, blur_y=blur_y, invert=body.inpainting_mask_invert,
                         area=INPAINT_AREAS[1] if body.inpaint_full_res else INPAINT_AREAS[0],
-                        padding=body.inpaint_full_res_padding, content=body.inpainting_fill,
+                        padding=body.inpaint_full_res_padding, content=_index_or_name(body.inpainting_fill),
                         conditional_weight=overrides.get(MASK_WEIGHT, current_options.get(MASK_WEIGHT, 1.0)))
     generation.source = ImageSource(images=images, denoising_strength=body.denoising_strength,
-                                    resize_mode=body.resize_mode, mask=spec)
+                                    resize_mode=_index_or_name(body.resize_mode), mask=spec)
     return generation
+
+
+def _index_or_name(value: int | str) -> int | str:
+    """A1111 sends indices; a client that sends one as text ("1") means the index too."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
 
 
 def img2img_info(body: Img2ImgRequest, result: GenerationResult, job: Job) -> dict[str, Any]:

@@ -78,6 +78,7 @@ def test_every_img2img_field_reaches_the_request() -> None:
     assert (mask.content, mask.area, mask.padding, mask.invert) == ("latent noise", "Whole picture", 32, True)
     assert (mask.blur_x, mask.blur_y, mask.conditional_weight) == (3, 7, 0.25)
     assert translate(resize_mode="Resize and fill").source.resize_mode == "Resize and fill"  # names work too
+    assert translate(resize_mode="3").source.resize_mode == "Just resize (latent upscale)"  # and indices as text
     assert translate(mask=half_mask(), inpainting_fill=3).source.mask.content == "latent nothing"
 
 
@@ -195,3 +196,4 @@ def test_a_bad_image_does_not_reach_the_queue(client: httpx.Client, api: Server)
     info = json.loads(client.post("/sdapi/v1/txt2img", json={"prompt": "p", "steps": 1, "width": 64,
                                                                "height": 64}).json()["info"])
     assert info["steps"] == 1  # and the server goes on
+
