@@ -197,3 +197,121 @@ def test_a_bad_image_does_not_reach_the_queue(client: httpx.Client, api: Server)
                                                                "height": 64}).json()["info"])
     assert info["steps"] == 1  # and the server goes on
 
+
+# ---------------------------------------------------------------------------------------------- end to end
+def noise_b64(seed: int, size: tuple[int, int] = (64, 64)) -> str:
+    """A seeded noise picture: every pixel differs, so a kept pixel is told from a repainted one."""
+    import random
+
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", size, bytes(rng.randrange(256) for _ in range(size[0] * size[1] * 3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_png(data: str) -> Image.Image:
+    assert not data.startswith("data:")
+    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+def post(client: httpx.Client, **values: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    response = client.post("/sdapi/v1/img2img", json=small(**values))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    return body, json.loads(body["info"])
+
+
+def test_img2img_answers_as_a1111_does(client: httpx.Client) -> None:
+    body, info = post(client, batch_size=2, eta=0.5, s_churn=0.0)
+    txt2img_info = json.loads(client.post("/sdapi/v1/txt2img", json={"prompt": "p", "steps": 1, "width": 64,
+                                                                       "height": 64}).json()["info"])
+    assert set(txt2img_info) <= set(info)
+    assert info["denoising_strength"] == 0.75 and info["all_seeds"] == [1234, 1235]
+    assert info["prompt"] == "a red cube" and info["steps"] == 4 and info["sampler_name"] == "Euler"
+    assert info["warnings"] == ["eta is not supported by sdlocal and was ignored"]
+    assert len(body["images"]) == 2
+    for image, infotext, seed in zip(body["images"], info["infotexts"], [1234, 1235], strict=True):
+        png = decode_png(image)
+        assert png.size == (64, 64) and png.info["parameters"] == infotext
+        assert "Denoising strength: 0.75" in infotext and f"Seed: {seed}," in infotext
+    echoed = body["parameters"]
+    assert echoed["init_images"] is None and echoed["mask"] is None  # A1111 drops them unless asked
+    assert echoed["denoising_strength"] == 0.75 and echoed["inpainting_fill"] == 0 and echoed["eta"] == 0.5
+
+
+def test_include_init_images_echoes_the_images_and_the_mask(client: httpx.Client) -> None:
+    init, mask = png_b64(), half_mask()
+    body, _ = post(client, init_images=[init], mask=mask, include_init_images=True, send_images=False)
+    assert body["parameters"]["init_images"] == [init] and body["parameters"]["mask"] == mask
+    assert body["images"] == []
+
+
+def test_the_init_image_decides_the_result_and_the_same_request_gives_the_same_pixels(client: httpx.Client) -> None:
+    first = post(client, init_images=[noise_b64(1)])[0]["images"][0]
+    again = post(client, init_images=[noise_b64(1)])[0]["images"][0]
+    other = post(client, init_images=[noise_b64(2)])[0]["images"][0]
+    assert decode_png(first).tobytes() == decode_png(again).tobytes()
+    assert decode_png(first).tobytes() != decode_png(other).tobytes()
+
+
+def test_inpainting_keeps_the_pixels_outside_the_blurred_mask_and_reports_the_mask(client: httpx.Client) -> None:
+    init = noise_b64(3)
+    body, info = post(client, init_images=["data:image/png;base64," + init], mask=half_mask(), mask_blur=2,
+                      denoising_strength=1.0)
+    result, original = decode_png(body["images"][0]).convert("RGB"), decode_png(init)
+    assert result.size == original.size
+    left = (0, 0, 16, 64)  # the mask starts at x=32; a blur of sigma 2 reaches far less than 16 px
+    assert result.crop(left).tobytes() == original.crop(left).tobytes()
+    right = (40, 0, 64, 64)
+    assert result.crop(right).tobytes() != original.crop(right).tobytes()
+    assert (info["mask_blur_x"], info["mask_blur_y"], info["inpainting_fill"]) == (2, 2, 0)
+    assert info["inpaint_full_res"] is True and info["inpaint_full_res_padding"] == 0
+    assert info["is_using_inpainting_conditioning"] is False  # the tiny model has 4 input channels
+    extra = info["extra_generation_params"]
+    assert extra["Mask blur"] == 2 and extra["Masked content"] == "fill"
+    assert extra["Inpaint area"] == "Only masked" and extra["Masked area padding"] == 0
+    assert "Mask blur: 2" in info["infotexts"][0] and "Denoising strength: 1" in info["infotexts"][0]
+
+
+def test_the_webuiapi_client_works_unchanged(api: Server) -> None:
+    """webuiapi (the A1111 client most scripts use), as its users call it: every field it sends is accepted."""
+    import webuiapi
+
+    client = webuiapi.WebUIApi(baseurl=f"{api.url}/sdapi/v1", sampler="Euler", steps=4)
+    init = Image.new("RGB", (64, 64), (30, 160, 90))
+    result = client.img2img(images=[init], prompt="a green field", seed=5, width=64, height=64,
+                            denoising_strength=0.5, cfg_scale=6)
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    assert result.info["seed"] == 5 and result.info["denoising_strength"] == 0.5 and result.info["cfg_scale"] == 6
+    assert result.parameters["init_images"] is None and result.parameters["image_cfg_scale"] == 1.5
+    assert sorted(result.info["warnings"]) == ["eta is not supported by sdlocal and was ignored",
+                                               "image_cfg_scale is not supported by sdlocal and was ignored"]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    masked = client.img2img(images=[init], mask_image=mask, prompt="a green field", seed=5, width=64, height=64,
+                            inpainting_fill=1, mask_blur=3, inpaint_full_res=False)
+    assert len(masked.images) == 1 and masked.images[0].size == (64, 64)
+    info = masked.info
+    assert (info["inpainting_fill"], info["mask_blur_x"], info["inpaint_full_res"]) == (1, 3, False)
+    assert info["extra_generation_params"]["Masked content"] == "original"
+
+
+def test_a_9_channel_model_takes_the_conditional_mask_weight_from_override_settings(client: httpx.Client,
+                                                                                   api: Server) -> None:
+    from sdlocal.engine.synthetic import save_tiny_model
+
+    save_tiny_model(api.models_dir / "tiny-inpaint", family="sd1", fmt="diffusers", inpainting=True)
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+    previous = api.services.engine.current_model.name
+    overrides = {"sd_model_checkpoint": "tiny-inpaint", "inpainting_mask_weight": 0.3}
+    _, info = post(client, mask=half_mask(), override_settings=overrides)
+    assert info["sd_model_name"] == "tiny-inpaint" and info["is_using_inpainting_conditioning"] is True
+    assert info["extra_generation_params"]["Conditional mask weight"] == 0.3
+    assert "Conditional mask weight: 0.3" in info["infotexts"][0]
+    assert not [warning for warning in info["warnings"] if "inpainting_mask_weight" in warning]
+    assert api.services.engine.current_model.name == previous  # the override is undone, as A1111 does
