@@ -244,6 +244,13 @@ def test_img2img_answers_as_a1111_does(client: httpx.Client) -> None:
     assert echoed["denoising_strength"] == 0.75 and echoed["inpainting_fill"] == 0 and echoed["eta"] == 0.5
 
 
+@pytest.mark.parametrize("values", [{"steps": 1}, {"steps": 1, "mask": half_mask()},
+                                    {"steps": 2, "denoising_strength": 1.0}])
+def test_the_fewest_steps_and_full_strength_run(client: httpx.Client, values: dict[str, Any]) -> None:
+    _, info = post(client, send_images=False, **values)
+    assert info["steps"] == values["steps"] and len(info["infotexts"]) == 1
+
+
 def test_include_init_images_echoes_the_images_and_the_mask(client: httpx.Client) -> None:
     init, mask = png_b64(), half_mask()
     body, _ = post(client, init_images=[init], mask=mask, include_init_images=True, send_images=False)
