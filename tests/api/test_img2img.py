@@ -308,6 +308,22 @@ def test_the_webuiapi_client_works_unchanged(api: Server) -> None:
     assert info["extra_generation_params"]["Masked content"] == "original"
 
 
+def test_images_are_saved_only_when_asked_as_in_txt2img(client: httpx.Client, api: Server) -> None:
+    outputs = api.data_dir / "outputs"
+    before = set(outputs.rglob("*.png")) if outputs.exists() else set()
+    post(client, seed=901)
+    assert (set(outputs.rglob("*.png")) if outputs.exists() else set()) == before
+    _, info = post(client, seed=902, mask=half_mask(), save_images=True)
+    new = set(outputs.rglob("*.png")) - before
+    assert len(new) == 1 and [str(path) for path in new] == info["saved_paths"]
+    saved = new.pop()
+    # The folder (outputs/img2img/<date>/ for img2img and inpainting, as A1111) is the queue's choice (jobs.py).
+    assert saved.name.endswith("-902.png") and saved.parent.parent.parent == outputs
+    assert Image.open(saved).info["parameters"] == info["infotexts"][0]
+    _, info = post(client, seed=903, save_images=True, do_not_save_samples=True)
+    assert info["saved_paths"] == []
+
+
 def test_a_9_channel_model_takes_the_conditional_mask_weight_from_override_settings(client: httpx.Client,
                                                                                    api: Server) -> None:
     from sdlocal.engine.synthetic import save_tiny_model
