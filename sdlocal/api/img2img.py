@@ -68,7 +68,7 @@ def add_img2img_route(router: APIRouter, runner: Runner) -> None:
         except RequestError as exc:
             raise request_error(exc) from None
         generation = to_img2img_request(body, runner.options.snapshot(), overrides, images, mask)
-        job, notes = await runner.run(body, generation, request, overrides, honoured=(MASK_WEIGHT,),
+        job, notes = await runner.run(body, generation, request, overrides,
                                       names=error_names(body))
         result: GenerationResult = job.result
         encoded = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []

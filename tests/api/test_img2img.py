@@ -338,3 +338,22 @@ def test_a_9_channel_model_takes_the_conditional_mask_weight_from_override_setti
     assert "Conditional mask weight: 0.3" in info["infotexts"][0]
     assert not [warning for warning in info["warnings"] if "inpainting_mask_weight" in warning]
     assert api.services.engine.current_model.name == previous  # the override is undone, as A1111 does
+
+
+def test_the_mask_weight_is_an_option_that_is_saved_and_used(client: httpx.Client, api: Server) -> None:
+    from sdlocal.api.options import ApiOptions
+
+    try:
+        response = client.post("/sdapi/v1/options", json={"inpainting_mask_weight": 0.4})
+        assert response.status_code == 200 and response.json()["applied"] == {"inpainting_mask_weight": 0.4}
+        assert client.get("/sdapi/v1/options").json()["inpainting_mask_weight"] == 0.4
+        assert json.loads((api.data_dir / "api-options.json").read_text())["inpainting_mask_weight"] == 0.4
+        assert ApiOptions(api.services).values["inpainting_mask_weight"] == 0.4  # what the next start reads
+        bad = client.post("/sdapi/v1/options", json={"inpainting_mask_weight": 1.5})
+        assert bad.status_code == 422 and bad.json()["field"] == "inpainting_mask_weight"
+        _, info = post(client, mask=half_mask(), override_settings={"inpainting_mask_weight": 0.7},
+                       override_settings_restore_afterwards=False)
+        assert not [warning for warning in info["warnings"] if "inpainting_mask_weight" in warning]
+        assert client.get("/sdapi/v1/options").json()["inpainting_mask_weight"] == 0.7  # kept, as asked
+    finally:
+        client.post("/sdapi/v1/options", json={"inpainting_mask_weight": 1.0})
