@@ -1,4 +1,6 @@
-"""One txt2img run: seeds, noise, progress with previews, interrupt/skip, decoding and the checks on the result.
+"""One run (txt2img, img2img or inpainting): seeds, noise, progress with previews, interrupt/skip, decoding and
+the checks on the result. What differs for img2img and inpainting (init latents, masks, the pipeline that runs
+and putting the result back) is the image stage's (``img2img.py``); the loop around it is the same.
 
 Seeds follow A1111: -1 picks a random seed in [0, 4294967294); image i of the run gets seed + i. Every image's
 starting noise (and an ancestral sampler's per-step noise) comes from its own CPU ``torch.Generator`` seeded
@@ -180,11 +182,12 @@ def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int) ->
         "negative_prompt": [request.negative_prompt] * batch,
         "num_inference_steps": request.steps,
         "guidance_scale": request.cfg_scale,
-        "height": request.height,
-        "width": request.width,
         "output_type": "latent",
         "clip_skip": request.clip_skip - 1 if request.clip_skip > 1 else None,
     }
+    if request.source is not None:
+        return kwargs  # the image stage adds the image, the strength and (for inpainting) the size
+    kwargs.update(height=request.height, width=request.width)
     if loaded.inpainting:
         # txt2img with an inpainting model: a neutral grey picture, all of it masked (A1111 does the same).
         from PIL import Image
@@ -193,6 +196,34 @@ def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int) ->
         kwargs["mask_image"] = Image.new("L", (request.width, request.height), 255)
         kwargs["strength"] = 1.0
     return kwargs
+
+
+@dataclass
+class BatchCall:
+    """What one batch runs: the pipeline, its arguments, and what is done to each decoded image."""
+
+    pipe: Any
+    kwargs: dict[str, Any]
+    generators: list[Any]
+    finishers: list[Callable[[Any], Any]] | None = None
+    noise: Any = None
+
+
+def _batch_call(loaded: LoadedModel, request: GenerationRequest, seeds: list[int], first_index: int,
+                shape: tuple[int, int, int], prepared: list[Any] | None, warnings: list[str]) -> BatchCall:
+    import torch
+
+    kwargs = _pipe_kwargs(loaded, request, len(seeds))
+    if prepared is None:
+        noise, generators = initial_noise(seeds, shape)
+        kwargs["latents"] = noise.to(device=loaded.pipe._execution_device, dtype=loaded.pipe.unet.dtype)
+        return BatchCall(pipe=loaded.pipe, kwargs=kwargs, generators=generators, noise=noise)
+    from sdlocal.engine import img2img
+
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    pipe, image_kwargs, finishers = img2img.batch_call(loaded, request, prepared, first_index, generators, warnings)
+    kwargs.update(image_kwargs)
+    return BatchCall(pipe=pipe, kwargs=kwargs, generators=generators, finishers=finishers)
 
 
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
@@ -213,8 +244,13 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     factor = pipe.vae_scale_factor
     channels = int(pipe.unet.config.out_channels if loaded.inpainting else pipe.unet.config.in_channels)
     shape = (channels, request.height // factor, request.width // factor)
-    device = pipe._execution_device
-    dtype = pipe.unet.dtype
+    prepared = None
+    extra = None
+    if request.source is not None:
+        from sdlocal.engine import img2img
+
+        prepared = img2img.prepare_all(request)
+        extra = img2img.infotext_extra(request, loaded.inpainting)
 
     images: list[GeneratedImage] = []
     warnings: list[str] = []
@@ -227,8 +263,6 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
         if control.take_skip():
             continue
         batch_seeds = seeds[batch_index * request.batch_size:(batch_index + 1) * request.batch_size]
-        noise, generators = initial_noise(batch_seeds, shape)
-        latents_in = noise.to(device=device, dtype=dtype)
         batch_started = time.perf_counter()
         stopped = {"flag": False}
 
@@ -236,7 +270,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                         batch_index: int = batch_index, batch_started: float = batch_started,
                         stopped: dict = stopped) -> dict[str, Any]:
             nonlocal last_preview
-            total_steps = int(getattr(pipeline, "_num_timesteps", request.steps) or request.steps)
+            total_steps = int(getattr(pipeline, "_num_timesteps", 0) or request.denoising_steps())
             done = step + 1
             if not stopped["flag"] and (control.interrupted or control.take_skip()):
                 pipeline._interrupt = True
@@ -258,13 +292,18 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
             return tensors
 
         out_of_memory: EngineError | None = None
+        call: BatchCall | None = None
         try:
-            latents = pipe(**_pipe_kwargs(loaded, request, len(batch_seeds)), latents=latents_in,
-                           generator=generators, callback_on_step_end=on_step_end,
-                           callback_on_step_end_tensor_inputs=["latents"]).images
+            call = _batch_call(loaded, request, batch_seeds, batch_index * request.batch_size, shape, prepared,
+                               warnings)
+            call.pipe.scheduler = scheduler
+            latents = call.pipe(**call.kwargs, generator=call.generators, callback_on_step_end=on_step_end,
+                                callback_on_step_end_tensor_inputs=["latents"]).images
             if stopped["flag"]:
                 continue  # interrupted or skipped mid-batch: its latents are half-denoised, not images
             decoded = decode(loaded, latents, warnings)
+            if call.finishers is not None:
+                decoded = [finish(image) for finish, image in zip(call.finishers, decoded, strict=True)]
         except (EngineError, RequestError):
             raise
         except Exception as exc:
@@ -277,7 +316,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
             if hasattr(pipe, "maybe_free_model_hooks"):
                 pipe.maybe_free_model_hooks()
         if out_of_memory is not None:
-            latents_in = noise = generators = latents = None  # this frame's own tensors go too
+            call = latents = None  # this frame's own tensors go too
             free_memory()
             raise out_of_memory
         for offset, image in enumerate(decoded):
@@ -287,7 +326,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                 warnings.append(f"Image {index + 1} (seed {seed}) is entirely black. If that is not what the prompt "
                                 "asks for, the VAE may be overflowing in half precision: start with --no-half-vae.")
             images.append(GeneratedImage(image=image, seed=seed, index=index,
-                                         infotext=format_infotext(request, seed, model_name, model_hash)))
+                                         infotext=format_infotext(request, seed, model_name, model_hash, extra)))
     torch_seconds = time.perf_counter() - started
     return RunOutput(images=images, seeds=seeds, interrupted=control.interrupted, warnings=warnings,
                      seconds=torch_seconds)

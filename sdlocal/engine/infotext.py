@@ -173,3 +173,38 @@ def infotext_to_request_fields(params: dict[str, str]) -> dict[str, Any]:
     if params.get("Model"):
         fields["model"] = params["Model"].strip()
     return fields
+
+
+def infotext_to_source_fields(params: dict[str, str]) -> dict[str, Any]:
+    """The img2img / inpainting settings a parsed parameters text names, as ``ImageSource``/``MaskSpec`` fields.
+
+    Keys: ``denoising_strength``, ``mask_blur_x``, ``mask_blur_y``, ``inpaint_area``, ``padding``, ``content``,
+    ``invert``, ``conditional_weight``; only those present (and parseable) are returned. A1111 writes "Inpaint
+    area" and "Masked area padding" only for "Only masked", and "Mask mode" only when the mask is inverted, so
+    a text with a mask blur but no area means the whole picture.
+    """
+    from sdlocal.engine.request import MASKED_CONTENT
+
+    fields: dict[str, Any] = {}
+    for key, name, convert in (("Denoising strength", "denoising_strength", _float),
+                               ("Masked area padding", "padding", _int),
+                               ("Conditional mask weight", "conditional_weight", _float)):
+        value = convert(params[key]) if key in params else None
+        if value is not None:
+            fields[name] = value
+    blur = _int(params["Mask blur"]) if "Mask blur" in params else None
+    if blur is not None:
+        fields["mask_blur_x"] = fields["mask_blur_y"] = blur
+    for key, name in (("Mask blur X", "mask_blur_x"), ("Mask blur Y", "mask_blur_y")):
+        value = _int(params[key]) if key in params else None
+        if value is not None:
+            fields[name] = value
+    inpainting = any(key in params for key in ("Mask blur", "Mask blur X", "Masked content", "Inpaint area"))
+    if inpainting:
+        fields["inpaint_area"] = "Only masked" if params.get("Inpaint area", "").strip() == "Only masked" \
+            else "Whole picture"
+        fields["invert"] = params.get("Mask mode", "").strip() == "Inpaint not masked"
+    content = params.get("Masked content", "").strip().lower()
+    if content in MASKED_CONTENT:
+        fields["content"] = content
+    return fields

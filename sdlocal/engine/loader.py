@@ -21,7 +21,7 @@ import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class LoadedModel:
     vae_upcast: bool = False  # the VAE was moved to fp32 after it produced NaNs in half precision
     scheduler_config: Any = None  # the model's own scheduler config: every sampler is built on top of it
     fast_applied: list[str] | None = None  # what fast mode changed on this pipeline ([] when it is off)
+    variants: dict[str, Any] = field(default_factory=dict)  # img2img / inpaint pipelines over the same modules
 
     @property
     def key(self) -> str:
