@@ -219,6 +219,32 @@ def test_img2img_flags_build_the_same_image_source_as_the_api(tmp_path):
         is None
 
 
+def test_generate_with_an_init_image_and_a_mask_saves_in_img2img(tmp_path):
+    from PIL import Image
+
+    from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.outputs import read_image_parameters
+
+    models = tmp_path / "data" / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    save_tiny_model(models / "tiny-sd15.safetensors", family="sd1", fmt="safetensors")
+    init = _picture(tmp_path / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    argv = ["generate", "--model", "tiny-sd15", "--prompt", "a cat", "--steps", "4", "--width", "64", "--height",
+            "64", "--seed", "7", "--out", str(tmp_path / "out"), "--init-image", str(init), "--mask",
+            str(tmp_path / "mask.png"), "--denoising-strength", "0.5", "--mask-blur", "2", "--device", "cpu",
+            "--precision", "fp32"]
+    inv = parse(argv, tmp_path / "data")
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.run_generate(inv.settings, inv.options, out=out, err=err) == 0, err.getvalue()
+    path = Path(out.getvalue().strip().split("\t")[0])
+    assert path.parent.parent == tmp_path / "out" / "img2img" and path.name.endswith("-7.png")
+    text = read_image_parameters(path)
+    assert "Denoising strength: 0.5" in text and "Mask blur: 2" in text and "Seed: 7" in text
+
+
 @pytest.mark.parametrize(("flags", "expected"), [
     (["--mask", "{mask}"], "mask.png' is not allowed; needs --init-image PATH, the image to start from"),
     (["--denoising-strength", "0.5"], "--denoising-strength: 0.5 is not allowed; needs --init-image PATH"),
