@@ -164,8 +164,9 @@ def test_img2img(tiny_runs: dict) -> None:
     assert data["image_difference"]["img2img"]["max"] == 0  # the engine's img2img is diffusers' for one seed
     rss = data["memory"]["rss_mib"]
     assert list(rss) == ["after txt2img", "after txt2img, img2img", "after txt2img, img2img, inpaint",
-                         "after a second round"] and all(value > 0 for value in rss.values())
-    assert set(data["memory"]["seconds"]) == {"first img2img", "second img2img", "first inpaint", "second inpaint"}
+                         "after 3 more rounds"] and all(value > 0 for value in rss.values())
+    assert set(data["memory"]["seconds"]) == {"first img2img", "later img2img", "first inpaint", "later inpaint"}
+    assert [len(data["memory"]["runs"][f"later {mode}"]) for mode in ("img2img", "inpaint")] == [3, 3]
     assert len(data["memory"]["models_loaded"]) == 1  # img2img and inpaint loaded no second model
     assert set(data["first_run_extra_s"]) == {"img2img", "inpaint"}
     assert {"engine_vs_diffusers_img2img_median", "api_vs_diffusers_inpaint_median", "rss_all_three_vs_txt2img",
