@@ -167,3 +167,28 @@ def test_interrupt_stops_an_img2img_run(engine, request_for):
     control.interrupt()
     result = engine.generate(request_for(batch_count=2, source=_source()), control=control)
     assert result.interrupted and result.images == []
+
+
+@pytest.fixture(scope="module")
+def more_models(tmp_path_factory):
+    """An SD 2.x single file and a 9-channel SDXL inpainting folder, which the shared tiny folder lacks."""
+    from sdlocal.engine.synthetic import save_tiny_model
+
+    from .conftest import make_engine
+
+    root = tmp_path_factory.mktemp("more") / "models"
+    root.mkdir()
+    save_tiny_model(root / "tiny-sd2.safetensors", family="sd2", fmt="safetensors")
+    save_tiny_model(root / "tiny-sdxl-inpainting", family="sdxl", fmt="diffusers", inpainting=True)
+    return make_engine(root, tmp_path_factory.mktemp("more-data"), device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("model", ["tiny-sd2", "tiny-sdxl-inpainting"])
+def test_sd2_and_sdxl_inpainting_checkpoints_inpaint_and_img2img(more_models, request_for, no_network, model):
+    spec = {"image": _mask(), "blur_x": 0, "blur_y": 0}
+    inpainted = more_models.generate(request_for(model=model, source=_source(mask=spec))).images[0].image
+    outside = np.ones((64, 64), bool)
+    outside[24:40, 24:40] = False
+    assert np.array_equal(pixels(inpainted)[outside], pixels(_init())[outside])
+    varied = more_models.generate(request_for(model=model, source=_source())).images[0]
+    assert varied.image.size == (64, 64) and "Denoising strength: 0.75" in varied.infotext
