@@ -1,7 +1,8 @@
 """The ``sdlocal`` command: flags (A1111's names where they exist) and the subcommands.
 
 ``sdlocal [serve] [flags]`` starts the web UI; ``sdlocal doctor`` prints the environment report;
-``sdlocal generate --model NAME --prompt TEXT --out DIR`` makes images without the UI; ``sdlocal selftest``
+``sdlocal generate --model NAME --prompt TEXT --out DIR`` makes images without the UI (``--init-image`` and
+``--mask`` make it img2img and inpainting, with A1111's controls as flags); ``sdlocal selftest``
 generates one image with a tiny random-weight model to prove the device works. ``--doctor`` and ``--selftest``
 are the same as the subcommands (for ``webui.sh --doctor``).
 
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sdlocal.cli_img2img import SOURCE_KEYS, add_img2img_flags, flag_message, image_source
 from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS
+from sdlocal.engine.request import RequestError
 from sdlocal.settings import DEFAULT_PORT, THEMES, Settings, SettingsError, parse_auth, resolve
 
 COMMANDS = ("serve", "doctor", "generate", "selftest")
@@ -166,7 +169,9 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=-1, help="-1 for random; image i of a batch gets seed + i")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)
-    gen.add_argument("--out", type=Path, required=True, metavar="DIR", help="outputs folder (txt2img/DATE/ inside)")
+    gen.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="outputs folder (txt2img/DATE/ or img2img/DATE/ inside)")
+    add_img2img_flags(parser)
 
 
 def build_parser() -> FlagParser:
@@ -208,7 +213,7 @@ def parse_command(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser = build_parser()
     values = vars(parser.parse_args(argv))
     command = values.pop("command", None) or "serve"
-    options = {k: values.pop(k) for k in GENERATE_KEYS + ("out",) if k in values}
+    options = {k: values.pop(k) for k in (*GENERATE_KEYS, "out", "init_image", "mask", *SOURCE_KEYS) if k in values}
     launcher = {k: values.pop(k) for k in LAUNCHER_KEYS if k in values}
     if launcher.get("doctor"):
         command = "doctor"
@@ -288,13 +293,13 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     err = err or sys.stderr
     if settings.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sdlocal.engine.request import EngineError, GenerationRequest, RequestError
+    from sdlocal.engine.request import EngineError, GenerationRequest
 
     fields = {k: options[k] for k in GENERATE_KEYS if k in options}
     try:
-        request = GenerationRequest.build(**fields)
+        request = GenerationRequest.build(**fields, source=image_source(options))
     except RequestError as exc:
-        print(f"sdlocal generate: {exc}", file=err)
+        print(f"sdlocal generate: {flag_message(exc)}", file=err)
         return 2
     from sdlocal.engine import Engine
     from sdlocal.outputs import OutputStore
@@ -303,14 +308,14 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     try:
         result = engine.generate(request)
     except RequestError as exc:
-        print(f"sdlocal generate: {exc}", file=err)
+        print(f"sdlocal generate: {flag_message(exc)}", file=err)
         return 2
     except EngineError as exc:
         print(f"sdlocal generate: {exc}", file=err)
         return 1
     store = OutputStore(options["out"])
     for image in result.images:
-        path = store.save(image.image, image.infotext, image.seed)
+        path = store.save(image.image, image.infotext, image.seed, kind=request.output_kind)
         print(f"{path}\tseed {image.seed}", file=out)
     for warning in result.warnings:
         print(f"warning: {warning}", file=err)

@@ -395,10 +395,15 @@ class JobQueue:
                                            images=request.batch_size * request.batch_count))
 
     def _save(self, job: Job, result: GenerationResult) -> None:
-        """Save every image; a failed save keeps the image in the result and adds a warning (nothing is lost)."""
+        """Save every image; a failed save keeps the image in the result and adds a warning (nothing is lost).
+
+        The folder is the request's ``output_kind`` (A1111's ``txt2img`` or ``img2img``; inpainting goes with
+        img2img), so scripts written for A1111's outputs folder find sdlocal's images where they expect them.
+        """
+        kind = job.request.output_kind if job.request is not None else "txt2img"
         for image in result.images:
             try:
-                job.saved_paths.append(Path(self.store.save(image.image, image.infotext, image.seed, kind="txt2img")))
+                job.saved_paths.append(Path(self.store.save(image.image, image.infotext, image.seed, kind=kind)))
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the images already made
                 log.exception("could not save image with seed %s", image.seed)
                 result.warnings.append(f"Could not save the image with seed {image.seed}: {exc}")

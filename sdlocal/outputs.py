@@ -6,11 +6,16 @@ Guarantees, because losing or corrupting an image the user waited a minute for i
 * atomic writes: the PNG is written to a hidden temporary file in the same folder, fsynced, then hard-linked to
   its final name (``os.link`` fails if the name exists, so it never overwrites) and the temporary name removed.
   A crash mid-write leaves at most a hidden ``.*.tmp`` file, never a truncated ``NNNNN-SEED.png``.
-* unique numbers: a lock serialises the per-folder counter inside this process, and the no-overwrite link makes
-  two processes (the UI and ``sdlocal generate``) that pick the same number retry with the next one.
-* a fast gallery: listing never opens a PNG. It sorts names from ``os.scandir`` (the counter orders a day's
-  images) and caches the sorted list until a folder's mtime changes; thumbnails are made on first view and
-  kept under ``<root>/.thumbnails`` until the image changes.
+* unique numbers: a lock serialises the counter inside this process, and the no-overwrite link makes two
+  processes (the UI and ``sdlocal generate``) that pick the same number retry with the next one.
+* one sequence per day across kinds: ``img2img/2026-11-24/00003-7.png`` was made after
+  ``txt2img/2026-11-24/00002-5.png``. A1111 counts each folder on its own; sdlocal's next number is one more than
+  the highest of that day in any kind's folder (the names keep A1111's format, only the numbers skip), so the
+  counter alone orders a day's images across kinds and listing needs no ``stat`` per file. Images copied in
+  from elsewhere with their own per-folder numbers are interleaved by number.
+* a fast gallery: listing never opens a PNG. It sorts names from ``os.scandir`` (by day, then the counter)
+  and caches the sorted list until a folder's mtime changes; thumbnails are made on first view and kept under
+  ``<root>/.thumbnails`` until the image changes. ``list``/``count``/``pages`` take a ``kind`` filter.
 """
 
 from __future__ import annotations
@@ -56,10 +61,12 @@ class OutputStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser()
         self._lock = threading.Lock()
-        self._next_number: dict[Path, int] = {}
+        self._next_number: dict[str, int] = {}  # by day ("YYYY-MM-DD"), shared by every kind's folder
+        self._highest: dict[Path, tuple[int, int]] = {}  # other kinds' folders: (folder mtime_ns, highest number)
         self._cleaned: set[Path] = set()
         self._cache_signature: tuple | None = None
         self._cache_rows: list[tuple[str, int, str, str, int]] = []
+        self._kind_rows: dict[str, list[tuple[str, int, str, str, int]]] = {}
         self._folder_rows: dict[str, tuple[int, list[tuple[str, int, str, str, int]]]] = {}
 
     # ------------------------------------------------------------------ saving
@@ -105,9 +112,7 @@ class OutputStore:
     def _publish(self, temp: Path, folder: Path, seed: int) -> Path:
         """Give the finished temporary file its numbered name without ever replacing an existing image."""
         with self._lock:
-            number = self._next_number.get(folder)
-            if number is None:
-                number = _highest_number(folder) + 1
+            number = self._first_free_number(folder)
             for _ in range(10_000):
                 final = folder / f"{number:05d}-{seed}.png"
                 try:
@@ -115,9 +120,36 @@ class OutputStore:
                 except FileExistsError:
                     number += 1
                     continue
-                self._next_number[folder] = number + 1
+                self._next_number[folder.name] = number + 1
                 return final
         raise OutputError(f"could not find a free file number in {folder}")
+
+    def _first_free_number(self, folder: Path) -> int:
+        """The day's next number: past this process's last one and past the highest in every kind's folder.
+
+        The folder itself is scanned once per day (later collisions with another process are caught by the
+        no-overwrite link); the other kinds' folders of that day are rescanned only when their mtime changed.
+        """
+        day = folder.name
+        number = self._next_number.get(day)
+        if number is None:
+            number = _highest_number(folder) + 1
+        try:
+            kinds = [entry.name for entry in os.scandir(self.root)
+                     if entry.name != folder.parent.name and _KIND_RE.match(entry.name) and entry.is_dir()]
+        except OSError:
+            kinds = []
+        for kind in kinds:
+            other = self.root / kind / day
+            mtime_ns = _mtime_ns(other)
+            if mtime_ns < 0:
+                continue
+            cached = self._highest.get(other)
+            if cached is None or cached[0] != mtime_ns:
+                cached = (mtime_ns, _highest_number(other))
+                self._highest[other] = cached
+            number = max(number, cached[1] + 1)
+        return number
 
     def _remove_stale_temps(self, folder: Path) -> None:
         """Temporary files left by a killed process are removed once, when the folder is first written again."""
@@ -138,18 +170,33 @@ class OutputStore:
             pass
 
     # ----------------------------------------------------------------- listing
-    def list(self, page: int = 0, per_page: int = 48) -> list[GalleryItem]:
-        """One page (0-based) of saved images, newest first; only that page's items are built and stat'ed."""
+    def list(self, page: int = 0, per_page: int = 48, kind: str | None = None) -> list[GalleryItem]:
+        """One page (0-based) of saved images, newest first across kinds; only that page's items are stat'ed.
+
+        ``kind`` (``"txt2img"``, ``"img2img"``) lists only that folder's images; None lists all.
+        """
         if page < 0 or per_page < 1:
             raise OutputError(f"page {page} / per_page {per_page}: page must be >= 0 and per_page >= 1")
-        rows = self._all_rows()
+        rows = self._rows(kind)
         return [self._item(row) for row in rows[page * per_page : (page + 1) * per_page]]
 
-    def count(self) -> int:
-        return len(self._all_rows())
+    def count(self, kind: str | None = None) -> int:
+        return len(self._rows(kind))
 
-    def pages(self, per_page: int = 48) -> int:
-        return max(1, -(-self.count() // per_page))
+    def pages(self, per_page: int = 48, kind: str | None = None) -> int:
+        return max(1, -(-self.count(kind) // per_page))
+
+    def _rows(self, kind: str | None) -> list[tuple[str, int, str, str, int]]:
+        """Every row, or one kind's, in listing order; the filtered list is kept as long as the listing."""
+        if kind is not None and not _KIND_RE.match(kind):
+            raise OutputError(f"kind: {kind!r} is not an outputs folder; use e.g. 'txt2img' or 'img2img'")
+        rows = self._all_rows()
+        if kind is None:
+            return rows
+        filtered = self._kind_rows.get(kind)
+        if filtered is None:
+            filtered = self._kind_rows[kind] = [row for row in rows if row[2] == kind]
+        return filtered
 
     def _item(self, row: tuple[str, int, str, str, int]) -> GalleryItem:
         date, number, kind, name, seed = row
@@ -188,11 +235,13 @@ class OutputStore:
                     continue
             folder_rows[key] = (mtime_ns, found)
             rows.extend(found)
-        # Newest first: by day, then by the counter (which orders a day's images even when mtimes are equal or
-        # were changed by a copy), then by kind for kinds sharing a day.
+        # Newest first: by day, then by the day's counter, shared by the kinds (see the module docstring), which
+        # orders a day's images even when mtimes are equal or were changed by a copy; then by kind for the
+        # numbers two processes gave at the same moment to two kinds.
         rows.sort(reverse=True)
         self._folder_rows = folder_rows
         self._cache_rows = rows
+        self._kind_rows = {}
         self._cache_signature = signature
         return rows
 

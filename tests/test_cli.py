@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sdlocal import cli
+from sdlocal.engine.request import GenerationRequest
 from sdlocal.settings import Settings
 from tests.servers import free_port
 
@@ -188,3 +189,86 @@ def test_serve_stops_with_the_report_when_the_late_checks_fail(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "FAILURE  CUDA" in done.stdout and "stopping: fix the failure above" in done.stdout
+
+
+def _picture(path: Path, size=(64, 64), mode="RGB") -> Path:
+    from PIL import Image
+
+    Image.new(mode, size, 200).save(path)
+    return path
+
+
+def test_img2img_flags_build_the_same_image_source_as_the_api(tmp_path):
+    init, mask = _picture(tmp_path / "init.png"), _picture(tmp_path / "mask.png", mode="L")
+    inv = parse(["generate", "--model", "m", "--prompt", "p", "--out", str(tmp_path / "o"), "--init-image", str(init),
+                 "--init-image", str(init), "--mask", str(mask), "--denoising-strength", "0.4", "--resize-mode",
+                 "Crop and resize", "--mask-blur", "8", "--mask-invert", "--inpaint-area", "Only masked",
+                 "--inpaint-padding", "16", "--masked-content", "latent noise", "--conditional-mask-weight", "0.5"],
+                tmp_path)
+    source = cli.image_source(inv.options)
+    request = GenerationRequest.build(prompt="p", width=64, height=64, source=source)
+    assert request.mode == "inpaint" and request.output_kind == "img2img"
+    assert [image.size for image in request.source.images] == [(64, 64), (64, 64)]
+    assert (request.source.denoising_strength, request.source.resize_mode) == (0.4, "Crop and resize")
+    spec = request.source.mask
+    assert (spec.blur_x, spec.blur_y, spec.invert, spec.area, spec.padding, spec.content, spec.conditional_weight) == (
+        8, 8, True, "Only masked", 16, "latent noise", 0.5)
+    plain = parse(["generate", "--model", "m", "--prompt", "p", "--out", "o", "--init-image", str(init)], tmp_path)
+    assert GenerationRequest.build(source=cli.image_source(plain.options)).mode == "img2img"
+    assert cli.image_source(parse(["generate", "--model", "m", "--prompt", "p", "--out", "o"], tmp_path).options) \
+        is None
+
+
+def test_generate_with_an_init_image_and_a_mask_saves_in_img2img(tmp_path):
+    from PIL import Image
+
+    from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.outputs import read_image_parameters
+
+    models = tmp_path / "data" / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    save_tiny_model(models / "tiny-sd15.safetensors", family="sd1", fmt="safetensors")
+    init = _picture(tmp_path / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    argv = ["generate", "--model", "tiny-sd15", "--prompt", "a cat", "--steps", "4", "--width", "64", "--height",
+            "64", "--seed", "7", "--out", str(tmp_path / "out"), "--init-image", str(init), "--mask",
+            str(tmp_path / "mask.png"), "--denoising-strength", "0.5", "--mask-blur", "2", "--device", "cpu",
+            "--precision", "fp32"]
+    inv = parse(argv, tmp_path / "data")
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.run_generate(inv.settings, inv.options, out=out, err=err) == 0, err.getvalue()
+    path = Path(out.getvalue().strip().split("\t")[0])
+    assert path.parent.parent == tmp_path / "out" / "img2img" and path.name.endswith("-7.png")
+    text = read_image_parameters(path)
+    assert "Denoising strength: 0.5" in text and "Mask blur: 2" in text and "Seed: 7" in text
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--mask", "{mask}"], "mask.png' is not allowed; needs --init-image PATH, the image to start from"),
+    (["--denoising-strength", "0.5"], "--denoising-strength: 0.5 is not allowed; needs --init-image PATH"),
+    (["--init-image", "{init}", "--mask-blur", "3"], "--mask-blur: 3 is not allowed; needs --mask PATH"),
+    (["--init-image", "{missing}"], "cannot be read (No such file or directory); give an image file (set with "
+                                    "--init-image)"),
+    (["--init-image", "{text}"], "(set with --init-image)"),
+    (["--init-image", "{init}", "--mask", "{small}"], "must be the size of its image: init image 1 is 64x64; "),
+    (["--init-image", "{init}", "--denoising-strength", "1.5"], "denoising_strength: 1.5 is not allowed"),
+])
+def test_bad_img2img_flags_are_refused_before_any_work_naming_the_flag(tmp_path, flags, expected):
+    files = {"init": _picture(tmp_path / "init.png"), "mask": _picture(tmp_path / "mask.png", mode="L"),
+             "small": _picture(tmp_path / "small.png", (32, 32), "L"), "missing": tmp_path / "nope.png"}
+    files["text"] = tmp_path / "notes.png"
+    files["text"].write_text("not an image")
+    argv = ["generate", "--model", "no-such-model", "--prompt", "p", "--out", str(tmp_path / "o"),
+            *[flag.format(**files) for flag in flags]]
+    err = io.StringIO()
+    code = cli.run_generate(parse(argv, tmp_path).settings, parse(argv, tmp_path).options, out=io.StringIO(), err=err)
+    assert code == 2 and expected in err.getvalue(), err.getvalue()
+    assert "no-such-model" not in err.getvalue()  # refused before the engine looked for the model
+
+
+def test_an_unknown_resize_mode_is_a_flag_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        parse(["generate", "--model", "m", "--prompt", "p", "--out", "o", "--resize-mode", "Stretch"], tmp_path)
+    assert caught.value.code == 2 and "--resize-mode" in capsys.readouterr().err

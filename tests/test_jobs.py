@@ -7,6 +7,7 @@ the API tests run the same queue against a real tiny model.
 from __future__ import annotations
 
 import threading
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from sdlocal.engine.request import (
     RequestError,
 )
 from sdlocal.jobs import CANCELLED, DONE, FAILED, INTERRUPTED, JobCancelledError, JobQueue, QueueFullError
+from sdlocal.outputs import OutputStore
 
 
 class ScriptedEngine:
@@ -143,6 +145,26 @@ def test_images_are_saved_with_their_parameters_and_paths_kept(queue: JobQueue) 
     unsaved = queue.submit(req("not saved"), save=False)
     unsaved.wait(10)
     assert unsaved.saved_paths == [] and len(queue.store.saved) == 2
+
+
+def test_each_image_is_saved_in_its_requests_outputs_folder(engine: ScriptedEngine, tmp_path: Path) -> None:
+    """A1111's layout: txt2img in txt2img/YYYY-MM-DD/, img2img and inpainting both in img2img/YYYY-MM-DD/."""
+    init = Image.new("RGB", (64, 64), (10, 20, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    q = JobQueue(engine, OutputStore(tmp_path), max_queue=4)
+    try:
+        jobs = [q.submit(req("text")), q.submit(req("picture", source={"images": [init]})),
+                q.submit(req("repaint", batch_count=2, source={"images": [init], "mask": {"image": mask}}))]
+        for job in jobs:
+            job.wait(10)
+    finally:
+        q.close()
+    assert [job.request.mode for job in jobs] == ["txt2img", "img2img", "inpaint"]
+    today = date.today().isoformat()
+    folders = [[path.parent.relative_to(tmp_path).as_posix() for path in job.saved_paths] for job in jobs]
+    assert folders == [[f"txt2img/{today}"], [f"img2img/{today}"], [f"img2img/{today}"] * 2]
+    assert all(path.is_file() for job in jobs for path in job.saved_paths)
 
 
 def test_a_failed_save_keeps_the_images_and_warns(engine: ScriptedEngine) -> None:

@@ -218,3 +218,48 @@ def test_each_quick_save_is_listed_at_once(tmp_path: Path) -> None:
         path = store.save(image, f"p\nSteps: 1, Seed: {seed}, Size: 8x8", seed)
         assert store.count() == seed + 1 and store.list()[0].path == path
     assert [item.seed for item in store.list()] == [4, 3, 2, 1, 0]
+
+
+def test_a_day_is_one_sequence_across_kinds_and_listed_newest_first(tmp_path: Path) -> None:
+    """img2img #3 made after txt2img #9 is listed above it: one counter per day, shared by the kinds' folders."""
+    store = OutputStore(tmp_path)
+    when = datetime(2026, 12, 1, 9, 0)
+    order = ["txt2img", "txt2img", "txt2img", "img2img", "img2img", "txt2img", "img2img"]
+    saved = [store.save(_image(), f"image {i}", seed=i, kind=kind, when=when) for i, kind in enumerate(order)]
+    assert [path.relative_to(tmp_path).as_posix() for path in saved] == [
+        "txt2img/2026-12-01/00000-0.png", "txt2img/2026-12-01/00001-1.png", "txt2img/2026-12-01/00002-2.png",
+        "img2img/2026-12-01/00003-3.png", "img2img/2026-12-01/00004-4.png", "txt2img/2026-12-01/00005-5.png",
+        "img2img/2026-12-01/00006-6.png"]
+    newest_first = [item.seed for item in store.list(0, 100)]
+    assert newest_first == [6, 5, 4, 3, 2, 1, 0]
+    assert [item.seed for item in OutputStore(tmp_path).list(0, 100)] == newest_first  # after a restart too
+    # the next day starts again at 0 and comes first, whichever kind
+    next_day = store.save(_image(), "", seed=99, kind="txt2img", when=datetime(2026, 12, 2))
+    assert next_day.name == "00000-99.png" and store.list(0, 1)[0].path == next_day
+
+
+def test_the_day_sequence_sees_another_processs_saves_in_other_kinds(tmp_path: Path) -> None:
+    ui, cli = OutputStore(tmp_path), OutputStore(tmp_path)  # two stores act like two processes
+    when = datetime(2026, 12, 1)
+    ui.save(_image(), "", seed=1, kind="txt2img", when=when)
+    cli.save(_image(), "", seed=2, kind="img2img", when=when)
+    cli.save(_image(), "", seed=3, kind="img2img", when=when)
+    latest = ui.save(_image(), "", seed=4, kind="txt2img", when=when)
+    assert latest.name == "00003-4.png"
+    assert [item.seed for item in ui.list(0, 10)] == [4, 3, 2, 1]
+
+
+def test_listing_filters_by_kind_in_the_same_order(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path)
+    for i, kind in enumerate(["txt2img", "img2img", "txt2img", "img2img", "img2img"]):
+        store.save(_image(), "", seed=i, kind=kind, when=datetime(2026, 12, 1 + i // 3))
+    assert [item.seed for item in store.list(0, 10)] == [4, 3, 2, 1, 0]
+    assert [item.seed for item in store.list(0, 10, kind="img2img")] == [4, 3, 1]
+    assert [(item.kind, item.seed) for item in store.list(1, 1, kind="txt2img")] == [("txt2img", 0)]
+    assert store.count(kind="img2img") == 3 and store.count(kind="txt2img") == 2 and store.count() == 5
+    assert store.pages(per_page=2, kind="img2img") == 2 and store.pages(per_page=2, kind="extras") == 1
+    assert store.list(0, 10, kind="extras") == []
+    added = store.save(_image(), "", seed=9, kind="img2img", when=datetime(2026, 12, 2))
+    assert store.list(0, 1, kind="img2img")[0].path == added and store.count(kind="txt2img") == 2
+    with pytest.raises(OutputError, match="kind"):
+        store.list(0, 10, kind="../txt2img")

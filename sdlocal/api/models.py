@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Txt2ImgRequest(BaseModel):
-    """``POST /sdapi/v1/txt2img``. Unknown fields are ignored, as A1111 does; NaN and Infinity are refused (422)."""
+class GenerationFields(BaseModel):
+    """The fields A1111's txt2img and img2img share. Unknown fields are ignored, as A1111 does; NaN and Infinity
+    are refused (422)."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -44,10 +45,6 @@ class Txt2ImgRequest(BaseModel):
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
-    enable_hr: bool = False
-    hr_scale: float = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
     sampler_index: str = "Euler"
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
@@ -58,10 +55,56 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = None
 
 
+class Txt2ImgRequest(GenerationFields):
+    """``POST /sdapi/v1/txt2img``: the shared fields plus hires fix (accepted, not implemented)."""
+
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+
+
+class Img2ImgRequest(GenerationFields):
+    """``POST /sdapi/v1/img2img`` with A1111's API defaults, which differ from its UI's: fill, "Only masked"
+    (``inpaint_full_res``), padding 0. Images are base64 text, with or without a ``data:image/...`` prefix.
+
+    ``resize_mode`` and ``inpainting_fill`` are A1111's indices; their names are accepted too. ``mask_blur``,
+    when sent, sets both ``mask_blur_x`` and ``mask_blur_y``. The sampler-tuning and edit-model fields
+    (``eta``, ``s_churn``, ``image_cfg_scale``, ``initial_noise_multiplier``...) are accepted so clients work
+    unchanged, and named in ``info.warnings`` when they ask for something sdlocal does not do.
+    """
+
+    init_images: list[str] | None = None
+    resize_mode: int | str = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = 4
+    mask_round: bool = True
+    inpainting_fill: int | str = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+
+
 class Txt2ImgResponse(BaseModel):
     images: list[str] = Field(description="Raw base64 PNGs (no data: prefix), each with its `parameters` chunk")
     parameters: dict[str, Any]
     info: str = Field(description="A JSON string: seed, all_seeds, infotexts, sampler_name, sd_model_name, ...")
+
+
+class Img2ImgResponse(Txt2ImgResponse):
+    """As txt2img's; ``parameters`` holds ``init_images`` and ``mask`` only with ``include_init_images``."""
 
 
 class PngInfoRequest(BaseModel):

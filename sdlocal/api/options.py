@@ -5,8 +5,9 @@ Only options that change what sdlocal does are accepted; every other key a clien
 would tell the client something happened that did not. What is honoured is saved, as A1111 saves its options:
 
 - ``token_merging_ratio`` is a sdlocal setting: saved to ``settings.json`` (``Settings.save_settings``).
-- ``CLIP_stop_at_last_layers`` has no sdlocal setting (clip skip is a per-request field of the engine): it is
-  saved to ``api-options.json`` in the data folder and read back at the next start.
+- ``CLIP_stop_at_last_layers`` and ``inpainting_mask_weight`` have no sdlocal setting (clip skip and the
+  conditional mask weight are per-request fields of the engine): they are saved to ``api-options.json`` in the
+  data folder and read back at the next start.
 - ``sd_model_checkpoint`` loads that model (through the queue) and becomes the model loaded at the next start.
 """
 
@@ -23,7 +24,8 @@ from sdlocal.engine.request import GenerationRequest, RequestError
 log = logging.getLogger(__name__)
 
 OPTIONS_FILE = "api-options.json"
-WRITABLE = ("CLIP_stop_at_last_layers", "token_merging_ratio")
+WRITABLE = ("CLIP_stop_at_last_layers", "token_merging_ratio", "inpainting_mask_weight")
+_FILE_KEYS = ("CLIP_stop_at_last_layers", "inpainting_mask_weight")  # what api-options.json keeps
 MODEL = "sd_model_checkpoint"
 _ENGINE_NAMES = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio"}
 
@@ -34,7 +36,7 @@ class ApiOptions:
     def __init__(self, services: Any) -> None:
         self.services = services
         self.lock = threading.Lock()
-        self.values: dict[str, Any] = {"CLIP_stop_at_last_layers": 1,
+        self.values: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "inpainting_mask_weight": 1.0,
                                        "token_merging_ratio": float(services.settings.token_merging_ratio)}
         self.values.update(self._load_file())
 
@@ -51,7 +53,7 @@ class ApiOptions:
         except (OSError, ValueError) as exc:
             log.warning("ignoring %s: %s", self.path, exc)
             return {}
-        kept = {key: saved[key] for key in ("CLIP_stop_at_last_layers",) if isinstance(saved, dict) and key in saved}
+        kept = {key: saved[key] for key in _FILE_KEYS if isinstance(saved, dict) and key in saved}
         try:
             return self.check(kept)
         except RequestError as exc:
@@ -110,23 +112,25 @@ class ApiOptions:
             checked["CLIP_stop_at_last_layers"] = probe.clip_skip
         if "token_merging_ratio" in checked:
             checked["token_merging_ratio"] = probe.token_merging_ratio
+        if "inpainting_mask_weight" in checked:
+            checked["inpainting_mask_weight"] = _mask_weight(checked["inpainting_mask_weight"])
         return checked
 
     def apply(self, changes: dict[str, Any]) -> list[str]:
         """Use checked ``changes`` from now on and save them; returns warnings (a save that failed)."""
         with self.lock:
             self.values.update(changes)
-            clip = self.values["CLIP_stop_at_last_layers"]
+            kept = {key: self.values[key] for key in _FILE_KEYS}
         warnings: list[str] = []
         settings = self.services.settings
         try:
             if "token_merging_ratio" in changes:
                 settings.save_settings({"token_merging_ratio": changes["token_merging_ratio"]})
                 settings.token_merging_ratio = changes["token_merging_ratio"]
-            if "CLIP_stop_at_last_layers" in changes:
+            if any(key in changes for key in _FILE_KEYS):
                 from sdlocal.settings import atomic_write_json
 
-                atomic_write_json(self.path, {"CLIP_stop_at_last_layers": clip})
+                atomic_write_json(self.path, kept)
         except (OSError, ValueError) as exc:
             log.warning("could not save the API options: %s", exc)
             warnings.append(f"The options apply to this run but could not be saved: {exc}")
@@ -143,6 +147,16 @@ class ApiOptions:
             log.warning("could not save the model choice: %s", exc)
             return [f"The model is loaded but the choice could not be saved for the next start: {exc}"]
         return []
+
+
+def _mask_weight(value: Any) -> float:
+    """The conditional mask weight with the engine's own check (a number from 0 to 1)."""
+    from sdlocal.engine.request import MaskSpec
+
+    try:
+        return MaskSpec.validate_weight(value)
+    except RequestError as exc:
+        raise RequestError("inpainting_mask_weight", exc.value, exc.allowed) from None
 
 
 def log_ignored(where: str, ignored: dict[str, str]) -> None:

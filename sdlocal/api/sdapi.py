@@ -15,7 +15,6 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -34,9 +33,12 @@ from sdlocal.api.models import (
 )
 from sdlocal.api.ops import gpu_memory, ram_figures
 from sdlocal.api.options import MODEL, WRITABLE, ApiOptions, log_ignored
+from sdlocal.api.translate import build_info, encode_images, png_base64, schedule_name, to_generation_request
 from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
-from sdlocal.engine.samplers import SAMPLER_ALIASES, resolve_alias
+from sdlocal.engine.samplers import SAMPLER_ALIASES
 from sdlocal.jobs import Job
+
+__all__ = ["ApiError", "Runner", "build_router", "png_base64", "request_error", "wait_for_job"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,6 @@ A1111_FIELDS = {
     "token_merging_ratio": "override_settings.token_merging_ratio",
     "model": "override_settings.sd_model_checkpoint",
 }
-
-# Fields A1111 clients may set that sdlocal does not implement: named in ``info`` when set, never silently.
-UNSUPPORTED = {
-    "enable_hr": False, "restore_faces": None, "tiling": None, "script_name": None, "alwayson_scripts": {},
-    "refiner_checkpoint": None, "subseed_strength": 0.0, "styles": None,
-}
-
-
-def _schedule_name(label: str) -> str:
-    """A1111 scheduler ``name`` ("sgm_uniform") from the label sdlocal uses ("SGM Uniform")."""
-    return label.lower().replace(" ", "_")
 
 
 class ApiError(Exception):
@@ -76,9 +67,10 @@ class ApiError(Exception):
         return {"error": self.error, "detail": self.detail, "errors": self.errors, **self.extra}
 
 
-def request_error(exc: RequestError) -> ApiError:
-    """422 naming the A1111 field, the value and what is allowed."""
-    return field_error(A1111_FIELDS.get(exc.field, exc.field), exc.value, exc.allowed)
+def request_error(exc: RequestError, names: dict[str, str] | None = None) -> ApiError:
+    """422 naming the A1111 field (``names`` first: a route's own spellings), the value and what is allowed."""
+    name = (names or {}).get(exc.field) or A1111_FIELDS.get(exc.field, exc.field)
+    return field_error(name, exc.value, exc.allowed)
 
 
 def field_error(name: str, value: Any, allowed: str) -> ApiError:
@@ -159,14 +151,17 @@ async def wait_for_job(job: Job, request: Request | None = None) -> Any:
     return job
 
 
-def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
-                 errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
-    """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
-    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
-    engine, queue = services.engine, services.queue
-    to_api_error = errors or (lambda exc: exc if isinstance(exc, ApiError) else ApiError(500, "Error", str(exc)))
+class Runner:
+    """The one path from an A1111 body to a finished job, shared by txt2img and img2img: the model override,
+    the queue, waiting, switching the model back, and the notes about the overrides."""
 
-    def submit(make: Callable[[], Job]) -> Job:
+    def __init__(self, services: Any, options: ApiOptions, to_api_error: Callable[[BaseException], ApiError]) -> None:
+        self.engine, self.queue = services.engine, services.queue
+        self.options, self.to_api_error = options, to_api_error
+
+    def submit(self, make: Callable[[], Job], names: dict[str, str] | None = None) -> Job:
+        """``make()`` (a queue submission): 503 when the queue is full, 422 naming the A1111 field (``names``
+        maps engine fields to a route's own) when the request is invalid."""
         from sdlocal.jobs import QueueFullError
 
         try:
@@ -175,44 +170,38 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
             raise ApiError(503, "Service Unavailable", f"The queue is full: {exc}",
                            headers={"Retry-After": str(exc.retry_after)}) from None
         except RequestError as exc:
-            raise request_error(exc) from None
+            raise request_error(exc, names) from None
 
-    # ------------------------------------------------------------------------------------------ txt2img
-    @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111 fields and defaults)")
-    async def txt2img(body: Txt2ImgRequest, request: Request) -> JSONResponse:
-        params = body.model_dump()
-        refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
-        overrides = dict(body.override_settings or {})
-        generation = to_generation_request(body, options.snapshot(), overrides)
+    async def run(self, body: Any, generation: GenerationRequest, request: Request, overrides: dict[str, Any],
+                  honoured: tuple[str, ...] = (), names: dict[str, str] | None = None) -> tuple[Job, list[str]]:
+        """Run ``generation`` for ``body``; the finished job (its ``result`` set) and the notes for
+        ``info.warnings``. ``honoured`` are override keys the route uses itself (not named as ignored)."""
+        engine, queue = self.engine, self.queue
         previous, entry = engine.current_model, None
         if generation.model:
             entry = await find_model_off_loop(engine, generation.model)
             generation.model = entry.name
         save = bool(body.save_images) and not body.do_not_save_samples
-        job = submit(lambda: queue.submit(generation, save=save, source="api"))
+        job = self.submit(lambda: queue.submit(generation, save=save, source="api"), names)
         switch_back = (entry is not None and body.override_settings_restore_afterwards and previous is not None
                        and previous.path != entry.path)
         restore = queue.submit_call(lambda: engine.load(previous.name), source="api", force=True,
                                     label=f"Loading {previous.name} again") if switch_back else None
         await wait_for_job(job, request)
-        notes = await _finish_overrides(restore, body, overrides, entry, succeeded=job.error is None)
+        notes = await self._finish_overrides(restore, body, overrides, entry, job.error is None, honoured)
         if job.error is not None:
-            raise to_api_error(job.error)
+            raise self.to_api_error(job.error)
         if not job.done() or job.result is None:
             raise ApiError(499, "Client Closed Request", "the client disconnected before the job finished")
-        result: GenerationResult = job.result
-        images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
-        info = build_info(body, result, job)
-        info["warnings"] += notes
-        return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
+        return job, notes
 
-    async def _finish_overrides(restore: Job | None, body: Txt2ImgRequest, overrides: dict[str, Any],
-                                entry: Any, succeeded: bool) -> list[str]:
+    async def _finish_overrides(self, restore: Job | None, body: Any, overrides: dict[str, Any], entry: Any,
+                                succeeded: bool, honoured: tuple[str, ...]) -> list[str]:
         """After the run: wait for the model to be switched back (A1111's default), or keep the overrides as
-        options (``override_settings_restore_afterwards: false``, after a run that worked); the notes go to
-        ``info.warnings``."""
+        options (``override_settings_restore_afterwards: false``, after a run that worked)."""
+        options = self.options
         notes = [f"override_settings.{key} is not supported by sdlocal and was ignored"
-                 for key in sorted(overrides) if key not in (MODEL, *WRITABLE)]
+                 for key in sorted(overrides) if key not in (MODEL, *WRITABLE, *honoured)]
         if restore is not None:
             await wait_for_job(restore)
             if restore.error is not None:
@@ -223,7 +212,37 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
             notes += options.apply(kept)
             if entry is not None:
                 notes += options.remember_model(entry.name)
+            notes += [f"override_settings.{key} was used for this request only; sdlocal does not keep it as an "
+                      "option" for key in sorted(honoured) if key in overrides]
         return notes
+
+
+def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
+                 errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
+    """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
+    from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
+
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
+    engine, queue = services.engine, services.queue
+    to_api_error = errors or (lambda exc: exc if isinstance(exc, ApiError) else ApiError(500, "Error", str(exc)))
+    runner = Runner(services, options, to_api_error)
+    submit = runner.submit
+
+    # ------------------------------------------------------------------------------------------ txt2img
+    @router.post("/txt2img", response_model=Txt2ImgResponse, summary="Text to image (A1111 fields and defaults)")
+    async def txt2img(body: Txt2ImgRequest, request: Request) -> JSONResponse:
+        params = body.model_dump()
+        refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
+        overrides = dict(body.override_settings or {})
+        generation = to_generation_request(body, options.snapshot(), overrides)
+        job, notes = await runner.run(body, generation, request, overrides)
+        result: GenerationResult = job.result
+        images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
+        info = build_info(body, result, job)
+        info["warnings"] += notes
+        return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
+
+    add_img2img_route(router, runner)
 
     # ------------------------------------------------------------------------------------------ models
     @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")
@@ -274,7 +293,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
 
     @router.get("/schedulers", response_model=list[Scheduler], summary="Schedule types")
     def schedulers() -> list[dict[str, Any]]:
-        return [{"name": _schedule_name(label), "label": label, "aliases": None, "default_rho": -1,
+        return [{"name": schedule_name(label), "label": label, "aliases": None, "default_rho": -1,
                  "need_inner_model": False} for label in engine.schedules()]
 
     # ------------------------------------------------------------------------------------------ progress
@@ -326,93 +345,6 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         return {"ram": ram_figures(), "cuda": cuda}
 
     return router
-
-
-# ---------------------------------------------------------------------------------------------- translation
-def to_generation_request(body: Txt2ImgRequest, current_options: dict[str, Any],
-                          overrides: dict[str, Any]) -> GenerationRequest:
-    """A1111's fields to the engine's request (validated later, at submit, by the queue)."""
-    sampler = resolve_alias(body.sampler_name or body.sampler_index or "Euler")
-    schedule = body.scheduler or "Automatic"
-    for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
-        if schedule.strip().lower() in (label.lower(), _schedule_name(label)):
-            schedule = label
-    clip_skip = overrides.get("CLIP_stop_at_last_layers", current_options.get("CLIP_stop_at_last_layers", 1))
-    tome = overrides.get("token_merging_ratio", current_options.get("token_merging_ratio", 0.0))
-    model = overrides.get("sd_model_checkpoint") or ""
-    return GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, model=str(model), sampler=sampler,
-        schedule=schedule, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height,
-        seed=body.seed, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
-        token_merging_ratio=tome,
-    )
-
-
-def png_base64(image: Any, parameters: str | None) -> str:
-    """A PNG as raw base64 (A1111 sends no ``data:`` prefix), with the ``parameters`` text chunk when given."""
-    from PIL.PngImagePlugin import PngInfo
-
-    meta = None
-    if parameters:
-        meta = PngInfo()
-        meta.add_text("parameters", parameters)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=meta)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def encode_images(result: GenerationResult) -> list[str]:
-    return [png_base64(item.image, item.infotext) for item in result.images]
-
-
-def build_info(body: Txt2ImgRequest, result: GenerationResult, job: Job) -> dict[str, Any]:
-    """A1111's ``info`` object (sent as a JSON string): what was actually generated, per image."""
-    request = result.request
-    seeds = [item.seed for item in result.images] or list(result.seeds)
-    count = len(seeds)
-    started = datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S")
-    ignored = [name for name, default in UNSUPPORTED.items() if getattr(body, name, default) not in (default, None)]
-    info = {
-        "prompt": request.prompt,
-        "all_prompts": [request.prompt] * count,
-        "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * count,
-        "seed": seeds[0] if seeds else request.seed,
-        "all_seeds": seeds,
-        "subseed": seeds[0] if seeds else -1,
-        "all_subseeds": seeds,
-        "subseed_strength": 0,
-        "width": request.width,
-        "height": request.height,
-        "sampler_name": request.sampler,
-        "scheduler": request.schedule,
-        "cfg_scale": request.cfg_scale,
-        "steps": request.steps,
-        "batch_size": request.batch_size,
-        "n_iter": request.batch_count,
-        "restore_faces": False,
-        "face_restoration_model": None,
-        "sd_model_name": result.model_name,
-        "sd_model_hash": result.model_hash or None,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
-        "denoising_strength": None,
-        "extra_generation_params": {"Schedule type": request.schedule} if request.schedule != "Automatic" else {},
-        "index_of_first_image": 0,
-        "infotexts": [item.infotext for item in result.images],
-        "styles": [],
-        "job_timestamp": started,
-        "clip_skip": request.clip_skip,
-        "is_using_inpainting_conditioning": False,
-        "interrupted": result.interrupted,
-        "warnings": list(result.warnings) + [f"{name} is not supported by sdlocal and was ignored"
-                                             for name in ignored],
-        "saved_paths": [str(path) for path in job.saved_paths],
-        "timings": dict(result.timings),
-    }
-    return info
 
 
 def model_record(entry: Any) -> dict[str, Any]:

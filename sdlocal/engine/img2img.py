@@ -28,8 +28,9 @@ def prepare_all(request: GenerationRequest) -> list[source_images.PreparedImage]
 
 
 def pipeline_strength(request: GenerationRequest) -> float:
-    """A strength for which diffusers runs exactly ``request.denoising_steps()`` steps (int(steps x strength))."""
-    return (request.denoising_steps() + 0.5) / request.steps
+    """A strength for which diffusers runs exactly ``request.denoising_steps()`` steps (int(steps x strength));
+    at most 1, which diffusers requires (a 1-step run: 1.5 / 1 would be refused)."""
+    return min(1.0, (request.denoising_steps() + 0.5) / request.steps)
 
 
 def to_tensor(loaded: LoadedModel, pixels: list[Any]) -> Any:

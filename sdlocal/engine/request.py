@@ -180,8 +180,13 @@ class MaskSpec:
         self.area = _as_choice("inpaint_area", self.area, INPAINT_AREAS)
         self.padding = _as_int("inpaint_full_res_padding", self.padding, 0, MAX_MASK_PADDING)
         self.content = _as_choice("inpainting_fill", self.content, MASKED_CONTENT)
-        self.conditional_weight = _as_float("conditional_mask_weight", self.conditional_weight, 0.0, 1.0)
+        self.conditional_weight = self.validate_weight(self.conditional_weight)
         return self
+
+    @staticmethod
+    def validate_weight(value: Any) -> float:
+        """The conditional mask weight: a number from 0 (the whole original) to 1 (the masked image)."""
+        return _as_float("conditional_mask_weight", value, 0.0, 1.0)
 
 
 @dataclass

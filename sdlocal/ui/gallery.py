@@ -1,4 +1,7 @@
-"""The Gallery tab: every saved image, newest first, in pages of cached thumbnails.
+"""The Gallery tab: every saved image, txt2img and img2img together newest first, in pages of cached thumbnails.
+
+A filter shows all images or one kind's (the ``outputs/<kind>`` folder, as A1111 names them); the order across
+kinds comes from the store's per-day counter, so filtering and listing stay free of per-file ``stat`` calls.
 
 Listing comes from ``OutputStore.list`` (directory names only, cached) and thumbnails from
 ``OutputStore.thumbnail`` (made once, kept until the image changes), so a page of 10,000 images opens no PNG
@@ -20,6 +23,8 @@ from sdlocal.ui.generate_layout import GenerateTab
 from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
+SHOW_ALL = "All"
+FILTERS = (SHOW_ALL, "txt2img", "img2img")  # the filter's choices: everything, or one outputs folder
 
 
 @dataclass
@@ -28,6 +33,7 @@ class GalleryTab:
 
     tab: Any = None
     folder: Any = None
+    show: Any = None
     first: Any = None
     prev: Any = None
     page_label: Any = None
@@ -64,6 +70,7 @@ def _layout() -> GalleryTab:
     ui = GalleryTab()
     with gr.Tab("Gallery", id="gallery") as ui.tab:
         ui.folder = gr.Markdown("", label="Folder", elem_id="sd-gallery-folder")
+        ui.show = gr.Radio(list(FILTERS), value=SHOW_ALL, label="Show", elem_id="sd-gallery-show")
         with gr.Row(equal_height=True):
             ui.first = gr.Button("«", scale=0, min_width=48)
             ui.prev = gr.Button("‹ Newer", scale=1)
@@ -101,28 +108,44 @@ def _selected_column(ui: GalleryTab) -> None:
         ui.cancel = gr.Button("Cancel", size="sm")
 
 
+def gallery_page(store: Any, number: int, show: str = SHOW_ALL) -> tuple[int, list, list[str], str, str]:
+    """One page of thumbnails for the filter ``show``; a page past the end snaps back to the last page.
+
+    Returns the page number, (thumbnail, caption) pairs, the relative paths shown, the folder text and the
+    page label. An unknown filter value (an old script) is refused with a message naming the choices.
+    """
+    if show not in FILTERS:
+        raise gr.Error(f"Show: {show!r} is not a choice; use one of {', '.join(FILTERS)}")
+    kind = None if show == SHOW_ALL else show
+    pages = store.pages(PER_PAGE, kind=kind)
+    number = max(0, min(int(number or 0), pages - 1))
+    shown, rels = [], []
+    for item in store.list(number, PER_PAGE, kind=kind):
+        try:
+            shown.append((str(store.thumbnail(item.path)), f"{item.kind} · {item.date} · seed {item.seed}"))
+            rels.append(item.relpath)
+        except (OSError, OutputError, ValueError):
+            continue  # a file removed or damaged since the listing: skip it
+    total = store.count()
+    where = f"Images are saved in `{store.root}` ({total:,} image{'s' if total != 1 else ''})."
+    if kind is not None:
+        matching = store.count(kind=kind)
+        where += f" Showing {kind}: {matching:,} image{'s' if matching != 1 else ''}."
+    return number, shown, rels, where, f"Page {number + 1} of {pages}"
+
+
 def _wire_pages(ui: GalleryTab, store: Any) -> Any:
-    def show_page(number: int):
-        """One page of thumbnails; a page past the end snaps back to the last page (after deletions)."""
-        pages = store.pages(PER_PAGE)
-        number = max(0, min(int(number or 0), pages - 1))
-        shown, rels = [], []
-        for item in store.list(number, PER_PAGE):
-            try:
-                shown.append((str(store.thumbnail(item.path)), f"{item.date} · seed {item.seed}"))
-                rels.append(item.relpath)
-            except (OSError, OutputError, ValueError):
-                continue  # a file removed or damaged since the listing: skip it
-        total = store.count()
-        where = f"Images are saved in `{store.root}` ({total:,} image{'s' if total != 1 else ''})."
-        return number, shown, rels, where, f"Page {number + 1} of {pages}"
+    def show_page(number: int, show: str = SHOW_ALL):
+        return gallery_page(store, number, show)
 
     outputs = page_outputs(ui)
-    ui.tab.select(show_page, inputs=ui.page, outputs=outputs, api_visibility="private")
-    ui.reload.click(show_page, inputs=ui.page, outputs=outputs, api_name="gallery_page")
-    ui.first.click(lambda: show_page(0), outputs=outputs, api_visibility="private")
-    ui.prev.click(lambda n: show_page(n - 1), inputs=ui.page, outputs=outputs, api_visibility="private")
-    ui.nxt.click(lambda n: show_page(n + 1), inputs=ui.page, outputs=outputs, api_visibility="private")
+    inputs = [ui.page, ui.show]
+    ui.tab.select(show_page, inputs=inputs, outputs=outputs, api_visibility="private")
+    ui.reload.click(show_page, inputs=inputs, outputs=outputs, api_name="gallery_page")
+    ui.show.change(lambda show: show_page(0, show), inputs=ui.show, outputs=outputs, api_visibility="private")
+    ui.first.click(lambda show: show_page(0, show), inputs=ui.show, outputs=outputs, api_visibility="private")
+    ui.prev.click(lambda n, show: show_page(n - 1, show), inputs=inputs, outputs=outputs, api_visibility="private")
+    ui.nxt.click(lambda n, show: show_page(n + 1, show), inputs=inputs, outputs=outputs, api_visibility="private")
     return show_page
 
 
@@ -183,17 +206,17 @@ def _wire_delete(ui: GalleryTab, store: Any, show_page: Any) -> None:
             return gr.update(visible=False)
         return gr.update(visible=True)
 
-    def do_delete(rel: str, number: int):
+    def do_delete(rel: str, number: int, show: str = SHOW_ALL):
         try:
             store.delete(rel)
         except (OSError, OutputError) as exc:
             gr.Warning(str(exc))
-            return ["", None, "", "", gr.update(visible=False), *show_page(number)]
+            return ["", None, "", "", gr.update(visible=False), *show_page(number, show)]
         gr.Info(f"Deleted {rel}")
-        return ["", None, "", "", gr.update(visible=False), *show_page(number)]
+        return ["", None, "", "", gr.update(visible=False), *show_page(number, show)]
 
     ui.delete.click(ask_delete, inputs=ui.chosen, outputs=ui.confirm_row, api_visibility="private")
     ui.cancel.click(lambda: gr.update(visible=False), outputs=ui.confirm_row, api_visibility="private")
-    ui.confirm.click(do_delete, inputs=[ui.chosen, ui.page],
+    ui.confirm.click(do_delete, inputs=[ui.chosen, ui.page, ui.show],
                      outputs=[ui.chosen, ui.picked, ui.params, ui.path_md, ui.confirm_row, *page_outputs(ui)],
                      api_name="gallery_delete")

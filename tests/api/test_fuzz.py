@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdlocal.api.models import Txt2ImgRequest
+from sdlocal.api.models import Img2ImgRequest, Txt2ImgRequest
 from tests.api.conftest import Server
 
 CASES_PER_ROUTE = 150
@@ -28,11 +28,22 @@ SCALARS = NUMBERS + ['"x"', '""', "null", "true", "false", '"\\u0000"', '"\\ud80
                      '"' + "a" * 20000 + '"', '"NaN"', '"-1"', '"64"']
 ROUTES = {
     "/sdapi/v1/txt2img": sorted(Txt2ImgRequest.model_fields) + ["unknown_field"],
+    "/sdapi/v1/img2img": sorted(Img2ImgRequest.model_fields) + ["unknown_field"],
     "/sdapi/v1/options": ["sd_model_checkpoint", "sd_checkpoint_hash", "CLIP_stop_at_last_layers",
                           "token_merging_ratio", "sd_vae", "samples_save", "unknown_option"],
     "/sdapi/v1/png-info": ["image", "other"],
 }
 SAFE_TXT2IMG = {"prompt": "fuzz", "steps": 1, "width": 64, "height": 64, "send_images": False}
+IMAGE_FIELDS = ("image", "init_images", "mask", "latent_mask")  # fuzzed with broken images more often than not
+
+
+def _png(size: tuple[int, int] = (64, 64)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 200)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+SAFE_IMG2IMG = {**SAFE_TXT2IMG, "init_images": [_png()]}
 
 
 def strict_json(text: str) -> Any:
@@ -69,7 +80,7 @@ def _value(rng: random.Random, depth: int = 0) -> str:
 def fuzz_bodies(route: str, rng: random.Random) -> list[bytes]:
     """``CASES_PER_ROUTE`` raw bodies: mostly objects with hostile fields, plus non-objects and broken bytes."""
     fields = ROUTES[route]
-    base = SAFE_TXT2IMG if route.endswith("txt2img") else {}
+    base = {"txt2img": SAFE_TXT2IMG, "img2img": SAFE_IMG2IMG}.get(route.rsplit("/", 1)[-1], {})
     images = _images(rng)
     bodies: list[bytes] = [b"", b"{", b"[]", b"null", b"NaN", b'{"prompt": "\xff\xfe"}', b"\xff" * 10,
                            b'"' + b"a" * 1000 + b'"', b"{" * 5000 + b"}" * 5000]
@@ -80,7 +91,8 @@ def fuzz_bodies(route: str, rng: random.Random) -> list[bytes]:
             continue
         values = {key: json.dumps(value) for key, value in base.items()}
         for key in rng.sample(fields, rng.randrange(1, min(5, len(fields)) + 1)):
-            values[key] = rng.choice(images) if key == "image" and rng.random() < 0.6 else _value(rng)
+            value = rng.choice(images) if key in IMAGE_FIELDS and rng.random() < 0.6 else _value(rng)
+            values[key] = f"[{value}]" if key == "init_images" and value in images else value
         text = "{" + ",".join(f"{json.dumps(key)}:{value}" for key, value in values.items()) + "}"
         if roll < 0.15:
             text = text[: rng.randrange(0, len(text))]
@@ -138,6 +150,11 @@ def test_hostile_bodies_get_4xx_with_strict_json_and_the_server_goes_on(route: s
     ("/sdapi/v1/txt2img", '{"script_args": [[NaN]]}', "script_args"),
     ("/sdapi/v1/txt2img", '{"override_settings": {"token_merging_ratio": ' + "9" * 400 + "}}",
      "override_settings.token_merging_ratio"),
+    ("/sdapi/v1/img2img", '{"denoising_strength": NaN, "init_images": []}', "denoising_strength"),
+    ("/sdapi/v1/img2img", '{"mask_blur": Infinity}', "mask_blur"),
+    ("/sdapi/v1/img2img", '{"s_churn": -Infinity}', "s_churn"),
+    ("/sdapi/v1/img2img", '{"override_settings": {"inpainting_mask_weight": NaN}}',
+     "override_settings.inpainting_mask_weight"),
     ("/sdapi/v1/options", '{"CLIP_stop_at_last_layers": Infinity}', "CLIP_stop_at_last_layers"),
     ("/sdapi/v1/options", '{"token_merging_ratio": NaN}', "token_merging_ratio"),
 ])

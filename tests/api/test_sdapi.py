@@ -173,7 +173,7 @@ def test_options_honour_what_sdlocal_uses_and_name_the_rest(client: httpx.Client
     assert options["CLIP_stop_at_last_layers"] == 2 and options["samples_format"] == "png"
     assert not {"sd_vae", "samples_save", "some_extension_option"} & set(options)
     saved = json.loads((api.data_dir / "api-options.json").read_text())
-    assert saved == {"CLIP_stop_at_last_layers": 2}
+    assert saved == {"CLIP_stop_at_last_layers": 2, "inpainting_mask_weight": 1.0}
     assert ApiOptions(api.services).values["CLIP_stop_at_last_layers"] == 2  # what the next start reads
     info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
     assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
-    "cpu": [], "memory": [],
+    "cpu": [], "memory": [], "img2img": [],
 }
 
 
@@ -151,3 +151,23 @@ def test_memory(tiny_runs: dict) -> None:
             assert ours["model_mib"] > theirs["model_mib"]
     assert by_load[("sd15", "fp16", "sdlocal")]["model_mib"] < by_load[("sd15", "fp32", "sdlocal")]["model_mib"]
     assert data["target"] == 1.25 and data["skipped"] == []
+
+
+def test_img2img(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "img2img")
+    paths = ("diffusers", "engine", "api")
+    assert set(data["seconds"]) == {f"{path} {mode}" for path in paths for mode in ("img2img", "inpaint")}
+    for stats in data["seconds"].values():
+        assert_stats(stats)
+    assert data["ratios_vs_diffusers"]["diffusers img2img"]["median"] == 1.0
+    assert data["setup"]["denoising_steps"] == 3 and data["setup"]["strength"] == 0.75  # int(4 x 0.75)
+    assert data["image_difference"]["img2img"]["max"] == 0  # the engine's img2img is diffusers' for one seed
+    rss = data["memory"]["rss_mib"]
+    assert list(rss) == ["after txt2img", "after txt2img, img2img", "after txt2img, img2img, inpaint",
+                         "after 3 more rounds"] and all(value > 0 for value in rss.values())
+    assert set(data["memory"]["seconds"]) == {"first img2img", "later img2img", "first inpaint", "later inpaint"}
+    assert [len(data["memory"]["runs"][f"later {mode}"]) for mode in ("img2img", "inpaint")] == [3, 3]
+    assert len(data["memory"]["models_loaded"]) == 1  # img2img and inpaint loaded no second model
+    assert set(data["first_run_extra_s"]) == {"img2img", "inpaint"}
+    assert {"engine_vs_diffusers_img2img_median", "api_vs_diffusers_inpaint_median", "rss_all_three_vs_txt2img",
+            "first_img2img_extra_s"} <= set(data["targets"])

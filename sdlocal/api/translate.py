@@ -1,0 +1,128 @@
+"""A1111's fields to the engine's request and the engine's result back to A1111's response, shared by the
+txt2img and img2img routes: the translation that is the same for both lives here once.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import datetime
+from typing import Any
+
+from sdlocal.api.models import GenerationFields
+from sdlocal.engine.request import GenerationRequest, GenerationResult
+from sdlocal.engine.samplers import resolve_alias
+from sdlocal.jobs import Job
+
+# Fields A1111 clients may set that sdlocal does not implement, with the value (or the tuple of values) that asks
+# for nothing: any other value is named in ``info.warnings``, never silently dropped. Clients such as webuiapi
+# send ``restore_faces: false`` and ``styles: []`` with every request; those ask for nothing.
+UNSUPPORTED: dict[str, Any] = {
+    "enable_hr": False, "restore_faces": False, "tiling": False, "script_name": (None, ""), "alwayson_scripts": {},
+    "refiner_checkpoint": (None, "", "None"), "subseed_strength": 0.0, "styles": (None, []),
+}
+
+
+def schedule_name(label: str) -> str:
+    """A1111 scheduler ``name`` ("sgm_uniform") from the label sdlocal uses ("SGM Uniform")."""
+    return label.lower().replace(" ", "_")
+
+
+def to_generation_request(body: GenerationFields, current_options: dict[str, Any],
+                          overrides: dict[str, Any]) -> GenerationRequest:
+    """A1111's fields to the engine's request (validated later, at submit, by the queue)."""
+    sampler = resolve_alias(body.sampler_name or body.sampler_index or "Euler")
+    schedule = body.scheduler or "Automatic"
+    for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
+        if schedule.strip().lower() in (label.lower(), schedule_name(label)):
+            schedule = label
+    clip_skip = overrides.get("CLIP_stop_at_last_layers", current_options.get("CLIP_stop_at_last_layers", 1))
+    tome = overrides.get("token_merging_ratio", current_options.get("token_merging_ratio", 0.0))
+    model = overrides.get("sd_model_checkpoint") or ""
+    return GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, model=str(model), sampler=sampler,
+        schedule=schedule, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height,
+        seed=body.seed, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
+        token_merging_ratio=tome,
+    )
+
+
+def png_base64(image: Any, parameters: str | None) -> str:
+    """A PNG as raw base64 (A1111 sends no ``data:`` prefix), with the ``parameters`` text chunk when given."""
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = None
+    if parameters:
+        meta = PngInfo()
+        meta.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=meta)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def encode_images(result: GenerationResult) -> list[str]:
+    """Every image as ``png_base64`` with its infotext (run on a worker thread: PNG encoding is slow)."""
+    return [png_base64(item.image, item.infotext) for item in result.images]
+
+
+def ignored_fields(body: GenerationFields, unsupported: dict[str, Any]) -> list[str]:
+    """The fields of ``unsupported`` (name -> the value or tuple of values that ask for nothing) that ``body``
+    sets to something else; None always asks for nothing."""
+    ignored = []
+    for name, neutral in unsupported.items():
+        value = getattr(body, name, None)
+        if value is not None and value not in (neutral if isinstance(neutral, tuple) else (neutral,)):
+            ignored.append(name)
+    return ignored
+
+
+def build_info(body: GenerationFields, result: GenerationResult, job: Job,
+               unsupported: dict[str, Any] = UNSUPPORTED) -> dict[str, Any]:
+    """A1111's ``info`` object (sent as a JSON string): what was actually generated, per image; the fields of
+    ``unsupported`` that the body set are named in ``warnings``."""
+    request = result.request
+    seeds = [item.seed for item in result.images] or list(result.seeds)
+    count = len(seeds)
+    started = datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S")
+    ignored = ignored_fields(body, unsupported)
+    info = {
+        "prompt": request.prompt,
+        "all_prompts": [request.prompt] * count,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": [request.negative_prompt] * count,
+        "seed": seeds[0] if seeds else request.seed,
+        "all_seeds": seeds,
+        "subseed": seeds[0] if seeds else -1,
+        "all_subseeds": seeds,
+        "subseed_strength": 0,
+        "width": request.width,
+        "height": request.height,
+        "sampler_name": request.sampler,
+        "scheduler": request.schedule,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "n_iter": request.batch_count,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": result.model_hash or None,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": None,
+        "extra_generation_params": {"Schedule type": request.schedule} if request.schedule != "Automatic" else {},
+        "index_of_first_image": 0,
+        "infotexts": [item.infotext for item in result.images],
+        "styles": [],
+        "job_timestamp": started,
+        "clip_skip": request.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "interrupted": result.interrupted,
+        "warnings": list(result.warnings) + [f"{name} is not supported by sdlocal and was ignored"
+                                             for name in ignored],
+        "saved_paths": [str(path) for path in job.saved_paths],
+        "timings": dict(result.timings),
+    }
+    return info
