@@ -121,6 +121,42 @@ def test_png_info_round_trips_into_the_form(client: Client, running_app: Running
     assert (filled["width"], filled["height"]) == (72, 64) and filled["sampler"] == "Euler"
 
 
+def img2img_settings(**overrides) -> list:
+    from sdlocal.ui.img2img_request import SOURCE_DEFAULTS, SOURCE_FIELDS
+
+    values = {**SOURCE_DEFAULTS, **overrides}
+    return [values[name] for name in SOURCE_FIELDS]
+
+
+def test_img2img_and_inpaint_upload_through_the_page_save_under_img2img(client: Client, running_app: RunningApp,
+                                                                       tmp_path: Path) -> None:
+    from PIL import Image
+
+    photo, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.new("RGB", (72, 64), (200, 60, 20)).save(photo)
+    painted = Image.new("L", (72, 64), 0)
+    painted.paste(255, (8, 8, 40, 40))
+    painted.save(mask)
+    no_editor = None
+    out = call(client, "/img2img", running_app.model_name, "img2img", handle_file(str(photo)), no_editor, no_editor,
+               None, None, *form(seed=5151, batch_size=1, width=72, height=64),
+               *img2img_settings(denoising_strength=0.5))
+    assert out["Error"] == "", out["Error"]
+    assert "Done: 1 image" in out["Progress"] and "Denoising strength: 0.5" in out["Parameters"]
+    out = call(client, "/img2img", running_app.model_name, "inpaint upload", None, no_editor, no_editor,
+               handle_file(str(photo)), handle_file(str(mask)), *form(seed=5252, batch_size=1, width=72, height=64),
+               *img2img_settings(mask_blur=2))
+    assert out["Error"] == "", out["Error"]
+    assert "Mask blur: 2" in out["Parameters"] and "Masked content: original" in out["Parameters"]
+    saved = sorted((running_app.data_dir / "outputs" / "img2img").rglob("*.png"))
+    assert [path.name.split("-", 1)[1] for path in saved] == ["5151.png", "5252.png"]
+    assert all(path.parent.parent.name == "img2img" for path in saved)
+    # a missing image is a message naming what to do, not an error page
+    out = call(client, "/img2img", running_app.model_name, "inpaint upload", handle_file(str(photo)), no_editor,
+               no_editor, handle_file(str(photo)), None, *form(), *img2img_settings())
+    assert "both files" in out["Error"]
+
+
 def test_png_info_without_parameters_is_a_message(client: Client, tmp_path: Path) -> None:
     from PIL import Image
 
