@@ -350,7 +350,7 @@ class JobQueue:
     def _run(self, job: Job) -> None:
         job.state, job.started = RUNNING, time.time()
         kind_text = "Generating…" if job.kind == "generate" else f"{job.label or 'Working'}…"
-        total_steps = job.request.steps if job.request is not None else 0
+        total_steps = job.request.denoising_steps() if job.request is not None else 0
         batch_count = job.request.batch_count if job.request is not None else 0
         with self._progress_lock:
             self._progress = ProgressState(

@@ -346,3 +346,16 @@ def test_a_closed_queue_cancels_waiting_jobs_and_interrupts_the_running_one(engi
     assert running.wait(10).interrupted and running.state == INTERRUPTED and running.result.images == []
     q._thread.join(10)
     assert not q._thread.is_alive() and engine.order == ["running"]
+
+
+def test_progress_counts_the_steps_an_img2img_run_takes(queue: JobQueue, engine: ScriptedEngine) -> None:
+    """Before its first step, an img2img job at strength 0.5 says 5 of 10 steps will run, not 10."""
+    engine.hold = threading.Event()
+    job = queue.submit(req("vary", steps=10, source={"images": [Image.new("RGB", (64, 64))],
+                                                     "denoising_strength": 0.5}))
+    try:
+        assert engine.running.wait(5)
+        assert queue.progress().total_steps == 5
+    finally:
+        engine.hold.set()
+    job.wait(10)

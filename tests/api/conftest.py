@@ -6,6 +6,8 @@ talk real HTTP to it and can still reach into ``services`` to force failures.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once when huggingface_hub is imported: before diffusers
@@ -17,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.servers import free_port, serving
 
@@ -73,3 +76,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def client(api: Server) -> Iterator[httpx.Client]:
     with api.client() as http:
         yield http
+
+
+def decode_png(data: str) -> Image.Image:
+    """A response image: raw base64 (no data: prefix, as A1111 sends it) of a PNG."""
+    assert not data.startswith("data:")
+    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    assert image.format == "PNG"
+    image.load()
+    return image

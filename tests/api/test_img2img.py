@@ -16,7 +16,7 @@ from sdlocal.api.img2img import IMG2IMG_UNSUPPORTED, decode_sources, to_img2img_
 from sdlocal.api.models import Img2ImgRequest, Txt2ImgRequest
 from sdlocal.api.translate import UNSUPPORTED, ignored_fields
 from sdlocal.engine.request import RequestError
-from tests.api.conftest import Server
+from tests.api.conftest import Server, decode_png
 
 
 def png_b64(size: tuple[int, int] = (64, 64), color: Any = (200, 40, 40), mode: str = "RGB") -> str:
@@ -208,14 +208,6 @@ def noise_b64(seed: int, size: tuple[int, int] = (64, 64)) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_png(data: str) -> Image.Image:
-    assert not data.startswith("data:")
-    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-    assert image.format == "PNG"
-    image.load()
-    return image
 
 
 def post(client: httpx.Client, **values: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.api.conftest import MODEL_A, MODEL_B, Server
+from tests.api.conftest import MODEL_A, MODEL_B, Server, decode_png
 
 
 def small(**values: Any) -> dict[str, Any]:
@@ -24,14 +24,6 @@ def small(**values: Any) -> dict[str, Any]:
             "seed": 1234, "sampler_name": "Euler", "cfg_scale": 7}
     body.update(values)
     return body
-
-
-def decode_png(data: str) -> Image.Image:
-    assert not data.startswith("data:")
-    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-    assert image.format == "PNG"
-    image.load()
-    return image
 
 
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> Any:
