@@ -192,3 +192,19 @@ def test_sd2_and_sdxl_inpainting_checkpoints_inpaint_and_img2img(more_models, re
     assert np.array_equal(pixels(inpainted)[outside], pixels(_init())[outside])
     varied = more_models.generate(request_for(model=model, source=_source())).images[0]
     assert varied.image.size == (64, 64) and "Denoising strength: 0.75" in varied.infotext
+
+
+def test_img2img_and_inpaint_leave_every_shared_module_in_its_precision(tmp_path, tiny_models_dir, request_for):
+    """A bf16 model stays bf16 (diffusers' from_pipe would cast it to fp32), an fp32 VAE stays fp32."""
+    import torch
+
+    from .conftest import make_engine
+
+    engine = make_engine(tiny_models_dir, tmp_path, device="cpu", precision="bf16", no_half_vae=True)
+    engine.generate(request_for())
+    loaded = engine._pipelines().get(engine.current_model, engine._runtime_now())
+    before = {name: getattr(loaded.pipe, name).dtype for name in ("unet", "vae", "text_encoder")}
+    assert before == {"unet": torch.bfloat16, "vae": torch.float32, "text_encoder": torch.bfloat16}
+    engine.generate(request_for(source=_source()))
+    engine.generate(request_for(source=_source(mask={"image": _mask()})))
+    assert {name: getattr(loaded.pipe, name).dtype for name in before} == before
