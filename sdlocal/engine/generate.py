@@ -239,7 +239,6 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     total_images = request.batch_size * request.batch_count
     seeds = resolve_seeds(request.seed, total_images)
     _apply_request_patches(loaded, request)
-    pipe.scheduler = scheduler
 
     factor = pipe.vae_scale_factor
     channels = int(pipe.unet.config.out_channels if loaded.inpainting else pipe.unet.config.in_channels)

@@ -105,11 +105,6 @@ def _raw_bytes(data: Any, field: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------- resizing
-def round8(value: float) -> int:
-    """A side rounded to the nearest multiple of 8 (at least 8): what the VAE and the UNet accept."""
-    return max(8, int(round(value / 8)) * 8)
-
-
 def resize_image(image: Any, mode: str, width: int, height: int) -> Any:
     """``image`` at ``width`` x ``height`` by one of A1111's resize modes (the latent one resizes like mode 0)."""
     from PIL import Image
