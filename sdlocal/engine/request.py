@@ -35,6 +35,8 @@ MAX_MASK_PADDING = 256
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+# A1111's "emphasis" option: how (word:1.2) weights act on the text encoder's output.
+EMPHASIS_MODES = ("Original", "No norm", "Ignore")
 
 
 class RequestError(ValueError):
@@ -246,6 +248,7 @@ class GenerationRequest:
     clip_skip: int = 1
     token_merging_ratio: float = 0.0
     vae_tiling: bool = False
+    emphasis: str = "Original"
     source: ImageSource | None = None
 
     @property
@@ -295,6 +298,7 @@ class GenerationRequest:
         self.token_merging_ratio = _as_float("token_merging_ratio", self.token_merging_ratio, 0.0, MAX_TOKEN_MERGING)
         if not isinstance(self.vae_tiling, bool):
             raise RequestError("vae_tiling", self.vae_tiling, "must be true or false")
+        self.emphasis = _as_choice("emphasis", self.emphasis, EMPHASIS_MODES)
         if isinstance(self.source, dict):
             self.source = _from_dict(ImageSource, self.source, "source")
         if self.source is not None:
