@@ -14,13 +14,16 @@ from typing import Any
 class Embedding:
     """One embedding file, as discovery found it.
 
-    ``family`` is the model family its vector width fits ("sd1" 768, "sd2" 1024, "sdxl" 768 + 1280), or None
-    when the file could not be read (then ``reason`` says why). ``vectors`` is how many token slots it takes.
-    ``shape`` is A1111's: the vector width (768 + 1280 = 2048 for SDXL).
+    ``widths`` is the vector width per text encoder (SD 1.x (768,), SD 2.x (1024,), SDXL (768, 1280)): an
+    embedding fits a model whose text encoders have exactly those widths. ``family`` names the family those
+    widths are ("sd1", "sd2", "sdxl"), None for other widths or when the file could not be read (then
+    ``reason`` says why). ``vectors`` is how many token slots it takes. ``shape`` is A1111's: the total
+    width (768 + 1280 = 2048 for SDXL).
     """
 
     name: str
     path: Path
+    widths: tuple[int, ...] = ()
     family: str | None = None
     vectors: int = 0
     shape: int = 0
