@@ -242,3 +242,75 @@ def _tensors(embedding: Any) -> dict[int, Any]:
     """An embedding's vectors per encoder index (``Embedding.tensors()``; hand-built ones carry ``_tensors``)."""
     tensors = getattr(embedding, "tensors", None)
     return tensors() if callable(tensors) else embedding._tensors
+
+
+class PromptPlan:
+    """A request's conditioning for every step: prompt editing and alternation as a schedule of text pairs.
+
+    Every schedule text is chunked (so a too-long one fails before any step runs) and encoded once, up front;
+    the step callback then only swaps ready tensors in when the pair of texts for the next step differs.
+    Steps count as A1111 counts them: by the request's steps, from the first step that runs (also in img2img).
+    """
+
+    def __init__(self, encoder: PromptEncoder, prompt: str, negative: str, steps: int) -> None:
+        from sdlocal.engine.prompts import schedules
+
+        self.encoder = encoder
+        self.positive = schedules(prompt, steps)
+        self.negative = schedules(negative, steps)
+        for _end, text in self.positive:
+            encoder.encode(text, "prompt")
+        for _end, text in self.negative:
+            encoder.encode(text, "negative_prompt")
+        self._batched: dict[tuple[str, str, int], tuple[Conditioning, Conditioning]] = {}
+
+    @property
+    def edits(self) -> bool:
+        """True when the conditioning changes during the run."""
+        return len(self.positive) > 1 or len(self.negative) > 1
+
+    def texts_at(self, step_index: int) -> tuple[str, str]:
+        from sdlocal.engine.prompts import text_at
+
+        return text_at(self.positive, step_index), text_at(self.negative, step_index)
+
+    def _pair(self, step_index: int, batch: int) -> tuple[Conditioning, Conditioning]:
+        prompt, negative = self.texts_at(step_index)
+        key = (prompt, negative, batch)
+        if key not in self._batched:
+            cond, uncond = self.encoder.pair(prompt, negative)
+            self._batched[key] = (_repeated(cond, batch), _repeated(uncond, batch))
+        return self._batched[key]
+
+    def pipe_kwargs(self, batch: int) -> dict[str, Any]:
+        """The pipeline's embedding arguments for the first step, for ``batch`` images."""
+        cond, uncond = self._pair(0, batch)
+        kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
+        if self.encoder.sdxl:
+            kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
+        return kwargs
+
+    def tensor_inputs(self) -> list[str]:
+        """The callback tensors the plan replaces (none without prompt editing)."""
+        if not self.edits:
+            return []
+        return ["prompt_embeds", "add_text_embeds"] if self.encoder.sdxl else ["prompt_embeds"]
+
+    def step_tensors(self, pipeline: Any, next_index: int, batch: int) -> dict[str, Any]:
+        """The tensors to hand back from the callback before step ``next_index``, as the pipeline holds them
+        (negative and positive stacked under classifier-free guidance); {} when the texts do not change."""
+        import torch
+
+        if not self.edits or self.texts_at(next_index) == self.texts_at(next_index - 1):
+            return {}
+        cond, uncond = self._pair(next_index, batch)
+        guided = bool(getattr(pipeline, "do_classifier_free_guidance", True))
+        tensors = {"prompt_embeds": torch.cat([uncond.embeds, cond.embeds]) if guided else cond.embeds}
+        if self.encoder.sdxl:
+            tensors["add_text_embeds"] = torch.cat([uncond.pooled, cond.pooled]) if guided else cond.pooled
+        return tensors
+
+
+def _repeated(conditioning: Conditioning, batch: int) -> Conditioning:
+    pooled = conditioning.pooled.repeat(batch, 1) if conditioning.pooled is not None else None
+    return Conditioning(embeds=conditioning.embeds.repeat(batch, 1, 1), pooled=pooled, chunks=conditioning.chunks)
