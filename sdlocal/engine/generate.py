@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdlocal.engine.conditioning import PromptEncoder, PromptPlan
-from sdlocal.engine.infotext import format_infotext
+from sdlocal.engine.infotext import format_infotext, ti_hashes
 from sdlocal.engine.loader import LoadedModel, free_memory, is_out_of_memory
 from sdlocal.engine.request import (
     EngineError,
@@ -257,6 +257,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
 
         prepared = img2img.prepare_all(request)
         extra = img2img.infotext_extra(request, loaded.inpainting)
+    extra = {**(extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used])}
 
     images: list[GeneratedImage] = []
     warnings: list[str] = []

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from sdlocal.engine import RequestError
 from sdlocal.engine.conditioning import PromptEncoder
+from sdlocal.engine.infotext import infotext_to_request_fields, parse_infotext
 from sdlocal.engine.networks.embeddings import Embedding
 from sdlocal.engine.request import RunControl
 
@@ -191,3 +192,17 @@ def test_an_embedding_changes_the_image_only_where_its_trigger_is_used(engine, r
 
     assert not same(first(with_trigger, embeddings), first(with_trigger))
     assert same(first(without, embeddings), first(without))
+
+
+def test_ti_hashes_and_emphasis_in_the_infotext_and_read_back(engine, request_for):
+    embeddings = {"easyneg": _embedding("easyneg", (32,)), "mystyle": _embedding("mystyle", (32,), seed=8),
+                  "unused": _embedding("unused", (32,), seed=9)}
+    request = request_for(prompt="[mystyle:a cat:2]", negative_prompt="easyneg, mystyle", emphasis="No norm")
+    text = run_with(engine, request, embeddings).images[0].infotext
+    assert 'TI hashes: "mystyle: 0123456789ab, easyneg: 0123456789ab"' in text
+    assert "Emphasis: No norm" in text
+    params = parse_infotext(text)
+    assert params["TI hashes"] == "mystyle: 0123456789ab, easyneg: 0123456789ab"
+    assert infotext_to_request_fields(params)["emphasis"] == "No norm"
+    plain = run_with(engine, request_for(), embeddings).images[0].infotext
+    assert "TI hashes" not in plain and "Emphasis" not in plain
