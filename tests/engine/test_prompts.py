@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from sdlocal.engine.prompts import BREAK, Fragment, parse_attention, schedules, text_at
+from sdlocal.engine.prompts import (
+    BREAK,
+    Chunk,
+    Chunker,
+    EmbeddingUse,
+    Fragment,
+    counting_chunker,
+    parse_attention,
+    schedules,
+    text_at,
+)
+from sdlocal.engine.request import RequestError
 
 
 def _pairs(text: str) -> list[tuple[str, float]]:
@@ -174,3 +189,204 @@ def test_text_at_uses_the_first_entry_that_ends_at_or_after_the_step_index() -> 
 def test_steps_must_be_positive() -> None:
     with pytest.raises(ValueError, match="steps"):
         schedules("a", 0)
+
+
+# --- chunks of 75 tokens ---------------------------------------------------------------------------------------
+# The fake tokenizer makes every character but whitespace one token (its code point): "," is 44, "a" is 97.
+
+COMMA = ord(",")
+A, B, C = ord("a"), ord("b"), ord("c")
+
+
+def _char_tokens(texts: list[str]) -> list[list[int]]:
+    return [[ord(char) for char in text if not char.isspace()] for text in texts]
+
+
+def _chunker(embeddings: dict[str, int] | None = None, **kwargs) -> Chunker:
+    return Chunker(_char_tokens, COMMA, embeddings or {}, **kwargs)
+
+
+def _chunks(text: str, embeddings: dict[str, int] | None = None) -> list[Chunk]:
+    return _chunker(embeddings).chunks(text)[0]
+
+
+def _lengths(text: str, embeddings: dict[str, int] | None = None) -> list[int]:
+    return [len(chunk.tokens) for chunk in _chunks(text, embeddings)]
+
+
+def test_a_chunk_holds_75_tokens_and_the_76th_starts_the_next() -> None:
+    assert _lengths("a" * 75) == [75]
+    chunks = _chunks("a" * 75 + "(b)")
+    assert [len(chunk.tokens) for chunk in chunks] == [75, 1]
+    assert chunks[1] == Chunk((B,), (pytest.approx(1.1),))
+
+
+def test_each_token_carries_its_fragments_weight() -> None:
+    (chunk,) = _chunks("(ab) [c] d")
+    assert chunk.tokens == (A, B, C, ord("d"))
+    assert chunk.weights == pytest.approx((1.1, 1.1, 1 / 1.1, 1.0))
+
+
+def test_the_words_after_a_comma_20_tokens_from_the_end_move_to_the_next_chunk() -> None:
+    # The comma is at index 55: 75 - 55 = 20, so the 19 tokens after it move on, with their weights.
+    chunks = _chunks("a" * 55 + ",(" + "b" * 19 + ")c")
+    assert [len(chunk.tokens) for chunk in chunks] == [56, 20]
+    assert chunks[0].tokens[-1] == COMMA
+    assert chunks[1].tokens == (B,) * 19 + (C,)
+    assert chunks[1].weights == pytest.approx((1.1,) * 19 + (1.0,))
+
+
+def test_a_comma_21_tokens_from_the_end_stays_and_the_chunk_simply_closes() -> None:
+    assert _lengths("a" * 54 + "," + "b" * 20 + "c") == [75, 1]
+
+
+def test_without_a_comma_a_full_chunk_simply_closes() -> None:
+    assert _lengths("a" * 150 + "b") == [75, 75, 1]
+
+
+def test_the_comma_rule_starts_over_in_each_chunk() -> None:
+    # A comma near the end of the chunk before a BREAK does not cut the next chunk.
+    assert _lengths("a" * 60 + ", BREAK " + "b" * 76) == [61, 75, 1]
+
+
+def test_a_comma_arriving_at_a_full_chunk_opens_the_next_one() -> None:
+    chunks = _chunks("a" * 75 + ",b")
+    assert [chunk.tokens for chunk in chunks] == [(A,) * 75, (COMMA, B)]
+
+
+def test_break_closes_the_chunk_even_when_short_or_empty() -> None:
+    assert [chunk.tokens for chunk in _chunks("a BREAK b")] == [(A,), (B,)]
+    assert [chunk.tokens for chunk in _chunks("BREAK b")] == [(), (B,)]
+    assert [chunk.tokens for chunk in _chunks("a BREAK")] == [(A,)]
+    assert [chunk.tokens for chunk in _chunks("a BREAK BREAK b")] == [(A,), (), (B,)]
+
+
+def test_an_empty_prompt_is_one_empty_chunk() -> None:
+    assert _chunks("") == [Chunk((), ())]
+    assert _chunks("   ") == [Chunk((), ())]
+
+
+def test_an_embedding_takes_one_slot_per_vector_with_its_triggers_weight() -> None:
+    chunks, used = _chunker({"emb": 3}).chunks("x (emb:1.5) y")
+    assert used == ["emb"]
+    (chunk,) = chunks
+    assert chunk.tokens == (ord("x"), 0, 0, 0, ord("y"))
+    assert chunk.weights == pytest.approx((1.0, 1.5, 1.5, 1.5, 1.0))
+    assert chunk.embeddings == (EmbeddingUse("emb", 1, 3),)
+
+
+def test_the_longest_trigger_that_matches_wins() -> None:
+    chunks, used = _chunker({"em": 1, "emb": 2, "embx": 4}).chunks("emb em")
+    assert used == ["emb", "em"]
+    assert chunks[0].embeddings == (EmbeddingUse("emb", 0, 2), EmbeddingUse("em", 2, 1))
+    assert chunks[0].tokens == (0, 0, 0)
+
+
+def test_an_embedding_that_fits_stays_and_one_that_does_not_starts_the_next_chunk() -> None:
+    assert _lengths("a" * 73 + "emb", {"emb": 2}) == [75]
+    chunks = _chunks("a" * 74 + "emb", {"emb": 2})
+    assert [len(chunk.tokens) for chunk in chunks] == [74, 2]
+    assert chunks[0].embeddings == ()
+    assert chunks[1].embeddings == (EmbeddingUse("emb", 0, 2),)
+
+
+def test_an_embedding_after_a_near_comma_moves_with_the_words_around_it() -> None:
+    chunks = _chunks("a" * 55 + "," + "b" * 5 + "emb" + "b" * 12 + "c", {"emb": 2})
+    assert [len(chunk.tokens) for chunk in chunks] == [56, 20]
+    assert chunks[0].embeddings == ()
+    assert chunks[1].embeddings == (EmbeddingUse("emb", 5, 2),)
+    assert chunks[1].tokens[5:7] == (0, 0)
+
+
+def test_the_names_of_embeddings_used_are_listed_once_in_order() -> None:
+    _, used = _chunker({"foo": 1, "bar": 1, "baz": 1}).chunks("bar, foo, bar")
+    assert used == ["bar", "foo"]
+
+
+def test_trigger_names_are_tokenized_once_per_chunker() -> None:
+    calls: list[list[str]] = []
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        calls.append(texts)
+        return _char_tokens(texts)
+
+    chunker = Chunker(tokenize, COMMA, {"emb": 1, "other": 2})
+    chunker.chunks("emb")
+    chunker.chunks("other emb")
+    assert calls.count(["emb", "other"]) == 1
+
+
+def test_an_embedding_wider_than_a_chunk_is_refused_naming_it() -> None:
+    with pytest.raises(RequestError) as caught:
+        _chunker({"huge": 80}).chunks("a huge", field="negative_prompt")
+    assert caught.value.field == "negative_prompt"
+    assert caught.value.value == "huge"
+    assert "80 vectors" in str(caught.value)
+
+
+def test_up_to_20_chunks_work_and_more_are_refused_naming_the_field() -> None:
+    assert len(_chunks("a" * 75 * 20)) == 20
+    with pytest.raises(RequestError) as caught:
+        _chunks("a" * (75 * 20 + 1))
+    assert caught.value.field == "prompt"
+    assert "is 21 chunks of 75 tokens; at most 20 chunks (1500 tokens) are allowed; shorten it" in str(caught.value)
+    with pytest.raises(RequestError, match="^negative_prompt: "):
+        _chunker().chunks("a BREAK " * 20 + "b", field="negative_prompt")
+
+
+def test_max_chunks_sets_the_limit() -> None:
+    with pytest.raises(RequestError, match="is 3 chunks of 75 tokens; at most 2 chunks \\(150 tokens\\)"):
+        _chunker(max_chunks=2).chunks("a BREAK b BREAK c")
+
+
+# --- the token counter -----------------------------------------------------------------------------------------
+
+def test_count_is_tokens_used_and_75_per_chunk() -> None:
+    chunker = _chunker({"emb": 4})
+    assert chunker.count("", 20) == (0, 75)
+    assert chunker.count("(ab), c", 20) == (4, 75)
+    assert chunker.count("a" * 80, 20) == (80, 150)
+    assert chunker.count("a BREAK b", 20) == (2, 150)
+    assert chunker.count("x emb", 20) == (5, 75)  # an embedding counts its vectors
+
+
+def test_count_takes_the_longest_text_of_the_prompt_editing_schedule() -> None:
+    chunker = _chunker()
+    assert chunker.count("[aaaa:bb:0.5]", 20) == (4, 75)
+    assert chunker.count("[bb:" + "a" * 80 + ":0.5]", 20) == (80, 150)
+    assert chunker.count("[a|bbb|cc]", 20) == (3, 75)
+
+
+def test_count_does_not_refuse_a_prompt_too_long_to_generate() -> None:
+    assert _chunker().count("a" * 1600, 20) == (1600, 75 * 22)
+
+
+# --- the bundled CLIP tokenizer ----------------------------------------------------------------------------------
+
+def test_counting_chunker_reads_text_with_clips_vocabulary() -> None:
+    chunks, used = counting_chunker().chunks("a photo of a cat")
+    assert chunks == [Chunk((320, 1125, 539, 320, 2368), (1.0,) * 5)]
+    assert used == []
+    assert counting_chunker().count("a photo of a cat", 20) == (5, 75)
+    assert counting_chunker().comma_token == 267
+
+
+def test_counting_chunker_splits_a_100_word_prompt_into_two_chunks() -> None:
+    chunks, _ = counting_chunker().chunks(" ".join(["cat"] * 100))
+    assert [len(chunk.tokens) for chunk in chunks] == [75, 25]
+    assert counting_chunker().count(" ".join(["cat"] * 100), 20) == (100, 150)
+
+
+def test_counting_chunker_counts_an_embeddings_vectors() -> None:
+    chunker = counting_chunker({"EasyNegative": 8})
+    assert chunker.count("a cat, EasyNegative", 20) == (3 + 8, 75)
+    assert chunker.chunks("EasyNegative")[1] == ["EasyNegative"]
+
+
+def test_the_token_counter_does_not_import_torch() -> None:
+    code = ("import sys, sdlocal.engine.prompts as p; p.counting_chunker().count('a cat ' * 60, 20); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    assert "sequence length is longer" not in result.stderr
