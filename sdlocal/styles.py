@@ -193,8 +193,8 @@ class StyleLibrary:
         shown = ", ".join(known[:MAX_NAMES_SHOWN]) + (f", ... ({len(known)} in all)" if len(known) > MAX_NAMES_SHOWN
                                                        else "")
         hint = (f"known styles: {shown}" if known else
-                f"no styles are defined yet; save one, or add them to {self.path}")
-        raise RequestError("styles", name, f"is not a known style; {hint}")
+                f"none are defined yet: save one, or add them to {self.path}")
+        raise RequestError("styles", name, f"must name a known style; {hint}")
 
     def apply(self, prompt: str, negative: str, names: Iterable[str] | None) -> tuple[str, str]:
         """``prompt`` and ``negative`` with the named styles applied in order (A1111's rule, see ``merge``)."""
@@ -261,5 +261,5 @@ def apply_styles(prompt: str, negative: str, names: Iterable[str] | None,
     if not names:
         return prompt or "", negative or ""
     if library is None:
-        raise RequestError("styles", names[0], "is not a known style; no styles are available here")
+        raise RequestError("styles", names[0], "must name a known style; no styles are available here")
     return library.apply(prompt, negative, names)

@@ -104,7 +104,7 @@ def test_an_unknown_style_is_an_error_naming_the_field_and_the_known_styles(tmp_
     with pytest.raises(RequestError) as caught:
         library.apply("a cat", "", ["Cinematic", "Nope"])
     assert caught.value.field == "styles" and caught.value.value == "Nope"
-    assert "is not a known style" in caught.value.allowed and "Cinematic" in caught.value.allowed
+    assert "must name a known style" in caught.value.allowed and "Cinematic" in caught.value.allowed
 
 
 def test_no_style_names_change_nothing_even_without_a_library():
@@ -165,3 +165,37 @@ def test_deleting_a_saved_style(tmp_path):
     assert library.names() == ["B"]
     with pytest.raises(RequestError):
         library.delete("A")
+
+
+# ----- sdlocal generate --style ------------------------------------------------------------------------------------
+
+def test_generate_style_flag_expands_the_prompt_written_into_the_png(tmp_path):
+    import io
+
+    from sdlocal import cli
+    from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.outputs import read_image_parameters
+
+    data = tmp_path / "data"
+    save_tiny_model(data / "models" / "Stable-diffusion" / "tiny.safetensors", family="sd1", fmt="safetensors")
+    StyleLibrary(data).save("Night", "{prompt} at night", "sun")
+    argv = ["generate", "--data-dir", str(data), "--device", "cpu", "--precision", "fp32", "--model", "tiny",
+            "--prompt", "a lake", "--style", "Night", "--steps", "2", "--width", "64", "--height", "64",
+            "--out", str(tmp_path / "out")]
+    invocation = cli.parse_command(argv, env={})
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.run_generate(invocation.settings, invocation.options, out=out, err=err) == 0, err.getvalue()
+    path = Path(out.getvalue().split("\t")[0])
+    assert read_image_parameters(path).startswith("a lake at night\nNegative prompt: sun\n")
+
+
+def test_generate_unknown_style_names_the_flag_and_exits_2(tmp_path):
+    import io
+
+    from sdlocal import cli
+
+    invocation = cli.parse_command(["generate", "--data-dir", str(tmp_path), "--model", "x", "--prompt", "p",
+                                    "--style", "Nope", "--out", str(tmp_path / "o")], env={})
+    err = io.StringIO()
+    assert cli.run_generate(invocation.settings, invocation.options, out=io.StringIO(), err=err) == 2
+    assert "styles: 'Nope' is not allowed; must name a known style" in err.getvalue() and "--style" in err.getvalue()
