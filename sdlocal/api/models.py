@@ -161,6 +161,14 @@ class ProgressResponse(BaseModel):
     current_task: str | None = None
 
 
+class PromptStyle(BaseModel):
+    """One entry of ``GET /sdapi/v1/prompt-styles``, in A1111's shape."""
+
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
 class ErrorResponse(BaseModel):
     error: str
     detail: str
