@@ -160,6 +160,9 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--model", required=True, help="model name, A1111 title 'name [hash]', file name or short hash")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--style", dest="styles", action="append", metavar="NAME",
+                     help="apply this style (from styles.csv in the data dir or a --models-dir root; Fooocus "
+                          "style files too) to the prompts; repeat it for several, applied in order")
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--sampler", default="Euler a", help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M'")
     gen.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
@@ -213,7 +216,8 @@ def parse_command(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser = build_parser()
     values = vars(parser.parse_args(argv))
     command = values.pop("command", None) or "serve"
-    options = {k: values.pop(k) for k in (*GENERATE_KEYS, "out", "init_image", "mask", *SOURCE_KEYS) if k in values}
+    options = {k: values.pop(k) for k in (*GENERATE_KEYS, "styles", "out", "init_image", "mask", *SOURCE_KEYS)
+               if k in values}
     launcher = {k: values.pop(k) for k in LAUNCHER_KEYS if k in values}
     if launcher.get("doctor"):
         command = "doctor"
@@ -294,10 +298,15 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     if settings.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sdlocal.engine.request import EngineError, GenerationRequest
+    from sdlocal.styles import StyleLibrary, apply_styles
 
     fields = {k: options[k] for k in GENERATE_KEYS if k in options}
     try:
-        request = GenerationRequest.build(**fields, source=image_source(options))
+        if options.get("styles"):
+            library = StyleLibrary(settings.data_dir, settings.models_dirs)
+            fields["prompt"], fields["negative_prompt"] = apply_styles(
+                fields.get("prompt", ""), fields.get("negative_prompt", ""), options["styles"], library)
+        request = GenerationRequest.build(**fields, emphasis=settings.emphasis, source=image_source(options))
     except RequestError as exc:
         print(f"sdlocal generate: {flag_message(exc)}", file=err)
         return 2

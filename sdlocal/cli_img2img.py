@@ -22,7 +22,7 @@ FIELD_FLAGS = {"init_images": "--init-image", "mask": "--mask", "denoising_stren
                "resize_mode": "--resize-mode", "mask_blur_x": "--mask-blur", "mask_blur_y": "--mask-blur",
                "inpainting_mask_invert": "--mask-invert", "inpaint_area": "--inpaint-area",
                "inpaint_full_res_padding": "--inpaint-padding", "inpainting_fill": "--masked-content",
-               "conditional_mask_weight": "--conditional-mask-weight"}
+               "conditional_mask_weight": "--conditional-mask-weight", "styles": "--style"}
 
 
 def add_img2img_flags(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from sdlocal.engine import Engine
 from sdlocal.jobs import Job, JobQueue
 from sdlocal.outputs import OutputStore
 from sdlocal.settings import Settings
+from sdlocal.styles import StyleLibrary
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,16 @@ class Services:
     queue: JobQueue
     store: OutputStore
     presets: Any  # sdlocal.presets.PresetStore
+    styles: StyleLibrary | None = None  # made from the settings' folders when not given
     started_at: float = field(default_factory=time.time)
     load_error: str | None = None
     _status: str = ""
     _load_job: Job | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.styles is None:
+            self.styles = StyleLibrary(self.settings.data_dir, self.settings.models_dirs)
 
     def capabilities(self) -> Any:
         """The engine's device/precision report (it probes the hardware, importing torch).

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS, EngineConfig
+from sdlocal.engine.request import EMPHASIS_MODES
 
 APP_NAME = "sdlocal"
 SETTINGS_FILE = "settings.json"
@@ -71,6 +72,7 @@ class Settings:
     medvram: bool = False
     lowvram: bool = False
     token_merging_ratio: float = 0.0
+    emphasis: str = "Original"  # A1111's option: how (word:1.2) weights act (EMPHASIS_MODES)
     max_loaded_models: int = 1
     fast: bool = False
     sd2_prediction: str = "v_prediction"  # SD 2.x single files without a sidecar: 2.1 768-v (the base 512 is epsilon)
@@ -115,6 +117,7 @@ class Settings:
         _choice("attention", self.attention, ATTENTIONS)
         _choice("theme", self.theme, THEMES)
         _choice("sd2_prediction", self.sd2_prediction, SD2_PREDICTIONS)
+        self.emphasis = emphasis_mode(self.emphasis)
         if not 1 <= int(self.port) <= 65535:
             raise SettingsError("port", self.port, "Use a port number from 1 to 65535 (the default is 7860).")
         if not 0.0 <= float(self.token_merging_ratio) <= 0.9:
@@ -277,7 +280,7 @@ _INTS = {"port", "max_loaded_models", "queue_size"}
 _FLOATS = {"token_merging_ratio"}
 _PATHS = {"data_dir", "gradio_auth_path", "tls_keyfile", "tls_certfile"}
 _OPTIONAL_TEXT = {"preset"}
-_TEXT = {"device", "precision", "attention", "theme", "sd2_prediction"}
+_TEXT = {"device", "precision", "attention", "theme", "sd2_prediction", "emphasis"}
 FIELD_NAMES: tuple[str, ...] = tuple(sorted(_PATH_LISTS | _AUTH_LISTS | _BOOLS | _INTS | _FLOATS | _PATHS
                                             | _OPTIONAL_TEXT | _TEXT))
 # Fields that only the command line or the environment may set.
@@ -405,6 +408,14 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise SettingsError(name, value, f"Choose one of: {', '.join(allowed)}.")
 
 
+def emphasis_mode(value: Any, where: str = "emphasis") -> str:
+    """A1111's emphasis mode by name in any case ("no norm" -> "No norm"); SettingsError naming the choices."""
+    for mode in EMPHASIS_MODES:
+        if isinstance(value, str) and value.strip().casefold() == mode.casefold():
+            return mode
+    raise SettingsError(where, value, f"Choose one of: {', '.join(EMPHASIS_MODES)}.")
+
+
 def _check_key(key: str, source: str) -> None:
     if key == "xformers":
         return
@@ -473,6 +484,8 @@ def _from_text(key: str, value: str, where: str) -> Any:
         return Path(value) if value else None
     if key in _OPTIONAL_TEXT:
         return value or None
+    if key == "emphasis":
+        return emphasis_mode(value, where)
     return value
 
 

@@ -168,3 +168,15 @@ def test_sd2_prediction_default_reaches_the_engine_and_is_checked(tmp_path):
     assert s.to_engine_config().sd2_prediction == "epsilon"
     with pytest.raises(SettingsError, match="sd2_prediction: 'v' is not valid. Choose one of: v_prediction, epsilon"):
         Settings(data_dir=tmp_path, sd2_prediction="v")
+
+
+def test_emphasis_is_a1111s_option_saved_like_the_others_and_checked(tmp_path):
+    assert Settings(data_dir=tmp_path).emphasis == "Original"
+    assert Settings(data_dir=tmp_path, emphasis="no norm").emphasis == "No norm"  # A1111's names, any case
+    Settings(data_dir=tmp_path).save_settings({"emphasis": "Ignore"})
+    assert resolve({"data_dir": tmp_path}, env={}).emphasis == "Ignore"
+    assert resolve({"data_dir": tmp_path}, env={"SDLOCAL_EMPHASIS": "No norm"}).emphasis == "No norm"
+    with pytest.raises(SettingsError, match="emphasis.*.Loud. is not valid. Choose one of: Original, No norm, Ignore"):
+        Settings(data_dir=tmp_path).save_settings({"emphasis": "Loud"})
+    with pytest.raises(SettingsError, match="emphasis"):
+        Settings(data_dir=tmp_path, emphasis="Loud")

@@ -67,7 +67,8 @@ def add_img2img_route(router: APIRouter, runner: Runner) -> None:
             images, mask = await anyio.to_thread.run_sync(decode_sources, body)
         except RequestError as exc:
             raise request_error(exc) from None
-        generation = to_img2img_request(body, runner.options.snapshot(), overrides, images, mask)
+        generation = runner.build(lambda: to_img2img_request(body, runner.options.snapshot(), overrides, images, mask,
+                                                             runner.styles))
         job, notes = await runner.run(body, generation, request, overrides,
                                       names=error_names(body))
         result: GenerationResult = job.result
@@ -114,9 +115,10 @@ def error_names(body: Img2ImgRequest) -> dict[str, str]:
 
 
 def to_img2img_request(body: Img2ImgRequest, current_options: dict[str, Any], overrides: dict[str, Any],
-                       images: list[Any], mask: Any) -> GenerationRequest:
-    """A1111's img2img fields (images already decoded) to the engine's request; validated at submit."""
-    generation = to_generation_request(body, current_options, overrides)
+                       images: list[Any], mask: Any, styles: Any = None) -> GenerationRequest:
+    """A1111's img2img fields (images already decoded) to the engine's request, ``styles`` (a StyleLibrary)
+    applied as for txt2img; validated at submit."""
+    generation = to_generation_request(body, current_options, overrides, styles)
     spec = None
     if mask is not None:
         blur_x, blur_y = mask_blur(body)

@@ -4,7 +4,8 @@ Only options that change what sdlocal does are accepted; every other key a clien
 ``samples_save``, an extension's option...) is named back as ignored, with the reason, and logged: echoing it
 would tell the client something happened that did not. What is honoured is saved, as A1111 saves its options:
 
-- ``token_merging_ratio`` is a sdlocal setting: saved to ``settings.json`` (``Settings.save_settings``).
+- ``token_merging_ratio`` and ``emphasis`` are sdlocal settings: saved to ``settings.json``
+  (``Settings.save_settings``).
 - ``CLIP_stop_at_last_layers`` and ``inpainting_mask_weight`` have no sdlocal setting (clip skip and the
   conditional mask weight are per-request fields of the engine): they are saved to ``api-options.json`` in the
   data folder and read back at the next start.
@@ -24,10 +25,12 @@ from sdlocal.engine.request import GenerationRequest, RequestError
 log = logging.getLogger(__name__)
 
 OPTIONS_FILE = "api-options.json"
-WRITABLE = ("CLIP_stop_at_last_layers", "token_merging_ratio", "inpainting_mask_weight")
+WRITABLE = ("CLIP_stop_at_last_layers", "token_merging_ratio", "inpainting_mask_weight", "emphasis")
+_SETTINGS_KEYS = ("token_merging_ratio", "emphasis")  # options that are sdlocal settings (settings.json)
 _FILE_KEYS = ("CLIP_stop_at_last_layers", "inpainting_mask_weight")  # what api-options.json keeps
 MODEL = "sd_model_checkpoint"
-_ENGINE_NAMES = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio"}
+_ENGINE_NAMES = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio",
+                 "emphasis": "emphasis"}
 
 
 class ApiOptions:
@@ -37,7 +40,8 @@ class ApiOptions:
         self.services = services
         self.lock = threading.Lock()
         self.values: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "inpainting_mask_weight": 1.0,
-                                       "token_merging_ratio": float(services.settings.token_merging_ratio)}
+                                       "token_merging_ratio": float(services.settings.token_merging_ratio),
+                                       "emphasis": str(getattr(services.settings, "emphasis", "Original"))}
         self.values.update(self._load_file())
 
     @property
@@ -104,6 +108,8 @@ class ApiOptions:
             probe.clip_skip = checked["CLIP_stop_at_last_layers"]
         if "token_merging_ratio" in checked:
             probe.token_merging_ratio = checked["token_merging_ratio"]
+        if "emphasis" in checked:
+            probe.emphasis = checked["emphasis"]
         try:
             probe.validate()
         except RequestError as exc:
@@ -112,6 +118,8 @@ class ApiOptions:
             checked["CLIP_stop_at_last_layers"] = probe.clip_skip
         if "token_merging_ratio" in checked:
             checked["token_merging_ratio"] = probe.token_merging_ratio
+        if "emphasis" in checked:
+            checked["emphasis"] = probe.emphasis
         if "inpainting_mask_weight" in checked:
             checked["inpainting_mask_weight"] = _mask_weight(checked["inpainting_mask_weight"])
         return checked
@@ -124,9 +132,10 @@ class ApiOptions:
         warnings: list[str] = []
         settings = self.services.settings
         try:
-            if "token_merging_ratio" in changes:
-                settings.save_settings({"token_merging_ratio": changes["token_merging_ratio"]})
-                settings.token_merging_ratio = changes["token_merging_ratio"]
+            for key in _SETTINGS_KEYS:
+                if key in changes:
+                    settings.save_settings({key: changes[key]})
+                    setattr(settings, key, changes[key])
             if any(key in changes for key in _FILE_KEYS):
                 from sdlocal.settings import atomic_write_json
 

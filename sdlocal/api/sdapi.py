@@ -25,6 +25,7 @@ from sdlocal.api.models import (
     PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
+    PromptStyle,
     Sampler,
     Scheduler,
     SdModel,
@@ -49,6 +50,7 @@ A1111_FIELDS = {
     "batch_count": "n_iter",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "token_merging_ratio": "override_settings.token_merging_ratio",
+    "emphasis": "override_settings.emphasis",
     "model": "override_settings.sd_model_checkpoint",
 }
 
@@ -158,6 +160,14 @@ class Runner:
     def __init__(self, services: Any, options: ApiOptions, to_api_error: Callable[[BaseException], ApiError]) -> None:
         self.engine, self.queue = services.engine, services.queue
         self.options, self.to_api_error = options, to_api_error
+        self.styles = getattr(services, "styles", None)  # the StyleLibrary the ``styles`` field names
+
+    def build(self, make: Callable[[], GenerationRequest]) -> GenerationRequest:
+        """``make()`` (a body's translation, styles applied): a RequestError there is a 422 naming the field."""
+        try:
+            return make()
+        except RequestError as exc:
+            raise request_error(exc) from None
 
     def submit(self, make: Callable[[], Job], names: dict[str, str] | None = None) -> Job:
         """``make()`` (a queue submission): 503 when the queue is full, 422 naming the A1111 field (``names``
@@ -221,6 +231,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
                  errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
     """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
     from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
+    from sdlocal.api.networks import add_network_routes
 
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
     engine, queue = services.engine, services.queue
@@ -234,7 +245,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         params = body.model_dump()
         refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
         overrides = dict(body.override_settings or {})
-        generation = to_generation_request(body, options.snapshot(), overrides)
+        generation = runner.build(lambda: to_generation_request(body, options.snapshot(), overrides, runner.styles))
         job, notes = await runner.run(body, generation, request, overrides)
         result: GenerationResult = job.result
         images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
@@ -243,6 +254,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
 
     add_img2img_route(router, runner)
+    add_network_routes(router, engine)
 
     # ------------------------------------------------------------------------------------------ models
     @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")
@@ -285,6 +297,15 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         warnings += options.apply(changes)
         log_ignored("POST /sdapi/v1/options", ignored)
         return {"applied": applied, "ignored": ignored, **({"warnings": warnings} if warnings else {})}
+
+    # ------------------------------------------------------------------------------------------ styles
+    @router.get("/prompt-styles", response_model=list[PromptStyle],
+                summary="Styles from styles.csv (data dir, --models-dir roots) and Fooocus style files")
+    async def prompt_styles() -> list[dict[str, Any]]:
+        library = runner.styles
+        found = await anyio.to_thread.run_sync(library.refresh) if library is not None else []
+        return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+                for style in found]
 
     # ------------------------------------------------------------------------------------------ samplers
     @router.get("/samplers", response_model=list[Sampler], summary="Samplers usable here")

@@ -13,13 +13,15 @@ from sdlocal.api.models import GenerationFields
 from sdlocal.engine.request import GenerationRequest, GenerationResult
 from sdlocal.engine.samplers import resolve_alias
 from sdlocal.jobs import Job
+from sdlocal.styles import StyleLibrary, apply_styles
 
 # Fields A1111 clients may set that sdlocal does not implement, with the value (or the tuple of values) that asks
 # for nothing: any other value is named in ``info.warnings``, never silently dropped. Clients such as webuiapi
-# send ``restore_faces: false`` and ``styles: []`` with every request; those ask for nothing.
+# send ``restore_faces: false`` with every request; that asks for nothing. (``styles`` is honoured: see
+# ``to_generation_request``.)
 UNSUPPORTED: dict[str, Any] = {
     "enable_hr": False, "restore_faces": False, "tiling": False, "script_name": (None, ""), "alwayson_scripts": {},
-    "refiner_checkpoint": (None, "", "None"), "subseed_strength": 0.0, "styles": (None, []),
+    "refiner_checkpoint": (None, "", "None"), "subseed_strength": 0.0,
 }
 
 
@@ -28,9 +30,14 @@ def schedule_name(label: str) -> str:
     return label.lower().replace(" ", "_")
 
 
-def to_generation_request(body: GenerationFields, current_options: dict[str, Any],
-                          overrides: dict[str, Any]) -> GenerationRequest:
-    """A1111's fields to the engine's request (validated later, at submit, by the queue)."""
+def to_generation_request(body: GenerationFields, current_options: dict[str, Any], overrides: dict[str, Any],
+                          styles: StyleLibrary | None = None) -> GenerationRequest:
+    """A1111's fields to the engine's request (validated later, at submit, by the queue).
+
+    The ``styles`` named in the body are applied here, before the engine, so the request (and the PNG's
+    parameters) holds the expanded prompt, as A1111 writes it; an unknown style raises ``RequestError("styles")``.
+    The ``emphasis`` option comes from ``override_settings`` or the current options, like clip skip.
+    """
     sampler = resolve_alias(body.sampler_name or body.sampler_index or "Euler")
     schedule = body.scheduler or "Automatic"
     for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
@@ -38,9 +45,11 @@ def to_generation_request(body: GenerationFields, current_options: dict[str, Any
             schedule = label
     clip_skip = overrides.get("CLIP_stop_at_last_layers", current_options.get("CLIP_stop_at_last_layers", 1))
     tome = overrides.get("token_merging_ratio", current_options.get("token_merging_ratio", 0.0))
+    emphasis = overrides.get("emphasis", current_options.get("emphasis", "Original"))
     model = overrides.get("sd_model_checkpoint") or ""
+    prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles, styles)
     return GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, model=str(model), sampler=sampler,
+        prompt=prompt, negative_prompt=negative, model=str(model), sampler=sampler, emphasis=emphasis,
         schedule=schedule, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height,
         seed=body.seed, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
         token_merging_ratio=tome,
@@ -86,9 +95,9 @@ def build_info(body: GenerationFields, result: GenerationResult, job: Job,
     started = datetime.fromtimestamp(job.started or job.created).strftime("%Y%m%d%H%M%S")
     ignored = ignored_fields(body, unsupported)
     info = {
-        "prompt": request.prompt,
+        "prompt": body.prompt,  # as sent; the prompts used (styles applied) are in all_prompts, as in A1111
         "all_prompts": [request.prompt] * count,
-        "negative_prompt": request.negative_prompt,
+        "negative_prompt": body.negative_prompt,
         "all_negative_prompts": [request.negative_prompt] * count,
         "seed": seeds[0] if seeds else request.seed,
         "all_seeds": seeds,
@@ -115,7 +124,7 @@ def build_info(body: GenerationFields, result: GenerationResult, job: Job,
         "extra_generation_params": {"Schedule type": request.schedule} if request.schedule != "Automatic" else {},
         "index_of_first_image": 0,
         "infotexts": [item.infotext for item in result.images],
-        "styles": [],
+        "styles": list(body.styles or []),
         "job_timestamp": started,
         "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": False,
