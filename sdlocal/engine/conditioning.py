@@ -144,7 +144,7 @@ class PromptEncoder:
         found = []
         for row, chunk in enumerate(chunks):
             for use in chunk.embeddings:
-                vectors = _tensors(self.embeddings[use.name])[index][:use.vectors]
+                vectors = self.embeddings[use.name].tensors()[index][:use.vectors]
                 found.append((row, 1 + use.offset, vectors))  # + 1: the start token
         return found
 
@@ -238,10 +238,6 @@ def _final_norm(encoder: Any) -> Any:
     return norm if norm is not None else encoder.text_model.final_layer_norm
 
 
-def _tensors(embedding: Any) -> dict[int, Any]:
-    """An embedding's vectors per encoder index (``Embedding.tensors()``; hand-built ones carry ``_tensors``)."""
-    tensors = getattr(embedding, "tensors", None)
-    return tensors() if callable(tensors) else embedding._tensors
 
 
 class PromptPlan:
