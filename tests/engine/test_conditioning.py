@@ -252,3 +252,13 @@ def test_used_embeddings_are_listed_in_order_of_first_use(loaded_models):
     encoder.chunks("n", "negative_prompt")
     encoder.chunks("p")
     assert encoder.used == ["b", "a", "c"]
+
+
+def test_a_long_prompt_is_tokenized_without_the_tokenizers_too_long_warning(loaded_models, capfd, caplog):
+    """Past 77 tokens is normal here (the text is chunked, nothing is truncated), so no warning says otherwise."""
+    loaded = loaded_models["sd1"]
+    encoder = PromptEncoder(loaded, 1, "Original")
+    with caplog.at_level("DEBUG"):
+        assert encoder.encode(" ".join(["cat"] * 200)).embeds.shape[1] == 3 * 77
+    captured = capfd.readouterr()
+    assert "longer than" not in caplog.text + captured.out + captured.err
