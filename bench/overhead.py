@@ -1,8 +1,9 @@
 """What sdlocal adds to a generation: the engine and the HTTP API against a plain diffusers pipeline call.
 
-The same tiny random SD 1.5-shaped single file (with its sidecar config folder) and the same request: 256x256,
-20 steps, Euler, CFG 7, seed 1234, fp32 on the CPU. Interleaved, all torch work on the job queue's worker thread
-(torch keeps one OpenMP pool per calling thread; two pools on two cores would blur the comparison):
+The same tiny random SD 1.5-shaped single file (with its sidecar config folder) and the same request: a plain
+prompt of about 20 tokens, 256x256, 20 steps, Euler, CFG 7, seed 1234, fp32 on the CPU. Interleaved, all torch
+work on the job queue's worker thread (torch keeps one OpenMP pool per calling thread; two pools on two cores
+would blur the comparison):
 
 - diffusers: ``StableDiffusionPipeline.from_single_file(file, config=<sidecar>)`` called directly
   (``EulerDiscreteScheduler`` from the file's scheduler config, a seeded CPU generator, PIL output);
@@ -14,7 +15,8 @@ The same tiny random SD 1.5-shaped single file (with its sidecar config folder) 
 
 Targets: engine / diffusers <= 1.03, api / diffusers <= 1.10 (ratio of medians). The engine's own pieces are
 then timed one by one (previews, infotext, the NaN and black checks, PNG encoding) and a cProfile of one engine
-call splits its time, so a gap can be traced to what costs it.
+call splits its time, so a gap can be traced to what costs it. Last, the prompt encoding alone (A1111's parser,
+chunker and encoder, ``conditioning.PromptEncoder``): a 3-chunk prompt against the 1-chunk one, median of many.
 
     python bench/overhead.py [--runs 9] [--size 256] [--steps 20] [--tiny]
 """
@@ -31,7 +33,10 @@ from typing import Any
 from _common import interleave, machine, parser, ratio, setup, summary, table, write_json
 
 SEED = 1234
-PROMPT = "a lighthouse on a cliff at dusk"
+PROMPT = "a lighthouse on a cliff at dusk, dramatic sky, crashing waves, warm light in the window"  # 19 tokens
+# Three chunks of a long civitai-style prompt: the tokens run past 150, so the encoder runs three times.
+LONG_PROMPT = ", ".join([PROMPT, "(masterpiece:1.2), best quality, ((detailed))"] * 6
+                        + ["[blurry]", "highly detailed background with mountains and a starry night sky"])
 
 
 def free_port() -> int:
@@ -152,6 +157,7 @@ def main() -> int:
 
         same = np.abs(np.asarray(images["engine"], dtype=np.int16) - np.asarray(images["diffusers"], dtype=np.int16))
         components = time_components(services, size, steps, pipe, previews_per_run)
+        encoding = on_worker(lambda: time_encoding(services, 5 if args.tiny else 25))
         profile = None if args.tiny else profile_engine(on_worker, services, request, listener)
         http.close()
         server.should_exit = True
@@ -174,6 +180,11 @@ def main() -> int:
         print("\none engine+progress call under cProfile (cumulative ms; profiling inflates Python-heavy parts):")
         rows = [[p["function"], p["cum_ms"], p["calls"]] for p in profile]
         print(table(["function", "cumulative ms", "calls"], rows))
+    print(f"\nprompt encoding alone (parse, chunk, encode; a new encoder each time, as each request has; "
+          f"median of {encoding['samples']}):")
+    rows = [[name, e["chunks"], e["tokens"], e["median_ms"], e["min_ms"]] for name, e in encoding["prompts"].items()]
+    print(table(["prompt", "chunks", "tokens", "median ms", "min ms"], rows))
+    print(f"3-chunk / 1-chunk encoding time: {encoding['three_over_one']}")
     targets = {"engine_vs_diffusers_median": {"value": ratios["engine"]["median"], "target": 1.03},
                "api_vs_diffusers_median": {"value": ratios["api"]["median"], "target": 1.10}}
     for name, target in targets.items():
@@ -186,6 +197,7 @@ def main() -> int:
         "seconds": stats, "ratios_vs_diffusers": ratios, "targets": targets,
         "image_difference": {"max": int(same.max()), "mean": round(float(same.mean()), 4)},
         "previews_per_run": previews_per_run, "components_ms": components, "profile": profile,
+        "encoding": encoding,
     }, args.results_dir)
     return 0
 
@@ -234,6 +246,31 @@ def time_components(services: Any, size: int, steps: int, pipe: Any, previews_pe
     return rows
 
 
+def time_encoding(services: Any, samples: int) -> dict[str, Any]:
+    """The prompt encoder's time for the 1-chunk and the 3-chunk prompt (ms; a fresh encoder per call, so no cache)."""
+    import statistics
+
+    from sdlocal.engine.conditioning import PromptEncoder
+
+    engine = services.engine
+    loaded, _ = engine._load_entry(engine.find_model("tiny-sd15"))
+    prompts: dict[str, Any] = {}
+    for name, text in (("1 chunk (20 tokens)", PROMPT), ("3 chunks", LONG_PROMPT)):
+        conditioning = PromptEncoder(loaded, 1, "Original").encode(text)
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            PromptEncoder(loaded, 1, "Original").encode(text)
+            times.append(time.perf_counter() - started)
+        tokens = len(loaded.pipe.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+        prompts[name] = {"chunks": conditioning.chunks, "tokens": tokens,
+                         "median_ms": round(statistics.median(times) * 1000, 3), "min_ms": round(min(times) * 1000, 3)}
+    one, three = prompts["1 chunk (20 tokens)"], prompts["3 chunks"]
+    if one["chunks"] != 1 or three["chunks"] != 3:
+        raise RuntimeError(f"the bench prompts are {one['chunks']} and {three['chunks']} chunks, not 1 and 3")
+    return {"samples": samples, "prompts": prompts, "three_over_one": ratio(three["median_ms"], one["median_ms"])}
+
+
 def profile_engine(on_worker: Any, services: Any, request: Any, listener: Any) -> list[dict[str, Any]]:
     """cProfile one engine call and pick out the functions that tell the engine's time from the pipeline's."""
     import cProfile
@@ -253,6 +290,8 @@ def profile_engine(on_worker: Any, services: Any, request: Any, listener: Any) -
               ("pipeline_stable_diffusion.py", "__call__", "diffusers pipeline __call__ (latents out)"),
               ("unet_2d_condition.py", "forward", "  UNet forward"),
               ("pipeline_stable_diffusion.py", "encode_prompt", "  encode_prompt"),
+              ("conditioning.py", "__init__", "sdlocal prompt plan (parse, chunk, encode)"),
+              ("conditioning.py", "encode_chunks", "  text encoder"),
               ("generate.py", "on_step_end", "  sdlocal step callback"),
               ("generate.py", "latent_preview", "    latent preview"),
               ("generate.py", "decode", "sdlocal decode (VAE + postprocess)"),
