@@ -173,3 +173,21 @@ class ErrorResponse(BaseModel):
     error: str
     detail: str
     errors: Any = None
+
+
+class EmbeddingRecord(BaseModel):
+    """One embedding as A1111 lists it (``shape`` is the total vector width, 2048 for SDXL), plus ``reason``:
+    why a skipped one is not used (made for another model, a name clash, or a file that cannot be read: then
+    ``shape`` and ``vectors`` are 0). "" for loaded ones."""
+
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+    reason: str = ""
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingRecord] = Field(description="By trigger name: the ones the current model uses")
+    skipped: dict[str, EmbeddingRecord] = Field(description="By trigger name: the others, each with its reason")

@@ -231,6 +231,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
                  errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
     """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
     from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
+    from sdlocal.api.networks import add_network_routes
 
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
     engine, queue = services.engine, services.queue
@@ -253,6 +254,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
 
     add_img2img_route(router, runner)
+    add_network_routes(router, engine)
 
     # ------------------------------------------------------------------------------------------ models
     @router.get("/sd-models", response_model=list[SdModel], summary="Checkpoints found (supported ones)")

@@ -42,6 +42,8 @@ class Engine:
         self._schedulers: Any = None
         self._control: Any = None
         self._current: ModelEntry | None = None
+        self._embedding_library: Any = None
+        self._encoder_widths: dict[str, tuple[int, ...]] = {}  # model path -> its text encoders' widths
 
     # ------------------------------------------------------------------------------------------ models
     def _get_catalog(self) -> Any:
@@ -205,6 +207,7 @@ class Engine:
         loaded = cache.get(entry, runtime)
         if loaded is not None:
             self._current = entry
+            self._note_widths(loaded)
             return loaded, 0.0
         started = time.perf_counter()
         cache.make_room()
@@ -214,6 +217,7 @@ class Engine:
         loaded = load_pipeline(entry, runtime, self.config.data_dir / "cache" / "configs", on_status)
         cache.put(loaded)
         self._current = entry
+        self._note_widths(loaded)
         if on_status:
             on_status(f"Loaded {entry.name} in {loaded.load_seconds:.1f} s")
         return loaded, time.perf_counter() - started
@@ -223,6 +227,45 @@ class Engine:
             if self._cache is not None:
                 self._cache.clear()
             self._current = None
+
+    # ------------------------------------------------------------------------------------------ embeddings
+    def _get_embedding_library(self) -> Any:
+        with self._state_lock:
+            if self._embedding_library is None:
+                from sdlocal.engine.networks.embeddings import EmbeddingLibrary
+
+                self._embedding_library = EmbeddingLibrary(self.config)
+            return self._embedding_library
+
+    def embeddings(self, refresh: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(loaded, skipped) textual-inversion embeddings by trigger name, for the current model.
+
+        With no model loaded yet, they are matched to the default model's family (real models' widths); with no
+        model at all, every one is skipped. The folders are scanned once and again on ``refresh`` (only changed
+        files are read again).
+        """
+        library = self._get_embedding_library()
+        if refresh:
+            library.scan()
+        return library.for_model(self._model_widths())
+
+    def _note_widths(self, loaded: Any) -> None:
+        from sdlocal.engine.networks.embeddings import text_encoder_widths
+
+        self._encoder_widths[loaded.key] = text_encoder_widths(loaded.pipe)
+
+    def _model_widths(self) -> tuple[int, ...]:
+        """The current model's text-encoder widths; else the default model's family's; () when there is none."""
+        from sdlocal.engine.networks.formats import FAMILY_WIDTHS
+
+        current = self._current
+        if current is not None and str(current.path) in self._encoder_widths:
+            return self._encoder_widths[str(current.path)]
+        try:
+            entry = self._default_entry()
+        except ModelNotFoundError:
+            return ()
+        return FAMILY_WIDTHS.get(entry.family or "", ())
 
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:

@@ -85,11 +85,12 @@ def checkpoint_dirs(folder: Path) -> list[Path]:
     return [folder]
 
 
-def extra_model_paths_dirs(yaml_file: Path) -> list[Path]:
-    """Checkpoint folders from a ComfyUI ``extra_model_paths.yaml``; a bad file is a warning and no folders.
+def extra_model_paths_dirs(yaml_file: Path, kind: str = "checkpoints") -> list[Path]:
+    """The ``kind`` folders (``checkpoints``, ``embeddings``...) of a ComfyUI ``extra_model_paths.yaml``; a bad file
+    is a warning and no folders.
 
-    Each section may have ``base_path`` (relative paths are relative to the YAML file's folder) and a
-    ``checkpoints`` value holding one path per line (or a list), each relative to ``base_path``.
+    Each section may have ``base_path`` (relative paths are relative to the YAML file's folder) and a ``kind``
+    value holding one path per line (or a list), each relative to ``base_path``.
     """
     import yaml
 
@@ -107,18 +108,18 @@ def extra_model_paths_dirs(yaml_file: Path) -> list[Path]:
         return []
     found: list[Path] = []
     for section, values in data.items():
-        if not isinstance(values, dict) or not values.get("checkpoints"):
+        if not isinstance(values, dict) or not values.get(kind):
             continue
         base = Path(os.path.expandvars(str(values.get("base_path") or "."))).expanduser()
         if not base.is_absolute():
             base = yaml_file.parent / base
-        items = values["checkpoints"]
+        items = values[kind]
         lines = items if isinstance(items, list) else str(items).splitlines()
         for line in lines:
             text = str(line).strip()
             if text:
                 found.append(base / Path(os.path.expandvars(text)).expanduser())
-        log.debug("%s: section %s gives %d checkpoint folder(s)", yaml_file, section, len(lines))
+        log.debug("%s: section %s gives %d %s folder(s)", yaml_file, section, len(lines), kind)
     return found
 
 

@@ -297,12 +297,13 @@ def test_samplers_and_schedulers(client: httpx.Client) -> None:
 
 
 def test_features_sdlocal_lacks_have_no_routes(client: httpx.Client) -> None:
-    """No LoRA or embeddings support yet: a 404 says so, where an empty list would claim there are none."""
-    for path in ("/sdapi/v1/loras", "/sdapi/v1/embeddings"):
-        missing = client.get(path)
-        assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
+    """No LoRA support yet: a 404 says so, where an empty list would claim there are none. Embeddings exist."""
+    missing = client.get("/sdapi/v1/loras")
+    assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
     paths = client.get("/openapi.json").json()["paths"]
-    assert "/sdapi/v1/loras" not in paths and "/sdapi/v1/embeddings" not in paths
+    assert "/sdapi/v1/loras" not in paths and "/sdapi/v1/refresh-loras" not in paths
+    assert "/sdapi/v1/embeddings" in paths and "/sdapi/v1/refresh-embeddings" in paths
+    assert client.get("/sdapi/v1/embeddings").status_code == 200
 
 
 def test_memory(client: httpx.Client) -> None:

@@ -1,13 +1,29 @@
 """Textual-inversion embeddings: found in the embeddings folders, recognised from their tensors, used by name.
 
-The trigger is the file name without its extension (as in A1111), whatever folder the file is in.
+The trigger is the file name without its extension (as in A1111), whatever folder the file is in. Discovery
+(``EmbeddingLibrary``) never raises: a file it cannot use is still listed, with the reason, so the user learns why
+a trigger does nothing instead of seeing it silently ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from sdlocal.engine.config import EngineConfig
+from sdlocal.engine.networks.folders import embedding_dirs, walk
+from sdlocal.engine.networks.formats import NotAnEmbedding, describe_widths, family_of, load_tensors, read_info
+from sdlocal.engine.request import EngineError
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = "no model is loaded, so whether it fits is not known yet: load a model"
 
 
 @dataclass
@@ -32,3 +48,166 @@ class Embedding:
     sd_checkpoint_name: str | None = None
     reason: str = ""  # why it is skipped or unsupported; "" when usable
     _tensors: dict[int, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def usable(self) -> bool:
+        """Read without a problem (it may still be made for another model: see ``EmbeddingLibrary.for_model``)."""
+        return not self.reason and bool(self.widths)
+
+    def tensors(self) -> dict[int, Any]:
+        """Text-encoder index -> float32 CPU tensor [vectors, width] (0: clip_l or the only encoder, 1: clip_g).
+
+        Read from the file the first time and kept: a prompt that uses the trigger in every request reads it once.
+        A file that changed into something else since the scan is an ``EngineError`` saying to refresh.
+        """
+        if self._tensors is None:
+            try:
+                tensors, widths = load_tensors(Path(self.path))
+            except (NotAnEmbedding, OSError) as exc:
+                raise EngineError(f"The embedding {self.name} ({self.path}) cannot be read now: {exc}.",
+                                  "Refresh the embeddings list, or remove the file.") from None
+            if widths != self.widths:
+                raise EngineError(f"The embedding {self.name} ({self.path}) changed since it was listed "
+                                  f"(its vectors are {widths}, not {self.widths}).", "Refresh the embeddings list.")
+            self._tensors = tensors
+        return self._tensors
+
+    @cached_property
+    def shorthash(self) -> str:
+        """A1111's "TI hashes" value: the first 12 hex digits of the sha256 of the file's bytes, computed once.
+
+        An embedding built by hand with no file behind it hashes its tensors instead, so infotext still names it.
+        """
+        digest = hashlib.sha256()
+        try:
+            with open(self.path, "rb") as fh:
+                while chunk := fh.read(1024 * 1024):
+                    digest.update(chunk)
+        except OSError:
+            digest = hashlib.sha256()
+            for index, tensor in sorted((self._tensors or {}).items()):
+                digest.update(str(index).encode() + tensor.detach().cpu().float().numpy().tobytes())
+        return digest.hexdigest()[:12]
+
+
+def unsupported(name: str, path: Path, reason: str) -> Embedding:
+    """An entry for a file (or folder) that cannot be used, listed so the user sees why."""
+    return Embedding(name=name, path=path, reason=reason)
+
+
+def read_embedding(path: Path, name: str) -> Embedding:
+    """The embedding in ``path``, or an unsupported entry whose reason says what is wrong; never raises."""
+    try:
+        info = read_info(path)
+    except NotAnEmbedding as exc:
+        return unsupported(name, path, str(exc))
+    except OSError as exc:
+        return unsupported(name, path, f"cannot be read ({type(exc).__name__}: {exc.strerror or exc}): check the "
+                                       "file's permissions, or that a link points to an existing file")
+    except Exception as exc:  # noqa: BLE001 - one strange file must not hide the others
+        log.warning("examining the embedding %s failed", path, exc_info=True)
+        return unsupported(name, path, f"cannot be examined ({type(exc).__name__}: {exc})"[:300])
+    return Embedding(name=name, path=path, widths=info.widths, family=family_of(info.widths), vectors=info.vectors,
+                     shape=sum(info.widths), step=info.step, sd_checkpoint=info.sd_checkpoint,
+                     sd_checkpoint_name=info.sd_checkpoint_name, _tensors=info.tensors)
+
+
+def text_encoder_widths(pipe: Any) -> tuple[int, ...]:
+    """A pipeline's text-encoder widths (``config.hidden_size``), in encoder order: what an embedding must match."""
+    encoders = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+    return tuple(int(encoder.config.hidden_size) for encoder in encoders if encoder is not None)
+
+
+class EmbeddingLibrary:
+    """The embedding files in every embeddings folder (``folders.embedding_dirs``), read once per file version.
+
+    A scan re-reads only the files whose (path, size, mtime) changed since the last one, so a refresh of a
+    folder of a hundred embeddings costs a hundred ``stat`` calls. Safe to call from several threads.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._lock = threading.RLock()
+        self._read: dict[str, tuple[int, int, Embedding]] = {}  # path -> (size, mtime_ns, what it held)
+        self._entries: list[Embedding] | None = None
+
+    def folders(self) -> list[Path]:
+        """The folders a scan looks in, in the order that decides name clashes."""
+        return embedding_dirs(self.config)
+
+    def scan(self) -> list[Embedding]:
+        """Every candidate file found, usable or not, in folder order; never raises.
+
+        Two files with one trigger (compared without case: CLIP's tokenizer lowercases): the first found is used,
+        the others are listed with the reason, so the same file wins every scan.
+        """
+        with self._lock:
+            found: list[Embedding] = []
+            files: set[str] = set()
+            owners: dict[str, Embedding] = {}
+            fresh: dict[str, tuple[int, int, Embedding]] = {}
+            for folder in self.folders():
+                for item in walk(folder):
+                    if item.error:
+                        found.append(unsupported(str(item.path), item.path, f"this folder cannot be listed "
+                                                 f"({item.error}): check its permissions"))
+                        continue
+                    real = os.path.realpath(item.path)
+                    if real in files:  # the same file through two folders or a link
+                        continue
+                    files.add(real)
+                    embedding = self._read_once(item.path, fresh)
+                    owner = owners.setdefault(embedding.name.casefold(), embedding)
+                    if owner is not embedding:
+                        embedding = replace(embedding, reason=f"another embedding has this name: {owner.path}")
+                    found.append(embedding)
+            self._read, self._entries = fresh, found
+            return list(found)
+
+    def _read_once(self, path: Path, fresh: dict[str, tuple[int, int, Embedding]]) -> Embedding:
+        try:
+            stat = path.stat()
+        except OSError:
+            return read_embedding(path, path.stem)  # it says why (a broken link, a permission)
+        known = self._read.get(str(path))
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            embedding = known[2]
+        else:
+            embedding = read_embedding(path, path.stem)
+        fresh[str(path)] = (stat.st_size, stat.st_mtime_ns, embedding)
+        return embedding
+
+    def entries(self) -> list[Embedding]:
+        """The last scan's entries (scanning now if there was none)."""
+        with self._lock:
+            return list(self._entries) if self._entries is not None else self.scan()
+
+    def for_model(self, widths: tuple[int, ...]) -> tuple[dict[str, Embedding], dict[str, Embedding]]:
+        """(loaded, skipped) by trigger name for a model whose text encoders have ``widths``; ``()``: no model.
+
+        Loaded: usable and made for exactly those widths. Skipped: the rest, each with its reason (made for other
+        widths, named like another, or unsupported). A skipped name seen twice gets " (2)", " (3)"... so every
+        file is listed.
+        """
+        widths = tuple(widths)
+        loaded: dict[str, Embedding] = {}
+        skipped: dict[str, Embedding] = {}
+        for embedding in self.entries():
+            if embedding.usable and widths and embedding.widths == widths:
+                loaded[embedding.name] = embedding
+                continue
+            if embedding.usable:
+                reason = (f"made for {describe_widths(embedding.widths)}; the loaded model is "
+                          f"{describe_widths(widths)}" if widths else NO_MODEL)
+                embedding = replace(embedding, reason=reason)
+            skipped[_unique_key(skipped, embedding.name)] = embedding
+        return loaded, skipped
+
+
+def _unique_key(taken: dict[str, Any], name: str) -> str:
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name} ({number})" in taken:
+        number += 1
+    return f"{name} ({number})"

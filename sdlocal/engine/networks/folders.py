@@ -1,0 +1,101 @@
+"""Where embedding files are: sdlocal's own folder, the A1111/Forge and ComfyUI/Fooocus installs the user points at
+with ``--models-dir``, and the ``embeddings:`` sections of ComfyUI ``extra_model_paths.yaml`` files.
+
+The same conventions as the checkpoint folders (``engine.models``): a configured root may be the install folder or
+its ``models`` folder; every folder is looked in once, however many ways it is reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdlocal.engine.config import EngineConfig
+from sdlocal.engine.models import MAX_DEPTH, extra_model_paths_dirs
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
+OWN_EMBEDDINGS = "embeddings"  # <data dir>/embeddings, as A1111's <install>/embeddings
+_SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
+
+
+def embedding_dirs_of_root(folder: Path) -> list[Path]:
+    """The embedding folders a ``--models-dir`` root stands for, whether it is the install folder or its ``models``.
+
+    A1111/Forge keep embeddings beside ``models`` (``<install>/embeddings``), ComfyUI/Fooocus inside it
+    (``<install>/models/embeddings``). Given an A1111 ``models`` folder (it holds ``Stable-diffusion``), its
+    install's ``embeddings`` is the one beside it.
+    """
+    folder = Path(os.path.expandvars(str(folder))).expanduser()
+    candidates = [folder / OWN_EMBEDDINGS, folder / "models" / OWN_EMBEDDINGS]
+    if (folder / "Stable-diffusion").is_dir():
+        candidates.append(folder.parent / OWN_EMBEDDINGS)
+    return [path for path in candidates if path.is_dir()]
+
+
+def embedding_dirs(config: EngineConfig) -> list[Path]:
+    """Every existing embedding folder, sdlocal's own first, then the roots and the YAML files in their order;
+    each folder once (by its real path), so the first one found wins a name clash, the same one every scan."""
+    candidates = [config.data_dir / OWN_EMBEDDINGS]
+    for root in config.models_dirs:
+        candidates += embedding_dirs_of_root(root)
+    for yaml_file in config.extra_model_paths:
+        candidates += extra_model_paths_dirs(yaml_file, "embeddings")
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder in candidates:
+        key = os.path.realpath(folder)
+        if key in seen or not folder.is_dir():
+            continue
+        seen.add(key)
+        found.append(folder)
+    return found
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One thing a walk found: an embedding candidate file, or a folder that could not be listed (``error``)."""
+
+    path: Path
+    error: str = ""
+
+
+def walk(root: Path) -> Iterator[Listing]:
+    """Candidate files under ``root`` (subfolders too), sorted within each folder so the order is stable.
+
+    Hidden entries are skipped; a folder reached twice (a symlink loop) is listed once; a folder that cannot be
+    listed is yielded with its error, so the user sees why its files are missing instead of a silent gap.
+    """
+    visited: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, int]] = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            stat = folder.stat()
+            if (stat.st_dev, stat.st_ino) in visited:
+                continue
+            visited.add((stat.st_dev, stat.st_ino))
+            with os.scandir(folder) as listing:
+                children = sorted(listing, key=lambda child: child.name)
+        except OSError as exc:
+            log.warning("cannot list the embeddings folder %s (%s); skipping it", folder, exc)
+            yield Listing(folder, f"{type(exc).__name__}: {exc.strerror or exc}")
+            continue
+        subfolders: list[Path] = []
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            try:
+                is_dir = child.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if child.name not in _SKIP_DIRS and depth < MAX_DEPTH:
+                    subfolders.append(Path(child.path))
+            elif Path(child.name).suffix.lower() in EMBEDDING_SUFFIXES:
+                yield Listing(Path(child.path))  # a broken link too: reading it says what is wrong
+        stack.extend((path, depth + 1) for path in reversed(subfolders))
