@@ -45,6 +45,7 @@ CSS = """
 .sd-progress-text { position: relative; line-height: 2rem; padding: 0 0.75rem; font-size: 0.9rem; }
 .sd-done { background: var(--background-fill-primary); }
 .sd-sizes .wrap { gap: 0.3rem !important; }
+.sd-tokens { text-align: right; font-size: 0.8rem; opacity: 0.75; margin: -0.9rem 0.4rem -0.5rem 0 !important; }
 table.sd-params th { text-align: left; padding-right: 1rem; white-space: nowrap; }
 """
 

@@ -54,6 +54,9 @@ class FormParts:
     style_name: Any = None
     save_style: Any = None
     style_status: Any = None
+    # A1111's token counters ("23/75") under the prompt boxes
+    prompt_tokens: Any = None
+    negative_tokens: Any = None
     # per-session state
     results: Any = None  # gr.State [(seed, infotext, path)] of the run shown
     selected: Any = None  # gr.State: the index of the image selected in the results
@@ -78,13 +81,20 @@ def preset_dropdown(ui: FormParts, names: list[str], scale: int = 3) -> None:
 def prompt_and_buttons(ui: FormParts, placeholder: str = "a lighthouse on a cliff at dawn, oil painting") -> None:
     f = ui.fields
     f["prompt"] = gr.Textbox(label=LABELS["prompt"], lines=3, elem_id=ui.eid("prompt"), placeholder=placeholder)
+    ui.prompt_tokens = token_counter(ui.eid("prompt-tokens"), "Prompt tokens")
     f["negative_prompt"] = gr.Textbox(label=LABELS["negative_prompt"], lines=2, elem_id=ui.eid("negative"))
+    ui.negative_tokens = token_counter(ui.eid("negative-tokens"), "Negative prompt tokens")
     styles_row(ui)
     with gr.Row():
         ui.generate = gr.Button("Generate", variant="primary", scale=3, elem_id=ui.eid("generate"),
                                 elem_classes=["sd-generate-button"])
         ui.interrupt = gr.Button("Interrupt", variant="stop", scale=1, elem_id=ui.eid("interrupt"))
         ui.skip = gr.Button("Skip", scale=1, elem_id=ui.eid("skip"))
+
+
+def token_counter(elem_id: str, label: str) -> Any:
+    """A1111's counter under a prompt box: tokens used / the limit of the chunks used (filled on change)."""
+    return gr.HTML("", label=label, elem_id=elem_id, elem_classes=["sd-tokens"], padding=False)
 
 
 def styles_row(ui: FormParts, names: list[str] | None = None) -> None:

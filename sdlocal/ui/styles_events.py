@@ -1,4 +1,4 @@
-"""The events of the Styles box and the Emphasis setting, shared by the Generate and img2img tabs.
+"""The events of the Styles box, the token counters and the Emphasis setting, shared by Generate and img2img.
 
 Styles are applied when a job is built (``styled_form``, through ``sdlocal.styles.apply_styles``, the one
 function the API and the CLI use too), so the engine and the PNG get the expanded prompt. The Emphasis
@@ -8,6 +8,7 @@ dropdown is a request field (``FORM_FIELDS``) whose value is also saved as the `
 
 from __future__ import annotations
 
+import html
 import logging
 from typing import Any
 
@@ -66,6 +67,25 @@ def save_style(services: Any, name: str, prompt: str, negative: str, selected: l
             f"Saved style **{style.name}** in `{library.path}`.", ""]
 
 
+def token_counter_text(services: Any, text: str, steps: Any) -> str:
+    """The counter's HTML ("23/75"); empty when it cannot be counted (the counter never shows an error)."""
+    try:
+        counted = services.token_count(text or "", int(steps or 20))
+    except Exception as exc:  # noqa: BLE001 - a missing tokenizer must not break typing
+        log.debug("token count failed: %s", exc)
+        return ""
+    return f'<span title="tokens used / limit of the 75-token chunks used">{html.escape(counted)}</span>'
+
+
+def wire_token_counters(ui: FormParts, services: Any) -> None:
+    """Count each prompt box as it changes (typing, a send, a reuse), for the longest prompt-editing step."""
+    steps = ui.fields["steps"]
+    for box, counter in ((ui.fields["prompt"], ui.prompt_tokens), (ui.fields["negative_prompt"], ui.negative_tokens)):
+        box.change(lambda text, n: token_counter_text(services, text, n), inputs=[box, steps], outputs=counter,
+                   trigger_mode="always_last", show_progress="hidden", concurrency_limit=None,
+                   api_visibility="private")
+
+
 def save_emphasis(settings: Any, mode: str) -> None:
     """The Emphasis dropdown's value as the ``emphasis`` setting (best effort: a read-only data dir is logged)."""
     try:
@@ -87,6 +107,7 @@ def wire_styles(ui: FormParts, services: Any) -> None:
     ui.save_style.click(lambda name, p, n, selected: save_style(services, name, p, n, selected),
                         inputs=[ui.style_name, prompt, negative, ui.styles],
                         outputs=[ui.styles, ui.style_status, ui.style_name], api_visibility="private")
+    wire_token_counters(ui, services)
     ui.fields["emphasis"].input(lambda mode: save_emphasis(services.settings, mode), inputs=ui.fields["emphasis"],
                                 api_visibility="private")
 

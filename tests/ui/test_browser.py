@@ -123,8 +123,9 @@ def test_theme_flag_sets_dark_or_light_whatever_the_system_prefers(tmp_path: Pat
             browser.close()
 
 
-def test_styles_in_the_browser(running_app: RunningApp) -> None:
-    """Pick a style under the prompt, generate: the image's parameters hold the prompt with the style applied."""
+def test_styles_and_token_counter_in_the_browser(running_app: RunningApp) -> None:
+    """The token counter follows the typing (A1111's "2/75", "80/150" past one chunk); pick a style under the
+    prompt, generate: the image's parameters hold the prompt with the style applied."""
     executable = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
@@ -139,7 +140,13 @@ def test_styles_in_the_browser(running_app: RunningApp) -> None:
             page.locator("#sd-model input").click()
             page.get_by_role("option", name=running_app.model_name).first.click()
             expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
+            counter = page.locator("#sd-prompt-tokens")
+            page.locator("#sd-prompt textarea").fill("a cat")
+            expect(counter).to_have_text("2/75", timeout=20_000)
+            page.locator("#sd-prompt textarea").fill("cat " * 80)
+            expect(counter).to_have_text("80/150", timeout=20_000)
             page.locator("#sd-prompt textarea").fill("a quiet harbour")
+            expect(counter).not_to_have_text("80/150", timeout=20_000)
             for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "2")):
                 field = page.locator(f"{elem} input[type=number]")
                 field.fill(value)

@@ -93,3 +93,50 @@ def test_the_emphasis_picked_is_saved_as_the_setting(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     save_emphasis(settings, "Ignore")
     assert settings.emphasis == "Ignore" and resolve({"data_dir": tmp_path}, env={}).emphasis == "Ignore"
+
+
+# ----- token counters ------------------------------------------------------------------------------------------------
+
+def _services(tmp_path: Path):
+    from sdlocal.services import build_services
+
+    return build_services(Settings(data_dir=tmp_path))
+
+
+def test_the_token_counter_reads_as_a1111s_and_grows_by_chunks(tmp_path: Path) -> None:
+    services = _services(tmp_path)
+    try:
+        assert services.token_count("", 20) == "0/75"
+        assert services.token_count("a cat", 20) == "2/75"
+        assert services.token_count("cat " * 80, 20) == "80/150"  # past 75 tokens: a second chunk
+        assert services.token_count("(a cat:1.3)", 20) == "2/75"  # the weights are syntax, not tokens
+    finally:
+        services.close()
+
+
+def test_an_embedding_counts_its_vectors_once_a_model_is_loaded(tmp_path: Path, monkeypatch) -> None:
+    import sys
+    from types import ModuleType
+
+    services = _services(tmp_path)
+    try:
+        monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or ModuleType("torch"))
+        engine = SimpleNamespace(current_model=None,
+                                 embeddings=lambda: ({"easyneg": SimpleNamespace(vectors=8)}, {}))
+        services.engine = engine
+        plain = services.token_count("easyneg, a cat", 20)  # no model yet: the trigger's own tokens
+        engine.current_model = object()
+        assert services.token_count("easyneg, a cat", 20) == "11/75"  # 8 vectors + ", a cat"
+        assert plain != "11/75"
+    finally:
+        services.close()
+
+
+def test_the_counter_shows_nothing_rather_than_an_error() -> None:
+    from sdlocal.ui.styles_events import token_counter_text
+
+    def broken(text, steps):
+        raise OSError("tokenizer missing")
+
+    assert token_counter_text(SimpleNamespace(token_count=broken), "a cat", 20) == ""
+    assert ">2/75<" in token_counter_text(SimpleNamespace(token_count=lambda text, steps: "2/75"), "a cat", 20)
