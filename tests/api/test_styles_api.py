@@ -112,6 +112,16 @@ def test_emphasis_is_an_option_saved_to_the_settings_and_checked(client: httpx.C
         client.post("/sdapi/v1/options", json={"emphasis": "Original"})
 
 
+def test_the_option_follows_the_setting_the_ui_saves(client: httpx.Client, styled: Server) -> None:
+    from sdlocal.ui.styles_events import save_emphasis
+
+    try:
+        save_emphasis(styled.services.settings, "Ignore")  # the UI's Emphasis dropdown
+        assert client.get("/sdapi/v1/options").json()["emphasis"] == "Ignore"
+    finally:
+        save_emphasis(styled.services.settings, "Original")
+
+
 def test_a_bad_emphasis_override_names_override_settings(client: httpx.Client) -> None:
     response = client.post("/sdapi/v1/txt2img", json=small(override_settings={"emphasis": "Loud"}))
     assert response.status_code == 422 and response.json()["field"] == "override_settings.emphasis"
