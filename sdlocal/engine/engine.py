@@ -306,8 +306,9 @@ class Engine:
                 loaded, load_seconds = self._load_entry(entry)
                 scheduler = self._scheduler_cache().get(loaded.key, request.sampler, request.schedule,
                                                         loaded.scheduler_config)
+                embeddings, _ = self._get_embedding_library().for_model(self._encoder_widths[loaded.key])
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
-                                        entry.short_hash, on_progress)
+                                        entry.short_hash, on_progress, embeddings=embeddings)
             finally:
                 self._control = None
         return GenerationResult(

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdlocal.engine.infotext import format_infotext
+from sdlocal.engine.conditioning import PromptEncoder, PromptPlan
+from sdlocal.engine.infotext import format_infotext, ti_hashes
 from sdlocal.engine.loader import LoadedModel, free_memory, is_out_of_memory
 from sdlocal.engine.request import (
     EngineError,
@@ -176,14 +177,13 @@ def _black(image: Any) -> bool:
     return all(high <= BLACK_LEVEL for _low, high in extrema)
 
 
-def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int) -> dict[str, Any]:
+def _pipe_kwargs(loaded: LoadedModel, request: GenerationRequest, batch: int, plan: PromptPlan) -> dict[str, Any]:
+    """The pipeline's arguments; the prompts go in as sdlocal's own embeddings (clip skip is already in them)."""
     kwargs: dict[str, Any] = {
-        "prompt": [request.prompt] * batch,
-        "negative_prompt": [request.negative_prompt] * batch,
+        **plan.pipe_kwargs(batch),
         "num_inference_steps": request.steps,
         "guidance_scale": request.cfg_scale,
         "output_type": "latent",
-        "clip_skip": request.clip_skip - 1 if request.clip_skip > 1 else None,
     }
     if request.source is not None:
         return kwargs  # the image stage adds the image, the strength and (for inpainting) the size
@@ -210,10 +210,11 @@ class BatchCall:
 
 
 def _batch_call(loaded: LoadedModel, request: GenerationRequest, seeds: list[int], first_index: int,
-                shape: tuple[int, int, int], prepared: list[Any] | None, warnings: list[str]) -> BatchCall:
+                shape: tuple[int, int, int], prepared: list[Any] | None, warnings: list[str],
+                plan: PromptPlan) -> BatchCall:
     import torch
 
-    kwargs = _pipe_kwargs(loaded, request, len(seeds))
+    kwargs = _pipe_kwargs(loaded, request, len(seeds), plan)
     if prepared is None:
         noise, generators = initial_noise(seeds, shape)
         kwargs["latents"] = noise.to(device=loaded.pipe._execution_device, dtype=loaded.pipe.unet.dtype)
@@ -228,14 +229,20 @@ def _batch_call(loaded: LoadedModel, request: GenerationRequest, seeds: list[int
 
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
                    model_name: str, model_hash: str | None,
-                   on_progress: Callable[[Progress], None] | None = None) -> RunOutput:
+                   on_progress: Callable[[Progress], None] | None = None,
+                   embeddings: Mapping[str, Any] | None = None) -> RunOutput:
     """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip.
 
     A skip pressed between two batches (or before the first) is still pending at the next batch's start,
     which is then skipped without running; one pressed during a batch abandons that batch.
+    ``embeddings`` are the textual-inversion embeddings that fit the model, by trigger name.
     """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
+    # Every prompt text of the run is chunked and encoded here, before any other work: a prompt that is too
+    # long fails now, and no step ever runs the text encoder.
+    encoder = PromptEncoder(loaded, request.clip_skip, request.emphasis, embeddings or {})
+    plan = PromptPlan(encoder, request.prompt, request.negative_prompt, request.steps)
     total_images = request.batch_size * request.batch_count
     seeds = resolve_seeds(request.seed, total_images)
     _apply_request_patches(loaded, request)
@@ -250,6 +257,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
 
         prepared = img2img.prepare_all(request)
         extra = img2img.infotext_extra(request, loaded.inpainting)
+    extra = {**(extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used])}
 
     images: list[GeneratedImage] = []
     warnings: list[str] = []
@@ -288,16 +296,17 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                                          preview=preview))
                 except Exception:  # noqa: BLE001 - a broken progress listener must not kill the run
                     log.exception("progress callback failed")
+            tensors.update(plan.step_tensors(pipeline, done, request.batch_size))  # prompt editing: next step's
             return tensors
 
         out_of_memory: EngineError | None = None
         call: BatchCall | None = None
         try:
             call = _batch_call(loaded, request, batch_seeds, batch_index * request.batch_size, shape, prepared,
-                               warnings)
+                               warnings, plan)
             call.pipe.scheduler = scheduler
             latents = call.pipe(**call.kwargs, generator=call.generators, callback_on_step_end=on_step_end,
-                                callback_on_step_end_tensor_inputs=["latents"]).images
+                                callback_on_step_end_tensor_inputs=["latents", *plan.tensor_inputs()]).images
             if stopped["flag"]:
                 continue  # interrupted or skipped mid-batch: its latents are half-denoised, not images
             decoded = decode(loaded, latents, warnings)

@@ -88,6 +88,7 @@ def format_infotext(request: Any, seed: int, model_name: str, model_hash: str | 
         "Model": model_name or None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "Token merging ratio": _number(request.token_merging_ratio) if request.token_merging_ratio > 0 else None,
+        "Emphasis": None if request.emphasis == "Original" else request.emphasis,  # A1111 writes it only then
     }
     pairs.update(extra or {})
     pairs["Version"] = f"sdlocal {sdlocal_version()}"
@@ -96,6 +97,20 @@ def format_infotext(request: Any, seed: int, model_name: str, model_hash: str | 
     if request.negative_prompt:
         text += f"\n{NEGATIVE_PREFIX} {request.negative_prompt}"
     return f"{text}\n{line}"
+
+
+def ti_hashes(embeddings: list[Any]) -> str | None:
+    """A1111's ``TI hashes`` value, "name: hash, name2: hash2", for the embeddings a run used (in order of first
+    use); one without a hash (a hand-built embedding with no file) is left out; None when none is left."""
+    pairs = []
+    for embedding in embeddings:
+        try:
+            shorthash = embedding.shorthash
+        except (AttributeError, OSError):
+            continue
+        if shorthash:
+            pairs.append(f"{embedding.name}: {shorthash}")
+    return ", ".join(pairs) or None
 
 
 def _pairs(line: str) -> list[tuple[str, str]]:
@@ -172,7 +187,18 @@ def infotext_to_request_fields(params: dict[str, str]) -> dict[str, Any]:
         fields["schedule"] = params["Schedule type"].strip()
     if params.get("Model"):
         fields["model"] = params["Model"].strip()
+    emphasis = _emphasis(params.get("Emphasis", ""))
+    if emphasis is not None:
+        fields["emphasis"] = emphasis
     return fields
+
+
+def _emphasis(value: str) -> str | None:
+    """An ``Emphasis`` value as the request's mode name (any case), None when it names no mode."""
+    from sdlocal.engine.request import EMPHASIS_MODES
+
+    wanted = value.strip().lower()
+    return next((mode for mode in EMPHASIS_MODES if mode.lower() == wanted), None)
 
 
 def infotext_to_source_fields(params: dict[str, str]) -> dict[str, Any]:

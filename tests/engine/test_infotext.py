@@ -101,3 +101,28 @@ def test_unparsable_values_are_left_out_not_guessed() -> None:
 
 def test_empty_text() -> None:
     assert parse_infotext("") == {"Prompt": "", "Negative prompt": ""}
+
+
+def test_emphasis_is_written_only_when_not_original_and_read_back() -> None:
+    assert "Emphasis" not in format_infotext(_request(), 1, "m", "abc")
+    text = format_infotext(_request(emphasis="No norm"), 1, "m", "abc")
+    assert "Clip skip" not in text and ", Emphasis: No norm," in text
+    assert infotext_to_request_fields(parse_infotext(text))["emphasis"] == "No norm"
+    assert infotext_to_request_fields({"Emphasis": "ignore"})["emphasis"] == "Ignore"  # any case, as the request
+    assert "emphasis" not in infotext_to_request_fields({"Emphasis": "Louder"})  # unknown: the form keeps its own
+    assert "emphasis" not in infotext_to_request_fields({"Steps": "20"})
+
+
+def test_ti_hashes_as_a1111_writes_them() -> None:
+    from types import SimpleNamespace
+
+    from sdlocal.engine.infotext import ti_hashes
+
+    used = [SimpleNamespace(name="EasyNegative", shorthash="c74b4e810b03"), SimpleNamespace(name="no file"),
+            SimpleNamespace(name="style two", shorthash="0123456789ab")]
+    value = ti_hashes(used)
+    assert value == "EasyNegative: c74b4e810b03, style two: 0123456789ab"  # one without a hash is left out
+    assert ti_hashes([]) is None and ti_hashes([SimpleNamespace(name="x")]) is None
+    text = format_infotext(_request(), 1, "m", "abc", {"TI hashes": value})
+    assert 'TI hashes: "EasyNegative: c74b4e810b03, style two: 0123456789ab"' in text
+    assert parse_infotext(text)["TI hashes"] == value
