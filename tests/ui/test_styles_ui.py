@@ -140,3 +140,14 @@ def test_the_counter_shows_nothing_rather_than_an_error() -> None:
 
     assert token_counter_text(SimpleNamespace(token_count=broken), "a cat", 20) == ""
     assert ">2/75<" in token_counter_text(SimpleNamespace(token_count=lambda text, steps: "2/75"), "a cat", 20)
+
+
+def test_reusing_parameters_with_an_emphasis_sets_the_dropdown() -> None:
+    from sdlocal.ui.common import infotext_updates
+
+    engine = SimpleNamespace(find_model=lambda name: None)
+    text = "a cat\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Emphasis: No norm"
+    updates = infotext_updates(engine, text)
+    assert updates[1 + FORM_FIELDS.index("emphasis")]["value"] == "No norm"
+    without = infotext_updates(engine, "a cat\nSteps: 4, Seed: 1")
+    assert "value" not in without[1 + FORM_FIELDS.index("emphasis")]  # not named: the dropdown stays
