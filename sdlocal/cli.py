@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from sdlocal.cli_img2img import SOURCE_KEYS, add_img2img_flags, flag_message, image_source
 from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS
-from sdlocal.engine.request import RequestError
+from sdlocal.engine.request import EMPHASIS_MODES, RequestError
 from sdlocal.settings import DEFAULT_PORT, THEMES, Settings, SettingsError, parse_auth, resolve
 
 COMMANDS = ("serve", "doctor", "generate", "selftest")
@@ -132,6 +132,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                           "(the first image at each size compiles); on the CPU channels-last only (a few percent)")
     run.add_argument("--token-merging-ratio", type=float, default=S, metavar="R",
                      help="default token merging ratio, 0 (off) to 0.9: faster, slightly different images")
+    run.add_argument("--emphasis", choices=EMPHASIS_MODES, default=S,
+                     help="A1111's emphasis mode for (word:1.2) weights: Original (default; the mean is restored), "
+                          "'No norm' or Ignore (weights read as 1)")
     run.add_argument("--max-loaded-models", type=int, default=S, metavar="N",
                      help="checkpoints kept in memory at once (default 1)")
     run.add_argument("--sd2-prediction", choices=SD2_PREDICTIONS, default=S,

@@ -8,6 +8,7 @@ by ``start_background_load`` on the queue's worker, so the page and the API answ
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,34 @@ class Services:
     def __post_init__(self) -> None:
         if self.styles is None:
             self.styles = StyleLibrary(self.settings.data_dir, self.settings.models_dirs)
+
+    def token_count(self, text: str, steps: int = 20) -> str:
+        """A1111's counter for a prompt box: "23/75", past 75 tokens "80/150" (the limit grows by chunks).
+
+        Only the tokenizer runs (``sdlocal.engine.prompts.counting_chunker``, imported here, not on the UI's
+        import path). Embedding triggers count their vectors once the engine can list them without loading
+        anything (see ``embedding_vectors``).
+        """
+        from sdlocal.engine.prompts import counting_chunker
+
+        used, limit = counting_chunker(self.embedding_vectors()).count(text or "", max(int(steps or 1), 1))
+        return f"{used}/{limit}"
+
+    def embedding_vectors(self) -> dict[str, int]:
+        """Trigger name -> vector count of the loaded model's embeddings, or {} while that would cost a load.
+
+        The engine lists embeddings by reading their files with torch; the counter never pays for importing
+        torch or for a first scan before any model (a page opened then would wait), so until a model is loaded
+        it counts without them.
+        """
+        embeddings = getattr(self.engine, "embeddings", None)
+        if not callable(embeddings) or "torch" not in sys.modules or self.engine.current_model is None:
+            return {}
+        try:
+            loaded, _skipped = embeddings()
+        except Exception:  # noqa: BLE001 - a counter never fails because an embedding folder is odd
+            return {}
+        return {name: int(getattr(emb, "vectors", 1) or 1) for name, emb in dict(loaded).items()}
 
     def capabilities(self) -> Any:
         """The engine's device/precision report (it probes the hardware, importing torch).

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sdlocal.engine.request import RequestError
 from sdlocal.settings import GENERATED_USER, Settings, SettingsError, parse_auth, read_auth_file, resolve
 
 
@@ -180,3 +181,26 @@ def test_emphasis_is_a1111s_option_saved_like_the_others_and_checked(tmp_path):
         Settings(data_dir=tmp_path).save_settings({"emphasis": "Loud"})
     with pytest.raises(SettingsError, match="emphasis"):
         Settings(data_dir=tmp_path, emphasis="Loud")
+
+
+def test_emphasis_flag_and_the_generate_command_carries_the_setting(tmp_path, monkeypatch):
+    import io
+
+    from sdlocal import cli
+
+    assert cli.parse_args(["--data-dir", str(tmp_path), "--emphasis", "No norm"], env={}).emphasis == "No norm"
+    seen = []
+
+    class Engine:
+        def __init__(self, config):
+            pass
+
+        def generate(self, request):
+            seen.append(request)
+            raise RequestError("model", request.model, "is a stand-in")
+
+    monkeypatch.setattr("sdlocal.engine.Engine", Engine)
+    invocation = cli.parse_command(["generate", "--data-dir", str(tmp_path), "--emphasis", "Ignore", "--model", "m",
+                                    "--prompt", "p", "--out", str(tmp_path / "o")], env={})
+    assert cli.run_generate(invocation.settings, invocation.options, out=io.StringIO(), err=io.StringIO()) == 2
+    assert seen[0].emphasis == "Ignore"

@@ -81,6 +81,8 @@ class ApiOptions:
         with self.lock:
             values = dict(self.values)
         values[MODEL] = current.title if current is not None else None
+        # the setting itself: the UI's Emphasis dropdown saves it too, and the API must follow that
+        values["emphasis"] = getattr(self.services.settings, "emphasis", values.get("emphasis", "Original"))
         return {**values, **self.read_only()}
 
     def split(self, body: dict[str, Any]) -> tuple[dict[str, Any], Any, dict[str, str]]:

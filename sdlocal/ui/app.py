@@ -20,6 +20,7 @@ from sdlocal.ui.img2img import build_img2img_tab
 from sdlocal.ui.model_list import load_status_text
 from sdlocal.ui.pnginfo import build_pnginfo_tab
 from sdlocal.ui.send import result_pick
+from sdlocal.ui.styles_events import link_emphasis, page_load
 from sdlocal.ui.system import build_system_tab, sharing_banner
 from sdlocal.ui.theme import THEMES_BY_URL, ThemeRedirect
 
@@ -44,6 +45,7 @@ CSS = """
 .sd-progress-text { position: relative; line-height: 2rem; padding: 0 0.75rem; font-size: 0.9rem; }
 .sd-done { background: var(--background-fill-primary); }
 .sd-sizes .wrap { gap: 0.3rem !important; }
+.sd-tokens { text-align: right; font-size: 0.8rem; opacity: 0.75; margin: -0.9rem 0.4rem -0.5rem 0 !important; }
 table.sd-params th { text-align: left; padding-right: 1rem; white-space: nowrap; }
 """
 
@@ -94,6 +96,14 @@ def build_ui(services: Any) -> gr.Blocks:
 
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")
         blocks.load(img2img.load[0], outputs=img2img.load[1], api_visibility="private")
+        link_emphasis(generate, img2img)
+
+        def styles_and_emphasis() -> list[Any]:
+            styles, emphasis = page_load(services)
+            return [styles, styles, emphasis]
+
+        blocks.load(styles_and_emphasis, outputs=[generate.styles, img2img.styles, img2img.fields["emphasis"]],
+                    api_visibility="private")
         blocks.load(tick, outputs=[status_md, timer], api_visibility="private")
         blocks.load(lambda: sharing_banner(services.settings), outputs=sharing, api_visibility="private")
         timer.tick(tick, outputs=[status_md, timer], api_visibility="private")

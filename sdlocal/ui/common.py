@@ -30,6 +30,7 @@ FORM_FIELDS: tuple[str, ...] = (
     "clip_skip",
     "token_merging_ratio",
     "vae_tiling",
+    "emphasis",
 )
 DEFAULTS: dict[str, Any] = {name: getattr(GenerationRequest(), name) for name in FORM_FIELDS}
 # The controls' labels: the Generate tab shows these, error messages name fields by them, and API clients
@@ -50,6 +51,8 @@ LABELS: dict[str, str] = {
     "clip_skip": "Clip skip",
     "token_merging_ratio": "Token merging ratio",
     "vae_tiling": "VAE tiling",
+    "emphasis": "Emphasis",
+    "styles": "Styles",
     # the img2img tab's controls, by the request's (API) field names its errors use
     "init_images": "Image",
     "denoising_strength": "Denoising strength",

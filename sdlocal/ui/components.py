@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdlocal.engine.request import EMPHASIS_MODES
 from sdlocal.presets import FAMILY_SIZES
 from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, LABELS
 
@@ -46,6 +47,16 @@ class FormParts:
     send_img2img: Any = None
     send_inpaint: Any = None
     info: Any = None
+    # styles (under the prompts)
+    styles: Any = None  # the Styles multiselect
+    styles_refresh: Any = None
+    styles_apply: Any = None  # "Apply styles to prompt"
+    style_name: Any = None
+    save_style: Any = None
+    style_status: Any = None
+    # A1111's token counters ("23/75") under the prompt boxes
+    prompt_tokens: Any = None
+    negative_tokens: Any = None
     # per-session state
     results: Any = None  # gr.State [(seed, infotext, path)] of the run shown
     selected: Any = None  # gr.State: the index of the image selected in the results
@@ -70,12 +81,40 @@ def preset_dropdown(ui: FormParts, names: list[str], scale: int = 3) -> None:
 def prompt_and_buttons(ui: FormParts, placeholder: str = "a lighthouse on a cliff at dawn, oil painting") -> None:
     f = ui.fields
     f["prompt"] = gr.Textbox(label=LABELS["prompt"], lines=3, elem_id=ui.eid("prompt"), placeholder=placeholder)
+    ui.prompt_tokens = token_counter(ui.eid("prompt-tokens"), "Prompt tokens")
     f["negative_prompt"] = gr.Textbox(label=LABELS["negative_prompt"], lines=2, elem_id=ui.eid("negative"))
+    ui.negative_tokens = token_counter(ui.eid("negative-tokens"), "Negative prompt tokens")
+    styles_row(ui)
     with gr.Row():
         ui.generate = gr.Button("Generate", variant="primary", scale=3, elem_id=ui.eid("generate"),
                                 elem_classes=["sd-generate-button"])
         ui.interrupt = gr.Button("Interrupt", variant="stop", scale=1, elem_id=ui.eid("interrupt"))
         ui.skip = gr.Button("Skip", scale=1, elem_id=ui.eid("skip"))
+
+
+def token_counter(elem_id: str, label: str) -> Any:
+    """A1111's counter under a prompt box: tokens used / the limit of the chunks used (filled on change)."""
+    return gr.HTML("", label=label, elem_id=elem_id, elem_classes=["sd-tokens"], padding=False)
+
+
+def styles_row(ui: FormParts, names: list[str] | None = None) -> None:
+    """The Styles box (several at once, applied in the order picked), refresh, apply, and "save as a style".
+
+    The list is filled per page load (styles.csv may change); the handlers check names themselves, so a
+    script's session with an older list is told which name is unknown rather than refused by Gradio.
+    """
+    with gr.Row(equal_height=True):
+        ui.styles = gr.Dropdown(label="Styles", choices=list(names or []), value=[], multiselect=True, scale=6,
+                                allow_custom_value=True, elem_id=ui.eid("styles"),
+                                info="Applied to the prompts when the job is built ({prompt} marks where yours goes).")
+        ui.styles_refresh = gr.Button("↻", scale=0, min_width=48, elem_id=ui.eid("styles-refresh"))
+        ui.styles_apply = gr.Button("Apply styles to prompt", scale=1, size="sm", elem_id=ui.eid("styles-apply"))
+    with gr.Accordion("Save the prompts as a style", open=False, elem_id=ui.eid("style-save-box")):
+        with gr.Row(equal_height=True):
+            ui.style_name = gr.Textbox(label="Style name", placeholder="My style", scale=3,
+                                       elem_id=ui.eid("style-name"))
+            ui.save_style = gr.Button("Save style", scale=1, elem_id=ui.eid("save-style"))
+        ui.style_status = gr.Markdown("", label="Style status", elem_id=ui.eid("style-status"))
 
 
 def sampler_controls(ui: FormParts, samplers: list[str], schedules: list[str]) -> None:
@@ -116,13 +155,20 @@ def seed_and_batch(ui: FormParts) -> None:
         f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label=LABELS["batch_size"], elem_id=ui.eid("batch-size"))
 
 
-def request_options(ui: FormParts, token_merging_ratio: float = 0.0) -> None:
-    """The request's less common fields (VAE tiling, clip skip, token merging), for an Advanced accordion."""
+def request_options(ui: FormParts, token_merging_ratio: float = 0.0, emphasis: str = "Original") -> None:
+    """The request's less common fields (VAE tiling, clip skip, emphasis, token merging), for an Advanced accordion.
+
+    ``emphasis`` starts at the saved setting; changing it saves the setting (``form_events.wire_emphasis``).
+    """
     f = ui.fields
     with gr.Row():
         f["vae_tiling"] = gr.Checkbox(label=LABELS["vae_tiling"], value=False, info="Large images with less memory.",
                                       elem_id=ui.eid("vae-tiling"))
         f["clip_skip"] = gr.Slider(1, 12, value=1, step=1, label=LABELS["clip_skip"], elem_id=ui.eid("clip-skip"))
+        f["emphasis"] = gr.Dropdown(list(EMPHASIS_MODES), value=emphasis if emphasis in EMPHASIS_MODES else "Original",
+                                    label=LABELS["emphasis"], elem_id=ui.eid("emphasis"),
+                                    info="(word:1.2) weights: Original restores the mean, No norm does not, "
+                                         "Ignore reads them as weight 1.")
     f["token_merging_ratio"] = gr.Slider(0, 0.9, value=token_merging_ratio, step=0.05,
                                          label=LABELS["token_merging_ratio"], elem_id=ui.eid("token-merging"),
                                          info="Faster on big images at some cost in detail; 0 = off.")

@@ -29,6 +29,7 @@ from sdlocal.ui.model_list import (
     model_choices,
     starter_dir,
 )
+from sdlocal.ui.styles_events import styled_form, wire_styles
 
 
 def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
@@ -41,6 +42,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     _wire_run(ui, services, ui_state)
     wire_results(ui, services.engine, ui.model)
     runtime.wire(ui, services)
+    wire_styles(ui, services)
     _wire_download(ui, services)
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
     ui.status = (lambda: load_status_text(services), ui.load_status)
@@ -126,14 +128,16 @@ def _wire_presets(ui: GenerateTab, services: Any) -> None:
 def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
     """Submit the txt2img request to the queue and stream its progress; errors become a message, never a crash.
 
-    Yields (progress, error, preview, gallery, results, selected, info).
+    ``values`` are the FORM_FIELDS controls, then the styles picked (applied to the prompts here; the saved
+    form keeps the prompts as typed). Yields (progress, error, preview, gallery, results, selected, info).
     """
-    form = coerce_fields(dict(zip(FORM_FIELDS, values, strict=True)))
+    form = coerce_fields(dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)], strict=True)))
+    styles = values[len(FORM_FIELDS)] if len(values) > len(FORM_FIELDS) else []
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
 
     def submit() -> Any:
-        request = GenerationRequest.build(model=model_name or "", **form)
+        request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles))
         ui_state.save({"model": model_name or "", "form": form})
         return services.queue.submit(request, save=True, source="ui")
 
@@ -148,7 +152,7 @@ def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
         yield from run(services, ui_state, model_name, *values)
 
     names = {"generate": "generate", "interrupt": "interrupt", "skip": "skip"}
-    events = wire_run(ui, services.queue, generate, [ui.model, *ui.controls], names)
+    events = wire_run(ui, services.queue, generate, [ui.model, *ui.controls, ui.styles], names)
     for finished in events:
         finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
 
@@ -193,6 +197,7 @@ def page_state(services: Any, ui_state: UiState) -> list[Any]:
     saved_form = {k: v for k, v in (saved.get("form") or {}).items() if k in DEFAULTS}
     start = start_form(saved_form, services.settings, presets, family if entry is not None else None)
     form = {**DEFAULTS, **{k: v for k, v in start.values.items() if k in DEFAULTS}}
+    form["emphasis"] = getattr(services.settings, "emphasis", DEFAULTS["emphasis"])  # a setting, not a form value
     caps = runtime.capabilities(services)
     return [
         model_update, empty_update, empty_text_update, _problems_update(presets, start.preset_problem),

@@ -125,7 +125,7 @@ def _advanced(ui: GenerateTab, services: Any) -> None:
     _memory_controls(ui, services.settings)
     ui.runtime_status = gr.Markdown("", label="Runtime status")
     ratio = float(getattr(services.settings, "token_merging_ratio", 0.0) or 0.0)  # --token-merging-ratio
-    request_options(ui, ratio)
+    request_options(ui, ratio, getattr(services.settings, "emphasis", "Original"))
     with gr.Row(equal_height=True):
         ui.preset_name = gr.Textbox(label="Save these settings as a preset", placeholder="My portrait", scale=3,
                                     elem_id="sd-preset-name")

@@ -28,6 +28,7 @@ from sdlocal.ui.img2img_request import (
 )
 from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, find_entry
 from sdlocal.ui.send import SendTarget, result_pick
+from sdlocal.ui.styles_events import styled_form, wire_styles
 
 INPAINT_MODES = ("inpaint", "inpaint upload")
 
@@ -42,6 +43,7 @@ def build_img2img_tab(services: Any, model: Any, tabs: Any) -> Img2ImgTab:
     _wire_run(ui, services, model)
     wire_results(ui, services.engine, model)
     _wire_model(ui, services, model)
+    wire_styles(ui, services)
     ui.load = (lambda: preset_choices(services.presets), [ui.preset])
     ui.send = send_target(ui, services, model, tabs)
     for button, target in ((ui.send_img2img, "img2img"), (ui.send_inpaint, "inpaint")):
@@ -131,13 +133,19 @@ def split_values(values: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any
 
 
 def run(services: Any, model_name: str | None, *values: Any):
-    """Build the img2img request from the tab, queue it and stream it (see ``form_events.stream_job``)."""
-    images, form, settings = split_values(values)
+    """Build the img2img request from the tab, queue it and stream it (see ``form_events.stream_job``).
+
+    ``values`` are the image components, FORM_FIELDS, the img2img settings, then the styles picked.
+    """
+    expected = len(IMAGE_FIELDS) + len(FORM_FIELDS) + len(SOURCE_FIELDS)
+    styles = values[expected] if len(values) > expected else []
+    images, form, settings = split_values(values[:expected])
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
 
     def submit() -> Any:
-        request = build_request(model_name or "", form, settings, source_images(images["mode"], images))
+        request = build_request(model_name or "", styled_form(services, form, styles), settings,
+                                source_images(images["mode"], images))
         return services.queue.submit(request, save=True, source="ui")
 
     yield from stream_job(services.queue, submit)
@@ -147,7 +155,7 @@ def _wire_run(ui: Img2ImgTab, services: Any, model: Any) -> None:
     def generate(model_name: str | None, *values: Any):
         yield from run(services, model_name, *values)
 
-    inputs = [model, *ui.image_inputs, *ui.controls, *ui.setting_controls]
+    inputs = [model, *ui.image_inputs, *ui.controls, *ui.setting_controls, ui.styles]
     wire_run(ui, services.queue, generate, inputs, {"generate": "img2img"})
 
 

@@ -81,7 +81,9 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Im
                 sampler_controls(ui, samplers, schedules)
                 seed_and_batch(ui)
                 with gr.Accordion("Advanced", open=False, elem_id=ui.eid("advanced")):
-                    request_options(ui, float(getattr(services.settings, "token_merging_ratio", 0.0) or 0.0))
+                    settings = services.settings
+                    request_options(ui, float(getattr(settings, "token_merging_ratio", 0.0) or 0.0),
+                                    getattr(settings, "emphasis", "Original"))
             with gr.Column(scale=6, min_width=360):
                 results_column(ui)
         ui.finish()

@@ -30,7 +30,7 @@ ROUTES = {
     "/sdapi/v1/txt2img": sorted(Txt2ImgRequest.model_fields) + ["unknown_field"],
     "/sdapi/v1/img2img": sorted(Img2ImgRequest.model_fields) + ["unknown_field"],
     "/sdapi/v1/options": ["sd_model_checkpoint", "sd_checkpoint_hash", "CLIP_stop_at_last_layers",
-                          "token_merging_ratio", "sd_vae", "samples_save", "unknown_option"],
+                          "token_merging_ratio", "emphasis", "sd_vae", "samples_save", "unknown_option"],
     "/sdapi/v1/png-info": ["image", "other"],
 }
 SAFE_TXT2IMG = {"prompt": "fuzz", "steps": 1, "width": 64, "height": 64, "send_images": False}
@@ -157,6 +157,9 @@ def test_hostile_bodies_get_4xx_with_strict_json_and_the_server_goes_on(route: s
      "override_settings.inpainting_mask_weight"),
     ("/sdapi/v1/options", '{"CLIP_stop_at_last_layers": Infinity}', "CLIP_stop_at_last_layers"),
     ("/sdapi/v1/options", '{"token_merging_ratio": NaN}', "token_merging_ratio"),
+    ("/sdapi/v1/options", '{"emphasis": NaN}', "emphasis"),
+    ("/sdapi/v1/txt2img", '{"override_settings": {"emphasis": -Infinity}}', "override_settings.emphasis"),
+    ("/sdapi/v1/txt2img", '{"styles": ["x", NaN]}', "styles.1"),
 ])
 def test_non_finite_numbers_are_422_naming_the_field(client: httpx.Client, route: str, text: str,
                                                      field: str) -> None:

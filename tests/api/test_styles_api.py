@@ -112,9 +112,28 @@ def test_emphasis_is_an_option_saved_to_the_settings_and_checked(client: httpx.C
         client.post("/sdapi/v1/options", json={"emphasis": "Original"})
 
 
+def test_the_option_follows_the_setting_the_ui_saves(client: httpx.Client, styled: Server) -> None:
+    from sdlocal.ui.styles_events import save_emphasis
+
+    try:
+        save_emphasis(styled.services.settings, "Ignore")  # the UI's Emphasis dropdown
+        assert client.get("/sdapi/v1/options").json()["emphasis"] == "Ignore"
+    finally:
+        save_emphasis(styled.services.settings, "Original")
+
+
 def test_a_bad_emphasis_override_names_override_settings(client: httpx.Client) -> None:
     response = client.post("/sdapi/v1/txt2img", json=small(override_settings={"emphasis": "Loud"}))
     assert response.status_code == 422 and response.json()["field"] == "override_settings.emphasis"
+
+
+def test_the_emphasis_used_is_written_in_the_infotext_as_a1111_does(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/txt2img", json=small(prompt="(a cat:1.3)",
+                                                           override_settings={"emphasis": "No norm"}))
+    assert response.status_code == 200, response.text
+    assert "Emphasis: No norm" in json.loads(response.json()["info"])["infotexts"][0]
+    plain = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])["infotexts"][0]
+    assert "Emphasis" not in plain  # Original, the default, is not written
 
 
 def test_the_request_carries_the_emphasis_override_else_the_option(tmp_path: Path) -> None:

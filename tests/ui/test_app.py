@@ -23,7 +23,7 @@ def client(running_app: RunningApp) -> Client:
 def form(**overrides) -> list:
     values = {"prompt": "a tiny red fox", "negative_prompt": "blurry", "sampler": "Euler", "schedule": "Automatic",
               "steps": 4, "cfg_scale": 7, "width": 64, "height": 64, "seed": 1234, "batch_count": 1,
-              "batch_size": 2, "clip_skip": 1, "token_merging_ratio": 0, "vae_tiling": False}
+              "batch_size": 2, "clip_skip": 1, "token_merging_ratio": 0, "vae_tiling": False, "emphasis": "Original"}
     values.update(overrides)
     return [values[name] for name in FORM_FIELDS]
 
@@ -326,3 +326,13 @@ def test_cpu_banner_gives_the_measured_time_after_an_image(client: Client, runni
     after = value_of(call(client, "/page_state")["CPU warning"])
     assert " per 512x512 image at 20 steps here (measured from your last image)" in after
     assert "first image will tell" not in after
+
+
+def test_generate_with_styles_writes_the_expanded_prompt_into_the_png(client: Client, running_app: RunningApp) -> None:
+    running_app.services.styles.save("App night", "{prompt} at night", "daylight")
+    out = call(client, "/generate", running_app.model_name, *form(seed=5151, batch_size=1, prompt="a harbour"),
+               ["App night"])
+    assert out["Error"] == "", out["Error"]
+    path = next(p for p in saved_images(running_app.data_dir) if p.name.endswith("-5151.png"))
+    assert read_image_parameters(path).startswith("a harbour at night\nNegative prompt: blurry, daylight\n")
+    assert running_app.services.settings.load_ui_state()["form"]["prompt"] == "a harbour"

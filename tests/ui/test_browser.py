@@ -121,3 +121,47 @@ def test_theme_flag_sets_dark_or_light_whatever_the_system_prefers(tmp_path: Pat
                 assert dark(browser, url, system="dark") is True  # Gradio follows the system by itself
         finally:
             browser.close()
+
+
+def test_styles_and_token_counter_in_the_browser(running_app: RunningApp) -> None:
+    """The token counter follows the typing (A1111's "2/75", "80/150" past one chunk); pick a style under the
+    prompt, generate: the image's parameters hold the prompt with the style applied."""
+    executable = _chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    running_app.services.styles.save("Browser night", "{prompt} at night", "daylight")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(running_app.url)
+            expect(page.locator("#sd-load-status")).to_contain_text("Ready", timeout=60_000)
+            page.locator("#sd-model input").click()
+            page.get_by_role("option", name=running_app.model_name).first.click()
+            expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
+            counter = page.locator("#sd-prompt-tokens")
+            page.locator("#sd-prompt textarea").fill("a cat")
+            expect(counter).to_have_text("2/75", timeout=20_000)
+            page.locator("#sd-prompt textarea").fill("cat " * 80)
+            expect(counter).to_have_text("80/150", timeout=20_000)
+            page.locator("#sd-prompt textarea").fill("a quiet harbour")
+            expect(counter).not_to_have_text("80/150", timeout=20_000)
+            for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "2")):
+                field = page.locator(f"{elem} input[type=number]")
+                field.fill(value)
+                field.press("Enter")
+            page.locator("#sd-styles input").click()
+            page.get_by_role("option", name="Browser night").first.click()
+            page.keyboard.press("Escape")
+            page.locator("#sd-generate").click()
+            expect(page.locator("#sd-progress")).to_contain_text("Done", timeout=120_000)
+            expect(page.locator("#sd-info textarea")).to_have_value(
+                re.compile(r"^a quiet harbour at night\nNegative prompt: [^\n]*daylight"))
+            expect(page.locator("#sd-prompt textarea")).to_have_value("a quiet harbour")  # the box keeps the text
+            page.screenshot(path=str(ARTIFACTS / "browser-styles.png"))
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "browser-styles-failure.png"))
+            raise
+        finally:
+            browser.close()

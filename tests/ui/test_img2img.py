@@ -27,7 +27,7 @@ from sdlocal.ui.img2img_request import (
 
 FORM = {"prompt": "a red barn", "negative_prompt": "", "sampler": "Euler", "schedule": "Automatic", "steps": 10,
         "cfg_scale": 7.0, "width": 64, "height": 96, "seed": 5, "batch_count": 1, "batch_size": 1, "clip_skip": 1,
-        "token_merging_ratio": 0.0, "vae_tiling": False}
+        "token_merging_ratio": 0.0, "vae_tiling": False, "emphasis": "Original"}
 
 
 def _stroke_layer(size: tuple[int, int], box: tuple[int, int, int, int], colour=(0, 0, 0, 255)) -> Image.Image:
