@@ -238,8 +238,6 @@ def _final_norm(encoder: Any) -> Any:
     return norm if norm is not None else encoder.text_model.final_layer_norm
 
 
-
-
 class PromptPlan:
     """A request's conditioning for every step: prompt editing and alternation as a schedule of text pairs.
 
