@@ -16,7 +16,8 @@ would blur the comparison):
 Targets: engine / diffusers <= 1.03, api / diffusers <= 1.10 (ratio of medians). The engine's own pieces are
 then timed one by one (previews, infotext, the NaN and black checks, PNG encoding) and a cProfile of one engine
 call splits its time, so a gap can be traced to what costs it. Last, the prompt encoding alone (A1111's parser,
-chunker and encoder, ``conditioning.PromptEncoder``): a 3-chunk prompt against the 1-chunk one, median of many.
+chunker and encoder, ``conditioning.PromptEncoder``): a 3-chunk prompt against the 1-chunk one, median of many,
+on the tiny model and (without ``--tiny``) through a real-size SD 1.x text encoder.
 
     python bench/overhead.py [--runs 9] [--size 256] [--steps 20] [--tiny]
 """
@@ -158,6 +159,7 @@ def main() -> int:
         same = np.abs(np.asarray(images["engine"], dtype=np.int16) - np.asarray(images["diffusers"], dtype=np.int16))
         components = time_components(services, size, steps, pipe, previews_per_run)
         encoding = on_worker(lambda: time_encoding(services, 5 if args.tiny else 25))
+        real_encoding = None if args.tiny else on_worker(lambda: time_real_encoding(25))
         profile = None if args.tiny else profile_engine(on_worker, services, request, listener)
         http.close()
         server.should_exit = True
@@ -185,6 +187,12 @@ def main() -> int:
     rows = [[name, e["chunks"], e["tokens"], e["median_ms"], e["min_ms"]] for name, e in encoding["prompts"].items()]
     print(table(["prompt", "chunks", "tokens", "median ms", "min ms"], rows))
     print(f"3-chunk / 1-chunk encoding time: {encoding['three_over_one']}")
+    if real_encoding:
+        print(f"\nthe same through a real-size SD 1.x text encoder (CLIP ViT-L/14, fp32 CPU; median of "
+              f"{real_encoding['samples']}):")
+        rows = [[name, e["chunks"], e["median_ms"], e["min_ms"]] for name, e in real_encoding["prompts"].items()]
+        print(table(["prompt", "chunks", "median ms", "min ms"], rows))
+        print(f"3-chunk / 1-chunk encoding time: {real_encoding['three_over_one']}")
     targets = {"engine_vs_diffusers_median": {"value": ratios["engine"]["median"], "target": 1.03},
                "api_vs_diffusers_median": {"value": ratios["api"]["median"], "target": 1.10}}
     for name, target in targets.items():
@@ -198,6 +206,7 @@ def main() -> int:
         "image_difference": {"max": int(same.max()), "mean": round(float(same.mean()), 4)},
         "previews_per_run": previews_per_run, "components_ms": components, "profile": profile,
         "encoding": encoding,
+        "real_size_encoding": real_encoding,
     }, args.results_dir)
     return 0
 
@@ -268,6 +277,37 @@ def time_encoding(services: Any, samples: int) -> dict[str, Any]:
     one, three = prompts["1 chunk (20 tokens)"], prompts["3 chunks"]
     if one["chunks"] != 1 or three["chunks"] != 3:
         raise RuntimeError(f"the bench prompts are {one['chunks']} and {three['chunks']} chunks, not 1 and 3")
+    return {"samples": samples, "prompts": prompts, "three_over_one": ratio(three["median_ms"], one["median_ms"])}
+
+
+def time_real_encoding(samples: int) -> dict[str, Any]:
+    """The same two prompts through a real-size SD 1.x text encoder (CLIP ViT-L/14, random weights: the time does
+    not depend on them), so the figure is the one a real model pays and not the tiny model's."""
+    import statistics
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from sdlocal.engine.conditioning import PromptEncoder
+    from sdlocal.engine.loader import BUNDLED_CONFIGS
+
+    folder = BUNDLED_CONFIGS / "sd1"
+    encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")).eval()
+    pipe = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"), text_encoder=encoder,
+                           _execution_device=torch.device("cpu"), config={})
+    loaded = SimpleNamespace(pipe=pipe, family="sd1")
+    prompts: dict[str, Any] = {}
+    for name, text in (("1 chunk (20 tokens)", PROMPT), ("3 chunks", LONG_PROMPT)):
+        chunks = PromptEncoder(loaded, 1, "Original").encode(text).chunks
+        times = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            PromptEncoder(loaded, 1, "Original").encode(text)
+            times.append(time.perf_counter() - started)
+        prompts[name] = {"chunks": chunks, "median_ms": round(statistics.median(times) * 1000, 3),
+                         "min_ms": round(min(times) * 1000, 3)}
+    one, three = prompts["1 chunk (20 tokens)"], prompts["3 chunks"]
     return {"samples": samples, "prompts": prompts, "three_over_one": ratio(three["median_ms"], one["median_ms"])}
 
 

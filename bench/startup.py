@@ -81,13 +81,13 @@ def run_sdlocal(data_dir: Path, env: dict[str, str]) -> dict[str, float]:
         while not client.predict(api_name="/load_status").startswith("✔"):
             time.sleep(0.05)
         ready = time.monotonic() - started
-        from sdlocal.ui.common import FORM_FIELDS
+        from sdlocal.ui.common import DEFAULTS, FORM_FIELDS
 
         client.predict(api_name="/page_state")  # what a browser's page load does: fills this session's model list
 
-        values = {"prompt": "a lighthouse", "negative_prompt": "", "sampler": "Euler", "schedule": "Automatic",
-                  "steps": 4, "cfg_scale": 7, "width": 64, "height": 64, "seed": 1, "batch_count": 1, "batch_size": 1,
-                  "clip_skip": 1, "token_merging_ratio": 0, "vae_tiling": False}
+        values = {**DEFAULTS, "prompt": "a lighthouse", "negative_prompt": "", "sampler": "Euler",
+                  "schedule": "Automatic", "steps": 4, "cfg_scale": 7, "width": 64, "height": 64, "seed": 1,
+                  "batch_count": 1, "batch_size": 1, "clip_skip": 1, "token_merging_ratio": 0, "vae_tiling": False}
         result = client.predict(MODEL, *(values[name] for name in FORM_FIELDS), api_name="/generate")
         if result[1]:
             raise RuntimeError(f"generation failed: {result[1]}")

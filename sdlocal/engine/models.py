@@ -343,6 +343,18 @@ def _unique_names(found: list[_Found]) -> list[tuple[_Found, str]]:
     return named
 
 
+def list_once(folder: Path, visited: set[tuple[int, int]]) -> list[os.DirEntry] | None:
+    """The entries of ``folder``, or None when this walk listed it already (a symlink loop, or a folder reached
+    twice); raises OSError when it cannot be listed. Model folders of every kind are walked with it."""
+    stat = folder.stat()
+    key = (stat.st_dev, stat.st_ino)
+    if key in visited:
+        return None
+    visited.add(key)
+    with os.scandir(folder) as listing:
+        return list(listing)
+
+
 def _walk(root: Path) -> Iterator[tuple[Path, ModelFormat]]:
     """Checkpoint files and diffusers folders under ``root``.
 
@@ -357,14 +369,11 @@ def _walk(root: Path) -> Iterator[tuple[Path, ModelFormat]]:
     while stack:
         folder, depth = stack.pop()
         try:
-            stat = folder.stat()
-            if (stat.st_dev, stat.st_ino) in visited:
-                continue
-            visited.add((stat.st_dev, stat.st_ino))
-            with os.scandir(folder) as listing:
-                children = list(listing)
+            children = list_once(folder, visited)
         except OSError as exc:
             log.warning("cannot list %s (%s); skipping it", folder, exc)
+            continue
+        if children is None:
             continue
         stems = {Path(c.name).stem for c in children if Path(c.name).suffix.lower() in CHECKPOINT_SUFFIXES}
         for child in children:

@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,52 +32,62 @@ def _chromium() -> str:
     pytest.skip(f"chromium is not installed at {CHROMIUM} (apt install chromium); CI runs this test")
 
 
-def test_generate_and_reuse_in_the_browser(running_app: RunningApp) -> None:
+@contextmanager
+def app_page(running_app: RunningApp, failure_png: str, height: int = 1000) -> Iterator[Any]:
+    """The app open in headless Chromium once its model is ready; a screenshot named ``failure_png`` if the
+    test fails inside, and the browser closed either way."""
     executable = _chromium()
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": height})
         try:
             page.goto(running_app.url)
             expect(page.locator("#sd-load-status")).to_contain_text("Ready", timeout=60_000)
-            model = page.locator("#sd-model input")
-            model.click()
-            page.get_by_role("option", name=running_app.model_name).first.click()
-            # picking the model applied the SD 1.x preset; make the run small and slow enough to watch
-            expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
-            page.locator("#sd-prompt textarea").fill("a lighthouse on a cliff at dawn")
-            for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "60")):
-                field = page.locator(f"{elem} input[type=number]")
-                field.fill(value)
-                field.press("Enter")
-            page.locator("#sd-seed input").fill("31337")
-            page.locator("#sd-generate").click()
-            expect(page.locator("#sd-progress")).to_contain_text("step", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
-            expect(page.locator("#sd-progress")).to_contain_text("Done", timeout=120_000)
-            expect(page.locator("#sd-results img").first).to_be_visible()
-            expect(page.locator("#sd-info textarea")).to_have_value(
-                re.compile(r"^a lighthouse on a cliff at dawn[\s\S]*Seed: 31337"))
-            page.screenshot(path=str(ARTIFACTS / "browser-generate.png"))
-            page.locator("#sd-prompt textarea").fill("something else")  # reuse must bring the old prompt back
-
-            page.get_by_role("tab", name="Gallery").click()
-            expect(page.locator("#sd-gallery-folder")).to_contain_text(str(running_app.data_dir / "outputs"))
-            page.locator("#sd-gallery img").first.click()
-            expect(page.locator("#sd-gallery-params textarea")).to_have_value(re.compile("Seed: 31337"), timeout=10_000)
-            page.screenshot(path=str(ARTIFACTS / "browser-gallery.png"))
-            page.locator("#sd-gallery-reuse").click()
-            expect(page.locator("#sd-prompt textarea")).to_have_value("a lighthouse on a cliff at dawn", timeout=10_000)
-            expect(page.locator("#sd-seed input")).to_have_value("31337")
-            page.screenshot(path=str(ARTIFACTS / "browser-reused.png"))
+            yield page
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
+            page.screenshot(path=str(ARTIFACTS / failure_png))
             raise
         finally:
             browser.close()
+
+
+def test_generate_and_reuse_in_the_browser(running_app: RunningApp) -> None:
+    from playwright.sync_api import expect
+
+    with app_page(running_app, "browser-failure.png") as page:
+        model = page.locator("#sd-model input")
+        model.click()
+        page.get_by_role("option", name=running_app.model_name).first.click()
+        # picking the model applied the SD 1.x preset; make the run small and slow enough to watch
+        expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
+        page.locator("#sd-prompt textarea").fill("a lighthouse on a cliff at dawn")
+        for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "60")):
+            field = page.locator(f"{elem} input[type=number]")
+            field.fill(value)
+            field.press("Enter")
+        page.locator("#sd-seed input").fill("31337")
+        page.locator("#sd-generate").click()
+        expect(page.locator("#sd-progress")).to_contain_text("step", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-progress.png"))
+        expect(page.locator("#sd-progress")).to_contain_text("Done", timeout=120_000)
+        expect(page.locator("#sd-results img").first).to_be_visible()
+        expect(page.locator("#sd-info textarea")).to_have_value(
+            re.compile(r"^a lighthouse on a cliff at dawn[\s\S]*Seed: 31337"))
+        page.screenshot(path=str(ARTIFACTS / "browser-generate.png"))
+        page.locator("#sd-prompt textarea").fill("something else")  # reuse must bring the old prompt back
+
+        page.get_by_role("tab", name="Gallery").click()
+        expect(page.locator("#sd-gallery-folder")).to_contain_text(str(running_app.data_dir / "outputs"))
+        page.locator("#sd-gallery img").first.click()
+        expect(page.locator("#sd-gallery-params textarea")).to_have_value(re.compile("Seed: 31337"), timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-gallery.png"))
+        page.locator("#sd-gallery-reuse").click()
+        expect(page.locator("#sd-prompt textarea")).to_have_value("a lighthouse on a cliff at dawn", timeout=10_000)
+        expect(page.locator("#sd-seed input")).to_have_value("31337")
+        page.screenshot(path=str(ARTIFACTS / "browser-reused.png"))
 
 
 @contextmanager
@@ -126,42 +137,30 @@ def test_theme_flag_sets_dark_or_light_whatever_the_system_prefers(tmp_path: Pat
 def test_styles_and_token_counter_in_the_browser(running_app: RunningApp) -> None:
     """The token counter follows the typing (A1111's "2/75", "80/150" past one chunk); pick a style under the
     prompt, generate: the image's parameters hold the prompt with the style applied."""
-    executable = _chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     running_app.services.styles.save("Browser night", "{prompt} at night", "daylight")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(running_app.url)
-            expect(page.locator("#sd-load-status")).to_contain_text("Ready", timeout=60_000)
-            page.locator("#sd-model input").click()
-            page.get_by_role("option", name=running_app.model_name).first.click()
-            expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
-            counter = page.locator("#sd-prompt-tokens")
-            page.locator("#sd-prompt textarea").fill("a cat")
-            expect(counter).to_have_text("2/75", timeout=20_000)
-            page.locator("#sd-prompt textarea").fill("cat " * 80)
-            expect(counter).to_have_text("80/150", timeout=20_000)
-            page.locator("#sd-prompt textarea").fill("a quiet harbour")
-            expect(counter).not_to_have_text("80/150", timeout=20_000)
-            for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "2")):
-                field = page.locator(f"{elem} input[type=number]")
-                field.fill(value)
-                field.press("Enter")
-            page.locator("#sd-styles input").click()
-            page.get_by_role("option", name="Browser night").first.click()
-            page.keyboard.press("Escape")
-            page.locator("#sd-generate").click()
-            expect(page.locator("#sd-progress")).to_contain_text("Done", timeout=120_000)
-            expect(page.locator("#sd-info textarea")).to_have_value(
-                re.compile(r"^a quiet harbour at night\nNegative prompt: [^\n]*daylight"))
-            expect(page.locator("#sd-prompt textarea")).to_have_value("a quiet harbour")  # the box keeps the text
-            page.screenshot(path=str(ARTIFACTS / "browser-styles.png"))
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-styles-failure.png"))
-            raise
-        finally:
-            browser.close()
+    with app_page(running_app, "browser-styles-failure.png") as page:
+        page.locator("#sd-model input").click()
+        page.get_by_role("option", name=running_app.model_name).first.click()
+        expect(page.locator("#sd-preset input")).to_have_value("SD 1.5", timeout=10_000)
+        counter = page.locator("#sd-prompt-tokens")
+        page.locator("#sd-prompt textarea").fill("a cat")
+        expect(counter).to_have_text("2/75", timeout=20_000)
+        page.locator("#sd-prompt textarea").fill("cat " * 80)
+        expect(counter).to_have_text("80/150", timeout=20_000)
+        page.locator("#sd-prompt textarea").fill("a quiet harbour")
+        expect(counter).not_to_have_text("80/150", timeout=20_000)
+        for elem, value in (("#sd-width", "64"), ("#sd-height", "64"), ("#sd-steps", "2")):
+            field = page.locator(f"{elem} input[type=number]")
+            field.fill(value)
+            field.press("Enter")
+        page.locator("#sd-styles input").click()
+        page.get_by_role("option", name="Browser night").first.click()
+        page.keyboard.press("Escape")
+        page.locator("#sd-generate").click()
+        expect(page.locator("#sd-progress")).to_contain_text("Done", timeout=120_000)
+        expect(page.locator("#sd-info textarea")).to_have_value(
+            re.compile(r"^a quiet harbour at night\nNegative prompt: [^\n]*daylight"))
+        expect(page.locator("#sd-prompt textarea")).to_have_value("a quiet harbour")  # the box keeps the text
+        page.screenshot(path=str(ARTIFACTS / "browser-styles.png"))

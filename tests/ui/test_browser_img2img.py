@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdlocal.outputs import read_image_parameters
 from tests.ui.conftest import RunningApp
-from tests.ui.test_browser import ARGS, ARTIFACTS, _chromium
+from tests.ui.test_browser import ARTIFACTS, app_page
 
 SEED = 4242
 
@@ -29,61 +29,49 @@ def _paint_stroke(page, editor) -> None:
 
 
 def test_inpaint_a_painted_stroke_in_the_browser(running_app: RunningApp, tmp_path: Path) -> None:
-    executable = _chromium()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     photo = tmp_path / "photo.png"
     Image.new("RGB", (128, 96), (40, 120, 200)).save(photo)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        try:
-            page.goto(running_app.url)
-            expect(page.locator("#sd-load-status")).to_contain_text("Ready", timeout=60_000)
-            page.get_by_role("tab", name="img2img", exact=True).first.click()
-            expect(page.locator("#sd-i2i-model")).to_contain_text(running_app.model_name, timeout=10_000)
-            page.get_by_role("tab", name="Inpaint", exact=True).click()
-            editor = page.locator("#sd-i2i-inpaint")
-            with page.expect_file_chooser() as chooser:
-                editor.get_by_role("button", name="Upload").first.click()
-            chooser.value.set_files(str(photo))
-            # the output size follows the image
-            expect(page.locator("#sd-i2i-width input[type=number]")).to_have_value("128", timeout=20_000)
-            expect(page.locator("#sd-i2i-height input[type=number]")).to_have_value("96")
-            _paint_stroke(page, editor)
-            page.screenshot(path=str(ARTIFACTS / "browser-inpaint-painted.png"))
-            page.locator("#sd-i2i-prompt textarea").fill("a red boat on a blue sea")
-            steps = page.locator("#sd-i2i-steps input[type=number]")
-            steps.fill("4")
-            steps.press("Enter")
-            page.locator("#sd-i2i-seed input").fill(str(SEED))
-            page.locator("#sd-i2i-generate").click()
-            expect(page.locator("#sd-i2i-progress")).to_contain_text("Done", timeout=180_000)
-            expect(page.locator("#sd-i2i-results img").first).to_be_visible()
-            expect(page.locator("#sd-i2i-info textarea")).to_have_value(
-                re.compile(rf"^a red boat on a blue sea[\s\S]*Seed: {SEED}[\s\S]*Denoising strength: 0\.75"))
-            page.screenshot(path=str(ARTIFACTS / "browser-inpaint-result.png"))
+    with app_page(running_app, "browser-inpaint-failure.png", height=1100) as page:
+        page.get_by_role("tab", name="img2img", exact=True).first.click()
+        expect(page.locator("#sd-i2i-model")).to_contain_text(running_app.model_name, timeout=10_000)
+        page.get_by_role("tab", name="Inpaint", exact=True).click()
+        editor = page.locator("#sd-i2i-inpaint")
+        with page.expect_file_chooser() as chooser:
+            editor.get_by_role("button", name="Upload").first.click()
+        chooser.value.set_files(str(photo))
+        # the output size follows the image
+        expect(page.locator("#sd-i2i-width input[type=number]")).to_have_value("128", timeout=20_000)
+        expect(page.locator("#sd-i2i-height input[type=number]")).to_have_value("96")
+        _paint_stroke(page, editor)
+        page.screenshot(path=str(ARTIFACTS / "browser-inpaint-painted.png"))
+        page.locator("#sd-i2i-prompt textarea").fill("a red boat on a blue sea")
+        steps = page.locator("#sd-i2i-steps input[type=number]")
+        steps.fill("4")
+        steps.press("Enter")
+        page.locator("#sd-i2i-seed input").fill(str(SEED))
+        page.locator("#sd-i2i-generate").click()
+        expect(page.locator("#sd-i2i-progress")).to_contain_text("Done", timeout=180_000)
+        expect(page.locator("#sd-i2i-results img").first).to_be_visible()
+        expect(page.locator("#sd-i2i-info textarea")).to_have_value(
+            re.compile(rf"^a red boat on a blue sea[\s\S]*Seed: {SEED}[\s\S]*Denoising strength: 0\.75"))
+        page.screenshot(path=str(ARTIFACTS / "browser-inpaint-result.png"))
 
-            saved = sorted((running_app.data_dir / "outputs").glob("*/*/*.png"))  # thumbnails are JPEGs
-            assert len(saved) == 1, saved
-            relative = saved[0].relative_to(running_app.data_dir / "outputs").as_posix()
-            assert re.fullmatch(r"img2img/\d{4}-\d{2}-\d{2}/[^/]+\.png", relative), relative
-            assert f"Seed: {SEED}" in read_image_parameters(saved[0])
-            with Image.open(saved[0]) as result:
-                assert result.size == (128, 96)  # "Whole picture" at the size that followed the image
+        saved = sorted((running_app.data_dir / "outputs").glob("*/*/*.png"))  # thumbnails are JPEGs
+        assert len(saved) == 1, saved
+        relative = saved[0].relative_to(running_app.data_dir / "outputs").as_posix()
+        assert re.fullmatch(r"img2img/\d{4}-\d{2}-\d{2}/[^/]+\.png", relative), relative
+        assert f"Seed: {SEED}" in read_image_parameters(saved[0])
+        with Image.open(saved[0]) as result:
+            assert result.size == (128, 96)  # "Whole picture" at the size that followed the image
 
-            page.get_by_role("tab", name="Gallery").click()
-            page.locator("#sd-gallery img").first.click()
-            expect(page.locator("#sd-gallery-params textarea")).to_have_value(
-                re.compile(rf"Seed: {SEED}[\s\S]*Denoising strength"), timeout=10_000)
-            page.screenshot(path=str(ARTIFACTS / "browser-inpaint-gallery.png"))
-            page.locator("#sd-gallery-send-img2img").click()
-            expect(page.locator("#sd-i2i-image img").first).to_be_visible(timeout=10_000)
-            expect(page.locator("#sd-i2i-prompt textarea")).to_have_value("a red boat on a blue sea")
-            expect(page.locator("#sd-i2i-width input[type=number]")).to_have_value("128")
-        except Exception:
-            page.screenshot(path=str(ARTIFACTS / "browser-inpaint-failure.png"))
-            raise
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Gallery").click()
+        page.locator("#sd-gallery img").first.click()
+        expect(page.locator("#sd-gallery-params textarea")).to_have_value(
+            re.compile(rf"Seed: {SEED}[\s\S]*Denoising strength"), timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-inpaint-gallery.png"))
+        page.locator("#sd-gallery-send-img2img").click()
+        expect(page.locator("#sd-i2i-image img").first).to_be_visible(timeout=10_000)
+        expect(page.locator("#sd-i2i-prompt textarea")).to_have_value("a red boat on a blue sea")
+        expect(page.locator("#sd-i2i-width input[type=number]")).to_have_value("128")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlocal.engine.config import EngineConfig
-from sdlocal.engine.models import MAX_DEPTH, extra_model_paths_dirs
+from sdlocal.engine.models import MAX_DEPTH, extra_model_paths_dirs, list_once
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,14 @@ def walk(root: Path) -> Iterator[Listing]:
     while stack:
         folder, depth = stack.pop()
         try:
-            stat = folder.stat()
-            if (stat.st_dev, stat.st_ino) in visited:
-                continue
-            visited.add((stat.st_dev, stat.st_ino))
-            with os.scandir(folder) as listing:
-                children = sorted(listing, key=lambda child: child.name)
+            listed = list_once(folder, visited)
         except OSError as exc:
             log.warning("cannot list the embeddings folder %s (%s); skipping it", folder, exc)
             yield Listing(folder, f"{type(exc).__name__}: {exc.strerror or exc}")
             continue
+        if listed is None:
+            continue
+        children = sorted(listed, key=lambda child: child.name)
         subfolders: list[Path] = []
         for child in children:
             if child.name.startswith("."):
