@@ -295,6 +295,7 @@ class Engine:
         job queue passes one per job; without one, ``interrupt()``/``skip()`` reach the run once it started.
         """
         from sdlocal.engine.generate import run_generation
+        from sdlocal.engine.networks.embeddings import skipped_in_prompt
 
         started = time.perf_counter()
         control = control if control is not None else RunControl()
@@ -306,9 +307,11 @@ class Engine:
                 loaded, load_seconds = self._load_entry(entry)
                 scheduler = self._scheduler_cache().get(loaded.key, request.sampler, request.schedule,
                                                         loaded.scheduler_config)
-                embeddings, _ = self._get_embedding_library().for_model(self._encoder_widths[loaded.key])
+                embeddings, skipped = self._get_embedding_library().for_model(self._encoder_widths[loaded.key])
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings)
+                output.warnings[:0] = skipped_in_prompt([request.prompt, request.negative_prompt], embeddings,
+                                                        skipped)
             finally:
                 self._control = None
         return GenerationResult(

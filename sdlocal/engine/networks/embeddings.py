@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -202,6 +203,26 @@ class EmbeddingLibrary:
                 embedding = replace(embedding, reason=reason)
             skipped[_unique_key(skipped, embedding.name)] = embedding
         return loaded, skipped
+
+
+def skipped_in_prompt(texts: list[str], loaded: dict[str, Embedding], skipped: dict[str, Embedding]) -> list[str]:
+    """A warning for each skipped embedding whose trigger is written in one of ``texts``.
+
+    A1111 silently reads such a word as plain text (an SD 1.x ``EasyNegative`` on an SDXL model does nothing
+    useful); saying so is the difference between a puzzled user and a fixed prompt.
+    """
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for embedding in skipped.values():
+        key = embedding.name.casefold()
+        if key in seen or embedding.name in loaded:
+            continue
+        word = re.compile(rf"(?<![\w]){re.escape(embedding.name)}(?![\w])", re.IGNORECASE)
+        if any(word.search(text) for text in texts):
+            seen.add(key)
+            warnings.append(f"The embedding {embedding.name!r} was not used ({embedding.reason}); the prompt's "
+                            f"{embedding.name!r} was read as plain words.")
+    return warnings
 
 
 def _unique_key(taken: dict[str, Any], name: str) -> str:

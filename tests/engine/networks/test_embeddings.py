@@ -208,3 +208,19 @@ def test_discovery_never_raises_on_a_folder_of_bad_files(own: Path, config: Engi
     assert sorted(found) == ["a", "b", "c", "d", "e", "good"]
     assert [name for name, e in found.items() if e.usable] == ["good"]
     assert all(e.reason for name, e in found.items() if name != "good")
+
+
+def test_a_skipped_embedding_written_in_the_prompt_is_named_in_a_warning(tmp_path: Path) -> None:
+    from sdlocal.engine.networks.embeddings import skipped_in_prompt
+
+    other = Embedding(name="EasyNegative", path=tmp_path / "EasyNegative.pt", widths=(768,), family="sd1",
+                      vectors=8, shape=768, reason="made for SD 1.x (768-wide vectors); the loaded model is SDXL")
+    broken = Embedding(name="broken", path=tmp_path / "broken.pt", reason="not an embedding")
+    skipped = {"EasyNegative": other, "broken": broken}
+
+    warnings = skipped_in_prompt(["a cat", "(easynegative:1.2), worst quality"], {}, skipped)
+    assert len(warnings) == 1 and "'EasyNegative'" in warnings[0] and "made for SD 1.x" in warnings[0]
+    assert skipped_in_prompt(["EasyNegativeV2, a cat", "brokenness"], {}, skipped) == []  # whole words only
+    once = skipped_in_prompt(["broken BREAK broken", "broken"], {}, skipped)
+    assert len(once) == 1 and "not an embedding" in once[0]  # one warning per name
+    assert skipped_in_prompt(["EasyNegative"], {"EasyNegative": other}, skipped) == []  # one of that name is used

@@ -54,6 +54,14 @@ def test_an_sdxl_shaped_embedding_on_the_tiny_sdxl_model(own: Path, data_dir: Pa
     files.emb_params(own / "sd1only.safetensors", files.vectors(1, 32))  # the wrong widths: skipped, not used
     loaded, skipped = engine.embeddings(refresh=True)
     assert list(loaded) == ["xltrigger"] and "sd1only" in skipped
-    after = engine.generate(request_for(**request)).images[0]
+    result = engine.generate(request_for(**request))
+    after = result.images[0]
     assert (pixels(after.image) != pixels(before.image)).any()
     assert _ti_hashes(after.infotext).startswith('"xltrigger: ')
+    assert not [w for w in result.warnings if "embedding" in w]
+
+    # The wrong-family embedding written in the prompt is not used, and the result says so (A1111 stays silent).
+    result = engine.generate(request_for(**{**request, "negative_prompt": "(SD1ONLY:1.2), blurry"}))
+    warned = [w for w in result.warnings if "sd1only" in w]
+    assert len(warned) == 1 and "made for" in warned[0] and "plain words" in warned[0]
+    assert _ti_hashes(result.images[0].infotext) == _ti_hashes(after.infotext)  # only the one used
