@@ -241,8 +241,8 @@ class Engine:
         """(loaded, skipped) textual-inversion embeddings by trigger name, for the current model.
 
         With no model loaded yet, they are matched to the default model's family (real models' widths); with no
-        model at all, every one is skipped. The folders are scanned once and again on ``refresh`` (only changed
-        files are read again).
+        model at all, every one is skipped. The folders are scanned again on ``refresh`` and by every run (only
+        new or changed files are read again).
         """
         library = self._get_embedding_library()
         if refresh:
@@ -307,7 +307,11 @@ class Engine:
                 loaded, load_seconds = self._load_entry(entry)
                 scheduler = self._scheduler_cache().get(loaded.key, request.sampler, request.schedule,
                                                         loaded.scheduler_config)
-                embeddings, skipped = self._get_embedding_library().for_model(self._encoder_widths[loaded.key])
+                # Looked for again at every run, as A1111 does: a file dropped into the folder is used at once
+                # (the walk re-reads only new or changed files).
+                library = self._get_embedding_library()
+                library.scan()
+                embeddings, skipped = library.for_model(self._encoder_widths[loaded.key])
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings)
                 output.warnings[:0] = skipped_in_prompt([request.prompt, request.negative_prompt], embeddings,
