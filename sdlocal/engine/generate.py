@@ -227,6 +227,21 @@ def _batch_call(loaded: LoadedModel, request: GenerationRequest, seeds: list[int
     return BatchCall(pipe=pipe, kwargs=kwargs, generators=generators, finishers=finishers)
 
 
+def _prompt_plan(loaded: LoadedModel, request: GenerationRequest,
+                 embeddings: Mapping[str, Any] | None) -> tuple[PromptEncoder, PromptPlan]:
+    """Every prompt text of the run chunked and encoded, before any other work: a prompt that is too long fails
+    now, no step ever runs the text encoder, and running out of memory here is the same clear error as later."""
+    encoder = PromptEncoder(loaded, request.clip_skip, request.emphasis, embeddings or {})
+    try:
+        return encoder, PromptPlan(encoder, request.prompt, request.negative_prompt, request.steps)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        out_of_memory = _oom_error(request, exc)
+    free_memory()  # after the except block: its traceback no longer holds the failed call's tensors
+    raise out_of_memory
+
+
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
                    model_name: str, model_hash: str | None,
                    on_progress: Callable[[Progress], None] | None = None,
@@ -239,10 +254,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
-    # Every prompt text of the run is chunked and encoded here, before any other work: a prompt that is too
-    # long fails now, and no step ever runs the text encoder.
-    encoder = PromptEncoder(loaded, request.clip_skip, request.emphasis, embeddings or {})
-    plan = PromptPlan(encoder, request.prompt, request.negative_prompt, request.steps)
+    encoder, plan = _prompt_plan(loaded, request, embeddings)
     total_images = request.batch_size * request.batch_count
     seeds = resolve_seeds(request.seed, total_images)
     _apply_request_patches(loaded, request)

@@ -182,6 +182,23 @@ def test_out_of_memory_is_an_engine_error_and_the_engine_survives(engine, reques
     assert engine.generate(request_for()).images
 
 
+def test_out_of_memory_while_encoding_the_prompt_is_the_same_engine_error(engine, request_for, monkeypatch) -> None:
+    import torch
+
+    engine.generate(request_for())
+    text_encoder = _loaded(engine).pipe.text_encoder
+
+    def explode(*_args, **_kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(text_encoder, "forward", explode)
+    with pytest.raises(EngineError) as caught:
+        engine.generate(request_for(prompt="a cat BREAK a dog"))
+    assert "Out of memory" in caught.value.message and "--medvram" in caught.value.hint
+    monkeypatch.undo()
+    assert engine.generate(request_for()).images
+
+
 @pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 2.00 GiB",
                                      "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"])
 def test_out_of_memory_frees_the_failed_calls_tensors(engine, request_for, monkeypatch, message: str) -> None:
