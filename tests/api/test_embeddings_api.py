@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,14 +57,7 @@ def test_refresh_finds_new_files_and_drops_deleted_ones(client: httpx.Client, ow
 def test_a_folder_that_cannot_be_listed_is_a_skipped_entry_not_an_error(client: httpx.Client, own: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     files.emb_params(own / "locked" / "inside.safetensors", files.vectors(1, 32))
-    real_scandir = os.scandir
-
-    def scandir(path):  # type: ignore[no-untyped-def]
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    files.lock_folder(monkeypatch, "locked")
     response = client.post("/sdapi/v1/refresh-embeddings")
     assert response.status_code == 200
     (entry,) = response.json()["skipped"].values()

@@ -96,3 +96,16 @@ def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path
+
+
+def lock_folder(monkeypatch: Any, name: str) -> None:
+    """Make every folder called ``name`` unlistable (PermissionError from os.scandir), as a folder of another user's
+    would be, without needing a non-root user to run the tests."""
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)

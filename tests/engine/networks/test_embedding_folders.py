@@ -4,7 +4,6 @@ which file a trigger name means, what a refresh re-reads, and which embeddings a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -84,14 +83,7 @@ def test_a_folder_that_cannot_be_listed_is_a_listed_entry(own: Path, config: Eng
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     small(own / "fine.safetensors")
     small(own / "locked" / "hidden.safetensors")
-    real_scandir = os.scandir
-
-    def scandir(path):  # type: ignore[no-untyped-def]
-        if Path(path).name == "locked":
-            raise PermissionError(13, "Permission denied")
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    files.lock_folder(monkeypatch, "locked")
     found = EmbeddingLibrary(config).scan()
     assert [e.name for e in found if e.usable] == ["fine"]
     locked = next(e for e in found if not e.usable)
