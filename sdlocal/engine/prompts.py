@@ -230,10 +230,10 @@ class Chunker:
         for chunk in found:
             for use in chunk.embeddings:
                 if use.vectors > CHUNK_TOKENS:
-                    raise RequestError(field, use.name, f"is an embedding of {use.vectors} vectors; at most "
+                    raise RequestError(field, use.name, f"it is an embedding of {use.vectors} vectors; at most "
                                        f"{CHUNK_TOKENS} fit in a chunk; remove it from the {field}")
         if len(found) > self.max_chunks:
-            raise RequestError(field, _shorten(text), f"is {len(found)} chunks of {CHUNK_TOKENS} tokens; at most "
+            raise RequestError(field, _shorten(text), f"it is {len(found)} chunks of {CHUNK_TOKENS} tokens; at most "
                                f"{self.max_chunks} chunks ({self.max_chunks * CHUNK_TOKENS} tokens) are allowed; "
                                "shorten it")
         names = [use.name for chunk in found for use in chunk.embeddings]

@@ -329,13 +329,13 @@ def test_up_to_20_chunks_work_and_more_are_refused_naming_the_field() -> None:
     with pytest.raises(RequestError) as caught:
         _chunks("a" * (75 * 20 + 1))
     assert caught.value.field == "prompt"
-    assert "is 21 chunks of 75 tokens; at most 20 chunks (1500 tokens) are allowed; shorten it" in str(caught.value)
+    assert "it is 21 chunks of 75 tokens; at most 20 chunks (1500 tokens) are allowed; shorten it" in str(caught.value)
     with pytest.raises(RequestError, match="^negative_prompt: "):
         _chunker().chunks("a BREAK " * 20 + "b", field="negative_prompt")
 
 
 def test_max_chunks_sets_the_limit() -> None:
-    with pytest.raises(RequestError, match="is 3 chunks of 75 tokens; at most 2 chunks \\(150 tokens\\)"):
+    with pytest.raises(RequestError, match="it is 3 chunks of 75 tokens; at most 2 chunks \\(150 tokens\\)"):
         _chunker(max_chunks=2).chunks("a BREAK b BREAK c")
 
 
