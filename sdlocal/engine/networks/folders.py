@@ -1,5 +1,5 @@
-"""Where embedding files are: sdlocal's own folder, the A1111/Forge and ComfyUI/Fooocus installs the user points at
-with ``--models-dir``, and the ``embeddings:`` sections of ComfyUI ``extra_model_paths.yaml`` files.
+"""Where embeddings, LoRAs and VAEs are: sdlocal's own folders, the A1111/Forge and ComfyUI/Fooocus installs the
+user points at with ``--models-dir``, and the matching sections of ComfyUI ``extra_model_paths.yaml`` files.
 
 The same conventions as the checkpoint folders (``engine.models``): a configured root may be the install folder or
 its ``models`` folder; every folder is looked in once, however many ways it is reached.
@@ -19,6 +19,14 @@ from sdlocal.engine.models import MAX_DEPTH, extra_model_paths_dirs, list_once
 log = logging.getLogger(__name__)
 
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
+LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+VAE_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
+# Folder names per kind: sdlocal's own (under <data dir>/models, A1111's names), then those of an install root's
+# ``models`` folder (A1111/Forge first, then ComfyUI/Fooocus), and the ``extra_model_paths.yaml`` key.
+OWN_LORAS = "Lora"
+ROOT_LORA_DIRS = ("Lora", "LyCORIS", "loras")
+OWN_VAES = "VAE"
+ROOT_VAE_DIRS = ("VAE", "vae")
 OWN_EMBEDDINGS = "embeddings"  # <data dir>/embeddings, as A1111's <install>/embeddings
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -45,6 +53,38 @@ def embedding_dirs(config: EngineConfig) -> list[Path]:
         candidates += embedding_dirs_of_root(root)
     for yaml_file in config.extra_model_paths:
         candidates += extra_model_paths_dirs(yaml_file, "embeddings")
+    return _existing_once(candidates)
+
+
+def model_subdirs_of_root(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """The ``names`` folders of a ``--models-dir`` root, given as the install folder or as its ``models`` folder."""
+    folder = Path(os.path.expandvars(str(folder))).expanduser()
+    return [base / name for base in (folder / "models", folder) for name in names if (base / name).is_dir()]
+
+
+def lora_dirs(config: EngineConfig) -> list[Path]:
+    """Every existing LoRA/LyCORIS folder: ``<data dir>/models/Lora``, each root's ``models/Lora``,
+    ``models/LyCORIS`` (A1111/Forge) and ``models/loras`` (ComfyUI), then ``loras:`` of the YAML files."""
+    candidates = [config.own_models_dir / OWN_LORAS]
+    for root in config.models_dirs:
+        candidates += model_subdirs_of_root(root, ROOT_LORA_DIRS)
+    for yaml_file in config.extra_model_paths:
+        candidates += extra_model_paths_dirs(yaml_file, "loras")
+    return _existing_once(candidates)
+
+
+def vae_dirs(config: EngineConfig) -> list[Path]:
+    """Every existing VAE folder: ``<data dir>/models/VAE``, each root's ``models/VAE`` (A1111/Forge) and
+    ``models/vae`` (ComfyUI), then ``vae:`` of the YAML files."""
+    candidates = [config.own_models_dir / OWN_VAES]
+    for root in config.models_dirs:
+        candidates += model_subdirs_of_root(root, ROOT_VAE_DIRS)
+    for yaml_file in config.extra_model_paths:
+        candidates += extra_model_paths_dirs(yaml_file, "vae")
+    return _existing_once(candidates)
+
+
+def _existing_once(candidates: list[Path]) -> list[Path]:
     found: list[Path] = []
     seen: set[str] = set()
     for folder in candidates:
@@ -64,8 +104,9 @@ class Listing:
     error: str = ""
 
 
-def walk(root: Path) -> Iterator[Listing]:
-    """Candidate files under ``root`` (subfolders too), sorted within each folder so the order is stable.
+def walk(root: Path, suffixes: tuple[str, ...] = EMBEDDING_SUFFIXES) -> Iterator[Listing]:
+    """Candidate files (``suffixes``) under ``root`` and its subfolders, sorted within each folder so the order is
+    stable.
 
     Hidden entries are skipped; a folder reached twice (a symlink loop) is listed once; a folder that cannot be
     listed is yielded with its error, so the user sees why its files are missing instead of a silent gap.
@@ -77,7 +118,7 @@ def walk(root: Path) -> Iterator[Listing]:
         try:
             listed = list_once(folder, visited)
         except OSError as exc:
-            log.warning("cannot list the embeddings folder %s (%s); skipping it", folder, exc)
+            log.warning("cannot list the folder %s (%s); skipping it", folder, exc)
             yield Listing(folder, f"{type(exc).__name__}: {exc.strerror or exc}")
             continue
         if listed is None:
@@ -94,6 +135,6 @@ def walk(root: Path) -> Iterator[Listing]:
             if is_dir:
                 if child.name not in _SKIP_DIRS and depth < MAX_DEPTH:
                     subfolders.append(Path(child.path))
-            elif Path(child.name).suffix.lower() in EMBEDDING_SUFFIXES:
+            elif Path(child.name).suffix.lower() in suffixes:
                 yield Listing(Path(child.path))  # a broken link too: reading it says what is wrong
         stack.extend((path, depth + 1) for path in reversed(subfolders))
