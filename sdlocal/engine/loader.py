@@ -52,6 +52,8 @@ class LoadedModel:
     scheduler_config: Any = None  # the model's own scheduler config: every sampler is built on top of it
     fast_applied: list[str] | None = None  # what fast mode changed on this pipeline ([] when it is off)
     variants: dict[str, Any] = field(default_factory=dict)  # img2img / inpaint pipelines over the same modules
+    originals: Any = None  # networks.originals: where a LoRA-patched weight's original is read back from
+    patcher: Any = None  # networks.patching.NetworkPatcher, made on the first LoRA (patcher_for)
 
     @property
     def key(self) -> str:
@@ -246,6 +248,8 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
     dtype = runtime.dtype
     status(f"Loading {entry.name} ({entry.format}, {runtime.precision} on {runtime.device})…")
     out_of_memory: EngineError | None = None
+    originals: list[Any] = []  # FileOriginals from the streaming loader's plan, when it streamed the model
+    keep = _keep_originals(entry, runtime, originals)
     try:
         if entry.format == "diffusers":
             family = entry.family or _family_of_folder(path) or "sd1"
@@ -255,7 +259,8 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
                 if family != "sdxl" else {}
             from sdlocal.engine.streaming import load_folder
 
-            pipe = load_folder(path, cls, runtime, extra, name=entry.name)  # tensor by tensor, as single files
+            # tensor by tensor, as single files
+            pipe = load_folder(path, cls, runtime, extra, name=entry.name, on_plan=keep)
             if pipe is None:
                 pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
         else:
@@ -276,7 +281,8 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
             if entry.format == "safetensors":  # read tensor by tensor: about the model's size in RAM, not twice it
                 from sdlocal.engine.streaming import load_single_file
 
-                pipe = load_single_file(path, config_dir, family, cls, runtime, extra, name=entry.name)
+                pipe = load_single_file(path, config_dir, family, cls, runtime, extra, name=entry.name,
+                                        on_plan=keep)
             if pipe is None:
                 pipe = cls.from_single_file(str(path), config=str(config_dir), dtype=dtype, local_files_only=True,
                                             **extra)
@@ -307,7 +313,27 @@ def load_pipeline(entry: ModelEntry, runtime: Runtime, cache_root: Path,
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(entry=entry, pipe=pipe, family=family, load_seconds=time.perf_counter() - started,
                        runtime_key=runtime_key(runtime), scheduler_config=dict(pipe.scheduler.config),
-                       fast_applied=fast_applied)
+                       fast_applied=fast_applied, originals=_originals_of(entry, originals))
+
+
+def _keep_originals(entry: ModelEntry, runtime: Runtime, into: list[Any]) -> Callable[[Any], None]:
+    """The streaming loader's ``on_plan``: the plan's files (stamped before any tensor is read) become the source
+    the LoRA patcher reads originals back from, converted as this load converts them."""
+
+    def keep(plan: Any) -> None:
+        from sdlocal.engine.networks.originals import FileOriginals
+        from sdlocal.engine.streaming import target_device
+
+        into.append(FileOriginals.from_plan(entry.name, plan, runtime.dtype, target_device(runtime)))
+
+    return keep
+
+
+def _originals_of(entry: ModelEntry, streamed: list[Any]) -> Any:
+    """The file the weights were streamed from (re-read exactly), else CPU copies made as weights are patched."""
+    from sdlocal.engine.networks.originals import MemoryOriginals
+
+    return streamed[-1] if streamed else MemoryOriginals(entry.name)
 
 
 def _set_prediction_type(pipe: Any, entry: ModelEntry) -> None:

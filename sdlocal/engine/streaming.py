@@ -479,9 +479,11 @@ def needs_for(size: int, largest: int, runtime: Any) -> Needs:
 
 def load_single_file(path: Path, config_dir: Path, family: str, pipeline_cls: Any, runtime: Any,
                      extra: dict[str, Any] | None = None, name: str | None = None,
-                     fits: Callable[..., None] | None = None) -> Any | None:
+                     fits: Callable[..., None] | None = None,
+                     on_plan: Callable[[StreamPlan], None] | None = None) -> Any | None:
     """The pipeline streamed from ``path`` onto the runtime's device, or None when the layout is not one streamed
-    here (the caller then uses diffusers' reader). Raises EngineError when the model does not fit."""
+    here (the caller then uses diffusers' reader). Raises EngineError when the model does not fit. ``on_plan``
+    gets the plan before its tensors are read (the LoRA patcher re-reads originals through it)."""
     path = Path(path)
     label = name or path.name
     fits = fits or check_fits
@@ -497,7 +499,7 @@ def load_single_file(path: Path, config_dir: Path, family: str, pipeline_cls: An
         on_gpu = target_device(runtime).startswith("cuda")  # diffusers' reader loads in RAM, then moves it
         fits(label, Needs(ram=size, gpu=size if on_gpu else 0), runtime.precision, str(runtime.device))
         return None
-    return _load_checked(plan, pipeline_cls, runtime, extra, label, fits)
+    return _load_checked(plan, pipeline_cls, runtime, extra, label, fits, on_plan)
 
 
 def _component_files(folder: Path, component: str) -> list[Path]:
@@ -556,9 +558,11 @@ def folder_estimate(folder: Path, dtype: Any) -> int:
 
 
 def load_folder(folder: Path, pipeline_cls: Any, runtime: Any, extra: dict[str, Any] | None = None,
-                name: str | None = None, fits: Callable[..., None] | None = None) -> Any | None:
+                name: str | None = None, fits: Callable[..., None] | None = None,
+                on_plan: Callable[[StreamPlan], None] | None = None) -> Any | None:
     """A diffusers folder streamed onto the runtime's device, or None when it is not one streamed here (``.bin``
-    weights, variant files only, an unknown class: the caller then uses ``from_pretrained``)."""
+    weights, variant files only, an unknown class: the caller then uses ``from_pretrained``). ``on_plan`` as for
+    ``load_single_file``."""
     folder = Path(folder)
     label = name or folder.name
     fits = fits or check_fits
@@ -571,11 +575,13 @@ def load_folder(folder: Path, pipeline_cls: Any, runtime: Any, extra: dict[str, 
         if size:
             fits(label, Needs(ram=size, gpu=size if on_gpu else 0), runtime.precision, str(runtime.device))
         return None
-    return _load_checked(plan, pipeline_cls, runtime, extra, label, fits)
+    return _load_checked(plan, pipeline_cls, runtime, extra, label, fits, on_plan)
 
 
 def _load_checked(plan: StreamPlan, pipeline_cls: Any, runtime: Any, extra: dict[str, Any] | None, label: str,
-                  fits: Callable[..., None]) -> Any:
+                  fits: Callable[..., None], on_plan: Callable[[StreamPlan], None] | None = None) -> Any:
     largest = max((plan.header[s.source.key].end - plan.header[s.source.key].start for s in plan.steps), default=0)
     fits(label, needs_for(plan.size(runtime.dtype), largest, runtime), runtime.precision, str(runtime.device))
+    if on_plan is not None:
+        on_plan(plan)
     return load_planned(plan, pipeline_cls, runtime.dtype, target_device(runtime), extra)
