@@ -330,10 +330,9 @@ def _read(fh: Any, info: TensorInfo, into: Any = None) -> Any:
     return tensor
 
 
-def _value(raw: Any, step: Step, dtype: Any, device: str, owned: bool) -> Any:
-    """The model's tensor from the file's: split, transpose, reshape, convert; a copy unless ``raw`` is its own."""
-    import torch
-
+def _shaped(raw: Any, step: Step) -> Any:
+    """The file's tensor in the model's shape: q/k/v split, transpose, reshape (views where it can); not converted.
+    The LoRA patcher's originals use it too, to read a weight back exactly as the load read it."""
     value = raw
     if step.source.chunk is not None:
         value = value.chunk(3, dim=0)[step.source.chunk]
@@ -341,6 +340,14 @@ def _value(raw: Any, step: Step, dtype: Any, device: str, owned: bool) -> Any:
         value = value.t()
     if tuple(value.shape) != step.shape:
         value = value.reshape(step.shape)
+    return value
+
+
+def _value(raw: Any, step: Step, dtype: Any, device: str, owned: bool) -> Any:
+    """The model's tensor from the file's: split, transpose, reshape, convert; a copy unless ``raw`` is its own."""
+    import torch
+
+    value = _shaped(raw, step)
     target = dtype if step.floating else value.dtype
     value = value.to(device=device, dtype=target)
     # Still a view of the read buffer (no conversion was needed): give the parameter storage of its own.

@@ -71,9 +71,13 @@ class NetworkPatcher:
             modules = {key: self._module(key) for key in changed}  # every name checked before any weight changes
             if any(key in self._applied for key in changed):
                 self.originals.check()  # refused before the first write, not half-way through
-            for key in changed:
-                self._merge(key, modules[key], wanted.get(key, ()))
-            _refresh_fused(self.loaded.pipe, changed)
+            scratch = _Scratch()
+            try:
+                for key in changed:
+                    self._merge(key, modules[key], wanted.get(key, ()), scratch)
+            finally:
+                self.originals.done()
+                _refresh_fused(self.loaded.pipe, changed)
             log.info("LoRA patches: %d modules changed in %.2f s (%d patched now)", len(changed),
                      time.perf_counter() - started, len(self._applied))
 
@@ -94,41 +98,62 @@ class NetworkPatcher:
                               "Start without --lowvram (use --medvram).")
         return module
 
-    def _merge(self, key: Key, module: Any, patches: tuple[Patch, ...]) -> None:
-        """One module: its original read (or taken), the patches summed onto it in fp32, written in place."""
+    def _merge(self, key: Key, module: Any, patches: tuple[Patch, ...], scratch: _Scratch) -> None:
+        """One module: back to its original, then the patches computed from it and summed onto it in fp32."""
         import torch
 
         component, name = key
         param = f"{name}.weight"
         weight = module.weight
-        if key in self._applied:
-            original = self.originals.read(component, param, weight)
-        else:
-            original = weight.detach()
-            if patches:
-                self.originals.remember(component, param, original)
+        if key in self._applied:  # every merge starts from the original, never from the patched weight
+            self.originals.read_into(component, param, weight.data)
+            del self._applied[key]
         if not patches:
-            if key in self._applied:
-                weight.data.copy_(original)
             self.originals.forget(component, param)
-            self._applied.pop(key, None)
             return
-        base = original.to(torch.float32)
-        merged = None
-        for patch in patches:
-            change = patch.delta.updown(base)
-            if change.numel() != weight.numel():
-                source = f"the LoRA {patch.network}" if patch.network else "the LoRA"
-                raise ValueError(f"{component}.{name}: {source} gives {list(change.shape)} ({change.numel()} values), "
-                                 f"the weight is {list(weight.shape)} ({weight.numel()} values)")
-            change = change.to(device=base.device, dtype=torch.float32).reshape(weight.shape)
-            if merged is None:
-                merged = torch.add(base, change, alpha=float(patch.multiplier))
-            else:
-                merged.add_(change, alpha=float(patch.multiplier))
-            del change
-        weight.data.copy_(merged)  # the cast to the weight's dtype, in its own memory format
+        self.originals.remember(component, param, weight.detach())
+        in_place = weight.dtype == torch.float32  # fp32: the weight is its own fp32 original
+        base = weight.detach() if in_place else scratch.fp32(weight).copy_(weight.detach())
+        try:  # every change from the unchanged original (DoRA reads it) before any is added
+            changes = [_change(key, patch, base) for patch in patches]
+        except Exception:
+            self.originals.forget(component, param)
+            raise
+        target = weight.data if in_place else base
+        for patch, change in zip(patches, changes, strict=True):
+            target.add_(change, alpha=float(patch.multiplier))
+        del changes
+        if not in_place:
+            weight.data.copy_(target)  # the one cast to the weight's dtype, in its own memory format
         self._applied[key] = patches
+
+
+def _change(key: Key, patch: Patch, base: Any) -> Any:
+    """``patch.delta.updown(base)`` checked and shaped as the weight."""
+    import torch
+
+    change = patch.delta.updown(base)
+    if change.numel() != base.numel():
+        source = f"the LoRA {patch.network}" if patch.network else "the LoRA"
+        raise ValueError(f"{key[0]}.{key[1]}: {source} gives {list(change.shape)} ({change.numel()} values), "
+                         f"the weight is {list(base.shape)} ({base.numel()} values)")
+    return change.to(device=base.device, dtype=torch.float32).reshape(base.shape)
+
+
+class _Scratch:
+    """One fp32 buffer per device, reused by every module of an apply (fresh memory per module would cost a page
+    fault per page: measured slower than the arithmetic itself); dropped with the apply."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[Any, Any] = {}
+
+    def fp32(self, like: Any) -> Any:
+        import torch
+
+        buffer = self.buffers.get(like.device)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = self.buffers[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
+        return buffer[:like.numel()].view(like.shape)
 
 
 def _by_module(patches: Sequence[Patch]) -> dict[Key, tuple[Patch, ...]]:

@@ -146,7 +146,8 @@ def test_the_same_patch_set_again_in_any_order_does_no_work(sd1: Any, monkeypatc
     patcher.apply(patches)
     once = snapshot(pipe)
     reads: list[str] = []
-    monkeypatch.setattr(patcher.originals, "read", lambda *args: reads.append(args[1]))
+    for method in ("read", "read_into"):
+        monkeypatch.setattr(patcher.originals, method, lambda *args: reads.append(args[1]))
     patcher.apply(list(reversed(patches)))
     assert [item.delta.calls for item in patches] == [1, 1, 1] and reads == []
     assert differing(once, snapshot(pipe)) == set()
@@ -160,9 +161,10 @@ def test_a_change_of_set_touches_only_the_modules_whose_patches_changed(sd1: Any
                             patch(pipe, "text_encoder", "encoder.layers.0.mlp.fc2", 3))
     patcher = patcher_for(sd1)
     patcher.apply([kept, dropped])
-    real_read = patcher.originals.read
+    real_read = patcher.originals.read_into
     reads: list[str] = []
-    monkeypatch.setattr(patcher.originals, "read", lambda c, n, like: reads.append(f"{c}.{n}") or real_read(c, n, like))
+    monkeypatch.setattr(patcher.originals, "read_into",
+                        lambda c, n, out: reads.append(f"{c}.{n}") or real_read(c, n, out))
     patcher.apply([kept, added])
     assert reads == ["unet.conv_out.weight"]  # restored from the file; conv_in untouched, fc2 was original
     assert (kept.delta.calls, added.delta.calls) == (1, 1)
@@ -206,6 +208,7 @@ def test_fifty_changes_of_patch_set_then_restore_give_back_the_loaded_bits(
         assert loaded.originals.nbytes == 0  # copies kept while patched only
     else:
         assert isinstance(loaded.originals, FileOriginals)
+        assert loaded.originals._scratch is None  # its read buffer goes with each apply: nothing kept in RAM
 
 
 def test_a_patch_for_a_missing_module_or_of_the_wrong_size_names_the_module(sd1: Any) -> None:
