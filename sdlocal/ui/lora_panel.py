@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from sdlocal.engine.networks.folders import OWN_LORAS, lora_dirs
 from sdlocal.engine.networks.lora import FAMILY_LABELS, LoraFile
 from sdlocal.ui.common import error_text
 
@@ -215,8 +216,6 @@ def lora_panel(ui: Any) -> LoraPanel:
 
 def lora_folder(services: Any) -> Path:
     """Where to put LoRA files, for the empty panel's message: the first LoRA folder there is, else sdlocal's own."""
-    from sdlocal.engine.networks.folders import OWN_LORAS, lora_dirs
-
     config = getattr(services.engine, "config", None)
     if config is None:
         return Path("models") / OWN_LORAS
