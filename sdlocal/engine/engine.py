@@ -281,9 +281,12 @@ class Engine:
     def validate(self, request: GenerationRequest) -> GenerationRequest:
         """The request's own checks plus the engine's: sampler, schedule and the pair of them."""
         from sdlocal.engine import samplers
+        from sdlocal.engine.networks.extra_networks import parse_networks
 
         request.validate()
         request.sampler, request.schedule = samplers.check(request.sampler, request.schedule)
+        parse_networks(request.prompt, "prompt")  # a malformed <lora:...> tag fails here, before any loading
+        parse_networks(request.negative_prompt, "negative_prompt")
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,

@@ -74,3 +74,11 @@ def test_a_prompt_without_tags_is_returned_unchanged():
 
 def test_the_token_counter_text_drops_even_a_malformed_tag():
     assert strip_networks("a <lora:x:abc> cat") == "a  cat"
+
+
+def test_the_engine_refuses_a_malformed_tag_before_loading_anything(engine, request_for):
+    request = request_for(prompt="a cat <lora:x:abc>")
+    with pytest.raises(RequestError) as raised:
+        engine.validate(request)
+    assert raised.value.field == "prompt"
+    assert engine.current_model is None
