@@ -107,7 +107,12 @@ def describe_shapes(shapes: Mapping[str, Sequence[int]], metadata: dict[str, Any
 
 
 def _damaged(message: str) -> str:
-    return message if DOWNLOAD_AGAIN in message else f"{message}: the file is damaged; {DOWNLOAD_AGAIN}"
+    """A header problem as a reason: what is wrong, then what to do (the reader's words may already say it)."""
+    if DOWNLOAD_AGAIN in message:
+        return message
+    if message == "the file is empty":
+        return f"{message}: {DOWNLOAD_AGAIN}"
+    return f"{message}: it is damaged or not a LoRA; {DOWNLOAD_AGAIN}"
 
 
 # ------------------------------------------------------------------------------------------ names
@@ -278,7 +283,7 @@ def not_a_lora(names: Sequence[str]) -> str:
     if any(name in ("model.0.weight", "conv_first.weight") or name.startswith("body.") for name in names):
         return f"is an upscaler model, not a LoRA: {REMOVE} (upscalers go in models/ESRGAN)"
     sample = ", ".join(repr(name) for name in list(names)[:3])
-    return f"holds no LoRA tensors ({sample or 'it is empty'}): {REMOVE}"
+    return f"holds no LoRA tensors ({sample}): {REMOVE}" if sample else f"holds no tensors at all: {REMOVE}"
 
 
 # ------------------------------------------------------------------------------------------ pickles
