@@ -53,9 +53,12 @@ class Services:
         import path). Embedding triggers count their vectors once the engine can list them without loading
         anything (see ``embedding_vectors``).
         """
+        from sdlocal.engine.networks.extra_networks import strip_networks
         from sdlocal.engine.prompts import counting_chunker
 
-        used, limit = counting_chunker(self.embedding_vectors()).count(text or "", max(int(steps or 1), 1))
+        # <lora:...> tags are not read by the text encoder, so they are not counted (as in A1111).
+        used, limit = counting_chunker(self.embedding_vectors()).count(strip_networks(text or ""),
+                                                                       max(int(steps or 1), 1))
         return f"{used}/{limit}"
 
     def embedding_vectors(self) -> dict[str, int]:
