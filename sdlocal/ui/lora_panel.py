@@ -31,7 +31,7 @@ THUMBNAIL_SIDE = 256
 PLACEHOLDER_COLOUR = (120, 124, 134)
 SEPARATOR = " "  # A1111's default "extra_networks_add_text_separator"
 DEFAULT_MULTIPLIER = "1"  # A1111's default "extra_networks_default_multiplier", written as A1111 writes it
-_TAG_UNSAFE = re.compile(r"[:<>]")  # a name with these would end the tag early
+_TAG_UNSAFE = re.compile(r"[:<>=]")  # a name with these would end the tag early or read as "te=0.5"
 
 
 @dataclass
@@ -85,23 +85,25 @@ def card_caption(lora: LoraFile) -> str:
 
 
 def tag_names(loras: list[LoraFile]) -> dict[str, str]:
-    """The name to write in ``<lora:NAME:1>`` for each file (by ``LoraFile.name``): the alias, as A1111 writes it,
-    unless it would find another file or be cut short.
+    """The name to write in ``<lora:NAME:1>`` for each usable file (by ``LoraFile.name``): the alias, as A1111
+    writes it, unless it would find another file or not read back as a name.
 
-    The engine finds a tag's LoRA by name, then file stem, then alias (case-insensitive), so an alias that two
-    files share, or that is another file's name or stem, would pick the wrong file: such a LoRA is written by its
-    name (its path below the folder), which is unique. So is an alias holding ``:``, ``<`` or ``>``.
+    ``loras`` is every file found, usable or not. The engine finds a tag's LoRA by name, then file stem, then alias
+    (without case; at each step a usable file first), so an alias that two usable files share, or that is another
+    file's name or stem, would find the wrong file: such a LoRA is written by its name (its path below the folder),
+    which is unique. So is an alias the tag parser would cut (``:``, ``<``, ``>``, ``=``, spaces around it).
     """
+    usable = [lora for lora in loras if lora.usable]
     aliases: dict[str, int] = {}
-    for lora in loras:
-        aliases[lora.alias.lower()] = aliases.get(lora.alias.lower(), 0) + 1
+    for lora in usable:
+        aliases[lora.alias.casefold()] = aliases.get(lora.alias.casefold(), 0) + 1
     names = {}
-    for lora in loras:
-        alias = lora.alias.lower()
-        taken = any(alias in (other.name.lower(), other.name.rsplit("/", 1)[-1].lower())
+    for lora in usable:
+        alias = lora.alias.casefold()
+        taken = any(alias in (other.name.casefold(), other.path.stem.casefold())
                     for other in loras if other is not lora)
-        unsafe = not lora.alias or _TAG_UNSAFE.search(lora.alias) or aliases[alias] > 1 or taken
-        names[lora.name] = lora.name if unsafe else lora.alias
+        unsafe = not lora.alias.strip() or lora.alias != lora.alias.strip() or _TAG_UNSAFE.search(lora.alias)
+        names[lora.name] = lora.name if unsafe or aliases[alias] > 1 or taken else lora.alias
     return names
 
 
@@ -236,7 +238,7 @@ def panel_updates(services: Any, query: str | None, all_families: bool, refresh:
                 gr.update(value="", visible=False)]
     query = query or ""
     shown = visible_loras(loras, family, bool(all_families), query)
-    names = tag_names([lora for lora in loras if lora.usable])
+    names = tag_names(loras)
     cards = [(card_image(lora.preview), card_caption(lora)) for lora in shown]
     bad = unsupported_markdown(loras)
     return [gr.update(value=cards, visible=bool(cards), height=gallery_height(len(cards))),

@@ -185,25 +185,12 @@ def write_kohya_lora(folder: Path, stem: str = "pixelart_v1") -> Path:
     return path
 
 
-def _engine_lists(services: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until LoRA discovery (``Engine.loras``) is in this branch, a stand-in that lists ``path`` as it would."""
-    if callable(getattr(services.engine, "loras", None)):
-        return
-    from sdlocal.engine.networks.lora import LoraFile
-
-    found = LoraFile(name=path.stem, path=path, alias="pixelart", format="lora", rank=4, modules=1, unet=True,
-                     trigger_words=("pixel",))
-    monkeypatch.setattr(services.engine, "loras", lambda refresh=False: [found], raising=False)
-
-
-def test_lora_card_click_writes_the_tag_into_that_tabs_prompt(running_app: RunningApp,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lora_card_click_writes_the_tag_into_that_tabs_prompt(running_app: RunningApp) -> None:
     """Open the LoRA panel, refresh (the file was added after start), click the card: ``<lora:pixelart:1>`` (the
     alias from the file's metadata) joins the prompt; a second click takes it out; img2img's card writes there."""
     from playwright.sync_api import expect
 
-    path = write_kohya_lora(running_app.data_dir / "models" / "Lora")
-    _engine_lists(running_app.services, path, monkeypatch)
+    write_kohya_lora(running_app.data_dir / "models" / "Lora")
     with app_page(running_app, "browser-lora-failure.png") as page:
         for prefix, before in (("sd-", "a castle"), ("sd-i2i-", "a castle at night")):
             if prefix == "sd-i2i-":

@@ -123,13 +123,15 @@ def test_a_click_removes_the_tag_wherever_it_is_at_any_weight_and_spelling() -> 
 
 
 def test_the_tag_is_the_alias_unless_it_would_find_another_file() -> None:
-    loras = [lora("a/cat", alias="cat"), lora("b/cat", alias="cat"), lora("dog", alias="rex"),
-             lora("rex"), lora("odd", alias="x:y"), lora("plain", alias="Plain Style")]
+    loras = [lora("a/cat", alias="cat"), lora("b/cat", alias="cat"), lora("dog", alias="rex"), lora("rex"),
+             lora("odd", alias="x:y"), lora("even", alias="te=1"), lora("plain", alias="Plain Style"),
+             lora("owl", alias="Bird"), lora("sub/bird", reason="not a LoRA")]
     assert tag_names(loras) == {
         "a/cat": "a/cat", "b/cat": "b/cat",  # two files share the alias
         "dog": "dog",  # its alias is another file's name
-        "rex": "rex", "odd": "odd",  # ':' would end the tag
+        "rex": "rex", "odd": "odd", "even": "even",  # ':' would end the tag, '=' read as a te= weight
         "plain": "Plain Style",
+        "owl": "owl",  # "bird" is the stem of another file, even one that cannot be used: the engine finds it first
     }
 
 
