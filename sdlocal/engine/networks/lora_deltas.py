@@ -84,13 +84,13 @@ class LoraDelta(ModuleDelta):
     def updown(self, weight: Any) -> Any:
         import torch
 
-        up = _f32(self.up, weight.device).flatten(1)
+        up = _f32(self.up, weight.device).flatten(1) * self.scale  # scaling the small factor saves a full pass
         down = _f32(self.down, weight.device).flatten(1)
         if self.mid is None:
             change = up @ down
         else:
             change = torch.einsum("pi,ijkl,jq->pqkl", up, _f32(self.mid, weight.device), down)
-        return (change * self.scale).reshape(weight.shape)
+        return change.reshape(weight.shape)
 
 
 @dataclass(eq=False)
@@ -133,17 +133,17 @@ class LohaDelta(ModuleDelta):
         return first
 
     @staticmethod
-    def _side(a: Any, b: Any, t: Any, device: Any) -> Any:
+    def _side(a: Any, b: Any, t: Any, device: Any, scale: float = 1.0) -> Any:
         import torch
 
         if t is None:
-            return _f32(a, device) @ _f32(b, device)
-        return torch.einsum(_TUCKER, _f32(t, device), _f32(b, device), _f32(a, device))
+            return (_f32(a, device) * scale) @ _f32(b, device)
+        return torch.einsum(_TUCKER, _f32(t, device), _f32(b, device), _f32(a, device) * scale)
 
     def updown(self, weight: Any) -> Any:
-        first = self._side(self.w1_a, self.w1_b, self.t1, weight.device)
+        first = self._side(self.w1_a, self.w1_b, self.t1, weight.device, self.scale)
         second = self._side(self.w2_a, self.w2_b, self.t2, weight.device)
-        return (first * second * self.scale).reshape(weight.shape)
+        return (first.mul_(second)).reshape(weight.shape)
 
 
 @dataclass(eq=False)
@@ -192,6 +192,7 @@ class LokrDelta(ModuleDelta):
 
         device = weight.device
         w1 = _f32(self.w1, device) if self.w1 is not None else _f32(self.w1_a, device) @ _f32(self.w1_b, device)
+        w1 = w1 * self.scale  # the smaller side carries the scaling
         if self.w2 is not None:
             w2 = _f32(self.w2, device)
         elif self.t2 is not None:
@@ -202,7 +203,7 @@ class LokrDelta(ModuleDelta):
             w1 = w1.reshape(*w1.shape[:2], 1, 1)
             if w2.dim() == 2:
                 w2 = w2.reshape(w2.shape[0], -1, *weight.shape[2:])
-        return (torch.kron(w1.contiguous(), w2.contiguous()) * self.scale).reshape(weight.shape)
+        return torch.kron(w1.contiguous(), w2.contiguous()).reshape(weight.shape)
 
 
 @dataclass(eq=False)
