@@ -17,6 +17,13 @@ def sd1() -> Any:
 
 
 @pytest.fixture(scope="module")
+def sd2() -> Any:
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    return build_tiny_pipeline("sd2")
+
+
+@pytest.fixture(scope="module")
 def sdxl() -> Any:
     from sdlocal.engine.synthetic import build_tiny_pipeline
 
@@ -48,8 +55,8 @@ def weight_shape(models: Any, target: tuple[str, str]) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------------------ every module, every way
-def test_every_unet_module_is_reached_by_its_diffusers_style_kohya_key_and_its_peft_name(sd1, sdxl) -> None:
-    for pipe in (sd1, sdxl):
+def test_every_unet_module_is_reached_by_its_diffusers_style_kohya_key_and_its_peft_name(sd1, sd2, sdxl) -> None:
+    for pipe in (sd1, sd2, sdxl):
         targets = module_targets(pipe)
         names = [name for name, _ in patchable_modules(pipe.unet)]
         assert len(names) > 50
@@ -58,8 +65,8 @@ def test_every_unet_module_is_reached_by_its_diffusers_style_kohya_key_and_its_p
             assert targets["unet." + name] == ("unet", name)
 
 
-def test_every_unet_module_with_an_original_name_is_reached_by_its_ldm_style_kohya_key(sd1, sdxl) -> None:
-    for pipe in (sd1, sdxl):
+def test_every_unet_module_with_an_original_name_is_reached_by_its_ldm_style_kohya_key(sd1, sd2, sdxl) -> None:
+    for pipe in (sd1, sd2, sdxl):
         targets = module_targets(pipe)
         ldm = unet_ldm_names(pipe.unet)
         assert set(ldm) == {name for name, _ in patchable_modules(pipe.unet)}  # every Linear/Conv2d has one
@@ -79,15 +86,16 @@ def test_ldm_style_keys_follow_the_input_middle_output_numbering(sdxl) -> None:
         "unet", "up_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
 
 
-def test_sd1_text_encoder_is_lora_te_with_the_text_model_level_and_peft_with_or_without_it(sd1) -> None:
-    targets = module_targets(sd1)
-    names = [name for name, _ in patchable_modules(sd1.text_encoder)]
-    assert "encoder.layers.0.self_attn.q_proj" in names  # transformers 5: no text_model. level
-    for name in names:
-        assert targets["lora_te_text_model_" + kohya(name)] == ("text_encoder", name)
-        assert targets["text_encoder.text_model." + name] == ("text_encoder", name)
-        assert targets["text_encoder." + name] == ("text_encoder", name)
-    assert not any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in targets)
+def test_sd1_and_sd2_text_encoder_is_lora_te_with_the_text_model_level_and_peft_with_or_without_it(sd1, sd2) -> None:
+    for pipe in (sd1, sd2):
+        targets = module_targets(pipe)
+        names = [name for name, _ in patchable_modules(pipe.text_encoder)]
+        assert "encoder.layers.0.self_attn.q_proj" in names  # transformers 5: no text_model. level
+        for name in names:
+            assert targets["lora_te_text_model_" + kohya(name)] == ("text_encoder", name)
+            assert targets["text_encoder.text_model." + name] == ("text_encoder", name)
+            assert targets["text_encoder." + name] == ("text_encoder", name)
+        assert not any(key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for key in targets)
 
 
 def test_sdxl_text_encoders_are_lora_te1_and_lora_te2(sdxl) -> None:

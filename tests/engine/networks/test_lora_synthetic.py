@@ -28,6 +28,13 @@ def sd1() -> Any:
 
 
 @pytest.fixture(scope="module")
+def sd2() -> Any:
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    return build_tiny_pipeline("sd2")
+
+
+@pytest.fixture(scope="module")
 def sdxl() -> Any:
     from sdlocal.engine.synthetic import build_tiny_pipeline
 
@@ -59,9 +66,9 @@ def expected_modules(pipe: Any, conv: bool) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("fmt", LORA_FORMATS)
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_a_written_file_patches_every_module_it_names(fmt: str, family: str, sd1, sdxl, tmp_path: Path) -> None:
-    pipe = sd1 if family == "sd1" else sdxl
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_a_written_file_patches_every_module_it_names(fmt: str, family: str, request, tmp_path: Path) -> None:
+    pipe = request.getfixturevalue(family)
     path = write_lora(pipe, tmp_path / f"{fmt}.safetensors", fmt=fmt, rank=4, seed=1)
     tensors = read_lora_tensors(path)
     result = build_patches(tensors, pipe, te_multiplier=1.0, unet_multiplier=1.0, network=fmt)
@@ -131,6 +138,14 @@ def test_kohya_metadata_is_written_when_asked(sdxl, tmp_path: Path) -> None:
     assert json.loads(meta["ss_tag_frequency"]) == tags
     assert json.loads(meta["ss_network_args"]) == {"algo": "loha"}
     assert "__metadata__" not in header(write_lora(sdxl, tmp_path / "plain.safetensors"))
+
+
+@pytest.mark.parametrize(("family", "version"), [("sd1", "sd_v1"), ("sd2", "sd_v2"), ("sdxl", "sdxl_base_v1-0")])
+def test_the_base_model_version_names_the_family(family: str, version: str, request, tmp_path: Path) -> None:
+    path = write_lora(request.getfixturevalue(family), tmp_path / "v.safetensors", metadata={})
+    meta = header(path)["__metadata__"]
+    assert (meta["ss_base_model_version"], meta["ss_output_name"], meta["ss_network_module"]) == (
+        version, "v", "networks.lora")
 
 
 def test_the_same_seed_writes_the_same_file(sd1, tmp_path: Path) -> None:
