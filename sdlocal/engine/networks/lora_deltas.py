@@ -92,6 +92,24 @@ class LoraDelta(ModuleDelta):
             change = torch.einsum("pi,ijkl,jq->pqkl", up, _f32(self.mid, weight.device), down)
         return change.reshape(weight.shape)
 
+    def add_to(self, weight: Any, multiplier: float) -> bool:
+        """``weight += multiplier * updown`` in place (fp32, as one ``addmm_``), when it can be: no change-sized
+        temporary, so the merge costs the matmul alone. False (nothing done) for a tucker LoCon or a weight
+        that cannot be seen as [out, in] without a copy (a channels-last convolution); then use ``updown``."""
+        import torch
+
+        if self.mid is not None or weight.dtype != torch.float32:
+            return False
+        try:
+            rows = weight.view(weight.shape[0], -1)
+        except RuntimeError:
+            return False
+        down = _f32(self.down, weight.device).flatten(1)
+        if rows.shape[1] != down.shape[1]:
+            return False
+        rows.addmm_(_f32(self.up, weight.device).flatten(1), down, alpha=multiplier * self.scale)
+        return True
+
 
 @dataclass(eq=False)
 class LohaDelta(ModuleDelta):

@@ -301,3 +301,21 @@ def test_a_truncated_safetensors_says_download_it_again(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(EngineError, match=r"cut\.safetensors: .*download it again"):
         read_lora_tensors(path)
+
+
+def test_a_lora_adds_itself_in_place_exactly_as_its_change_says():
+    import torch
+
+    from sdlocal.engine.networks.lora_deltas import LoraDelta
+
+    generator = torch.Generator().manual_seed(3)
+    up, down = torch.randn(6, 2, generator=generator), torch.randn(2, 5, generator=generator)
+    delta = LoraDelta(up=up.half(), down=down.half(), alpha=1.0)
+    weight = torch.randn(6, 5, generator=generator)
+    expected = weight + 0.7 * delta.updown(weight)
+    assert delta.add_to(weight, 0.7) is True
+    torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+    conv = torch.randn(6, 5, 1, 1, generator=generator)
+    expected = conv + delta.updown(conv)
+    assert delta.add_to(conv, 1.0) and torch.allclose(conv, expected, atol=1e-6)
+    assert delta.add_to(conv.to(memory_format=torch.channels_last).half(), 1.0) is False  # fp16: use updown
