@@ -1,8 +1,8 @@
 """``/sdapi/v1`` routes for the files that change what a model computes: textual-inversion embeddings (A1111's
-``GET /embeddings`` and ``POST /refresh-embeddings``).
+``GET /embeddings`` and ``POST /refresh-embeddings``) and LoRAs (``GET /loras`` and ``POST /refresh-loras``).
 
-Discovery never raises (a file or folder it cannot use is a skipped entry with its reason), so neither route
-answers 5xx for anything in the embeddings folders.
+Discovery never raises (a file or folder it cannot use is an entry with its reason), so no route answers 5xx for
+anything in the embeddings or LoRA folders.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 
-from sdlocal.api.models import EmbeddingsResponse
+from sdlocal.api.models import EmbeddingsResponse, LoraRecord
 
 
 def embedding_record(embedding: Any) -> dict[str, Any]:
@@ -28,8 +28,19 @@ def embeddings_body(engine: Any, refresh: bool = False) -> dict[str, Any]:
             "skipped": {name: embedding_record(e) for name, e in skipped.items()}}
 
 
+def lora_record(lora: Any) -> dict[str, Any]:
+    """A1111's record (name, alias, path, metadata) and what sdlocal read from the file's tensors."""
+    return {"name": lora.name, "alias": lora.alias, "path": str(lora.path), "metadata": lora.metadata,
+            "format": lora.format, "family": lora.family, "rank": lora.rank, "trigger_words": list(lora.trigger_words),
+            "preview": str(lora.preview) if lora.preview is not None else None, "reason": lora.reason}
+
+
+def loras_body(engine: Any, refresh: bool = False) -> list[dict[str, Any]]:
+    return [lora_record(lora) for lora in engine.loras(refresh=refresh)]
+
+
 def add_network_routes(router: APIRouter, engine: Any) -> None:
-    """Add the embeddings routes to the ``/sdapi/v1`` router (so they share its login)."""
+    """Add the embeddings and LoRA routes to the ``/sdapi/v1`` router (so they share its login)."""
 
     @router.get("/embeddings", response_model=EmbeddingsResponse,
                 summary="Textual-inversion embeddings: the ones the current model uses, and the skipped ones with why")
@@ -40,3 +51,13 @@ def add_network_routes(router: APIRouter, engine: Any) -> None:
                  summary="Scan the embeddings folders again (only new and changed files are read); the new list")
     async def refresh_embeddings() -> dict[str, Any]:
         return await anyio.to_thread.run_sync(embeddings_body, engine, True)
+
+    @router.get("/loras", response_model=list[LoraRecord],
+                summary="LoRA and LyCORIS files in the LoRA folders, usable or not (then with the reason)")
+    def loras() -> list[dict[str, Any]]:
+        return loras_body(engine)  # a plain def: FastAPI runs it on a worker thread (the first call scans)
+
+    @router.post("/refresh-loras", response_model=list[LoraRecord],
+                 summary="Scan the LoRA folders again (only new and changed files are read); the new list")
+    async def refresh_loras() -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(loras_body, engine, True)
