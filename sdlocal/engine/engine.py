@@ -44,6 +44,7 @@ class Engine:
         self._current: ModelEntry | None = None
         self._embedding_library: Any = None
         self._encoder_widths: dict[str, tuple[int, ...]] = {}  # model path -> its text encoders' widths
+        self._lora_activator: Any = None
 
     # ------------------------------------------------------------------------------------------ models
     def _get_catalog(self) -> Any:
@@ -268,6 +269,27 @@ class Engine:
         library = self.lora_library()
         return library.scan() if refresh else library.entries()
 
+    def _activate_networks(self, loaded: Any, request: GenerationRequest) -> Any:
+        """Merge the prompt's LoRAs into ``loaded`` (or take the last run's out): the run's texts without the tags,
+        the infotext's "Lora hashes" and the warnings. Caller holds the run lock."""
+        from sdlocal.engine.networks.activation import LoraActivator
+        from sdlocal.engine.networks.extra_networks import TAG
+        from sdlocal.engine.networks.patching import patcher_for
+
+        with self._state_lock:
+            if self._lora_activator is None:
+                self._lora_activator = LoraActivator(self.lora_library())
+            activator = self._lora_activator
+        if TAG.search(request.prompt or ""):
+            self.lora_library().scan()  # a file dropped into the folder is found at once (only changes are read)
+        activation = activator.prepare(loaded, request.prompt, request.negative_prompt)
+        started = time.perf_counter()
+        patcher = patcher_for(loaded)
+        if activation.patches or patcher.active:
+            patcher.apply(activation.patches)
+        activation.seconds = time.perf_counter() - started
+        return activation
+
     def _note_widths(self, loaded: Any) -> None:
         from sdlocal.engine.networks.embeddings import text_encoder_widths
 
@@ -334,16 +356,19 @@ class Engine:
                 library = self._get_embedding_library()
                 library.scan()
                 embeddings, skipped = library.for_model(self._encoder_widths[loaded.key])
+                networks = self._activate_networks(loaded, request)
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
-                                        entry.short_hash, on_progress, embeddings=embeddings)
-                output.warnings[:0] = skipped_in_prompt([request.prompt, request.negative_prompt], embeddings,
-                                                        skipped)
+                                        entry.short_hash, on_progress, embeddings=embeddings, texts=networks.texts,
+                                        infotext_extra={"Lora hashes": networks.hashes})
+                output.warnings[:0] = networks.warnings + skipped_in_prompt(
+                    [request.prompt, request.negative_prompt], embeddings, skipped)
             finally:
                 self._control = None
         return GenerationResult(
             images=output.images, request=request, model_name=entry.name, model_hash=entry.short_hash or "",
             seeds=output.seeds, interrupted=output.interrupted, warnings=output.warnings,
-            timings={"load": round(load_seconds, 3), "generate": round(output.seconds, 3),
+            timings={"load": round(load_seconds, 3), "networks": round(networks.seconds, 3),
+                     "generate": round(output.seconds, 3),
                      "total": round(time.perf_counter() - started, 3)},
         )
 

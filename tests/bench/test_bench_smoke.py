@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
-    "cpu": [], "memory": [], "img2img": [],
+    "cpu": [], "memory": [], "img2img": [], "loras": [],
 }
 
 
@@ -171,3 +171,14 @@ def test_img2img(tiny_runs: dict) -> None:
     assert set(data["first_run_extra_s"]) == {"img2img", "inpaint"}
     assert {"engine_vs_diffusers_img2img_median", "api_vs_diffusers_inpaint_median", "rss_all_three_vs_txt2img",
             "first_img2img_extra_s"} <= set(data["targets"])
+
+
+def test_loras(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "loras")
+    assert data["identical_after_changes"] is True  # behaviour, not speed: the restore is exact
+    for stats in (data["generation"]["without"], data["generation"]["with"], data["changes"]):
+        assert_stats(stats)
+    assert list(data["apply_seconds"]) == ["restore to none", "first apply (1 LoRA)", "change weight", "swap LoRA",
+                                           "add a second", "back to none"]
+    assert len(data["changes"]["runs"]) == data["settings"]["changes"] == 6
+    assert all(size > 0 for size in data["lora_file_mib"]) and data["rss_mib"]["with"] > 0

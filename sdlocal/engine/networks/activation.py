@@ -33,6 +33,7 @@ class Activation:
     hashes: str | None = None  # "Lora hashes" as A1111 writes it; None when no LoRA is applied
     warnings: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)  # the names of the LoRAs applied, as the tags wrote them
+    seconds: float = 0.0  # how long merging (or restoring) took
 
 
 def _stamp(lora: LoraFile) -> tuple[str, int, int]:
