@@ -118,3 +118,23 @@ def test_the_routes_need_the_api_login_and_work_without_a_model(guarded: Server)
         assert http.post("/sdapi/v1/refresh-loras").status_code == 401
         body = http.post("/sdapi/v1/refresh-loras", auth=("alice", "s3cret")).json()
     assert [(r["name"], r["format"], r["reason"]) for r in body] == [("sd15", "lora", "")]
+
+
+def test_txt2img_applies_a_lora_tag_and_names_it_in_the_infotext(api: Server, own: Path,
+                                                                 client: httpx.Client) -> None:
+    from sdlocal.engine.networks.lora_synthetic import write_lora
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    write_lora(build_tiny_pipeline("sd1"), own / "api-style.safetensors", rank=4, seed=5, scale=2.0)
+    body = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 3, "sampler_name": "Euler"}
+    plain = client.post("/sdapi/v1/txt2img", json=body).json()
+    styled = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red cube <lora:api-style:1>"}).json()
+    missing = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red cube <lora:api-stlye:1>"})
+    info = json.loads(styled["info"])
+    assert styled["images"][0] != plain["images"][0]
+    assert "Lora hashes: \"api-style: " in info["infotexts"][0] and info["prompt"].endswith("<lora:api-style:1>")
+    assert missing.status_code == 200
+    warnings = json.loads(missing.json()["info"])["warnings"]
+    assert any("no LoRA named 'api-stlye'" in w and "api-style" in w for w in warnings)
+    bad = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red cube <lora:api-style:strong>"})
+    assert bad.status_code == 422 and "prompt" in bad.text
