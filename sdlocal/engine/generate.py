@@ -245,12 +245,14 @@ def _prompt_plan(loaded: LoadedModel, request: GenerationRequest,
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
                    model_name: str, model_hash: str | None,
                    on_progress: Callable[[Progress], None] | None = None,
-                   embeddings: Mapping[str, Any] | None = None) -> RunOutput:
+                   embeddings: Mapping[str, Any] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> RunOutput:
     """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip.
 
     A skip pressed between two batches (or before the first) is still pending at the next batch's start,
     which is then skipped without running; one pressed during a batch abandons that batch.
-    ``embeddings`` are the textual-inversion embeddings that fit the model, by trigger name.
+    ``embeddings`` are the textual-inversion embeddings that fit the model, by trigger name; ``extra`` adds
+    infotext pairs (the engine's ``VAE``/``VAE hash``).
     """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
@@ -263,13 +265,14 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     channels = int(pipe.unet.config.out_channels if loaded.inpainting else pipe.unet.config.in_channels)
     shape = (channels, request.height // factor, request.width // factor)
     prepared = None
-    extra = None
+    image_extra = None
     if request.source is not None:
         from sdlocal.engine import img2img
 
         prepared = img2img.prepare_all(request)
-        extra = img2img.infotext_extra(request, loaded.inpainting)
-    extra = {**(extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used])}
+        image_extra = img2img.infotext_extra(request, loaded.inpainting)
+    extra = {**(image_extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used]),
+             **(extra or {})}
 
     images: list[GeneratedImage] = []
     warnings: list[str] = []

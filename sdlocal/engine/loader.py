@@ -52,6 +52,7 @@ class LoadedModel:
     scheduler_config: Any = None  # the model's own scheduler config: every sampler is built on top of it
     fast_applied: list[str] | None = None  # what fast mode changed on this pipeline ([] when it is off)
     variants: dict[str, Any] = field(default_factory=dict)  # img2img / inpaint pipelines over the same modules
+    vae_slot: Any = None  # engine.vae.VaeSlot: the model's own VAE and the VAE file in use instead, once chosen
 
     @property
     def key(self) -> str:
