@@ -191,3 +191,14 @@ class EmbeddingRecord(BaseModel):
 class EmbeddingsResponse(BaseModel):
     loaded: dict[str, EmbeddingRecord] = Field(description="By trigger name: the ones the current model uses")
     skipped: dict[str, EmbeddingRecord] = Field(description="By trigger name: the others, each with its reason")
+
+
+class SdVae(BaseModel):
+    """One VAE as A1111 lists it (``model_name`` is what ``sd_vae`` takes, ``filename`` its full path), plus
+    sdlocal's ``family`` ("sd1" for SD 1.x/2.x, "sdxl", None: fits any) and ``reason`` (why it cannot be used,
+    "" when it can)."""
+
+    model_name: str
+    filename: str
+    family: str | None = None
+    reason: str = ""

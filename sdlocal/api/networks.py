@@ -1,5 +1,5 @@
 """``/sdapi/v1`` routes for the files that change what a model computes: textual-inversion embeddings (A1111's
-``GET /embeddings`` and ``POST /refresh-embeddings``).
+``GET /embeddings`` and ``POST /refresh-embeddings``) and VAEs (``GET /sd-vae``, ``POST /refresh-vae``).
 
 Discovery never raises (a file or folder it cannot use is a skipped entry with its reason), so neither route
 answers 5xx for anything in the embeddings folders.
@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 
-from sdlocal.api.models import EmbeddingsResponse
+from sdlocal.api.models import EmbeddingsResponse, SdVae
 
 
 def embedding_record(embedding: Any) -> dict[str, Any]:
@@ -28,8 +28,25 @@ def embeddings_body(engine: Any, refresh: bool = False) -> dict[str, Any]:
             "skipped": {name: embedding_record(e) for name, e in skipped.items()}}
 
 
+def vaes_body(engine: Any, refresh: bool = False) -> list[dict[str, Any]]:
+    """A1111's VAE list (``model_name``, ``filename``) with sdlocal's ``family`` and ``reason``; unusable ones too,
+    so a client learns why a file it put there is not offered."""
+    return [{"model_name": vae.name, "filename": str(vae.path), "family": vae.family, "reason": vae.reason}
+            for vae in engine.vaes(refresh=refresh)]
+
+
 def add_network_routes(router: APIRouter, engine: Any) -> None:
-    """Add the embeddings routes to the ``/sdapi/v1`` router (so they share its login)."""
+    """Add the embeddings and VAE routes to the ``/sdapi/v1`` router (so they share its login)."""
+
+    @router.get("/sd-vae", response_model=list[SdVae],
+                summary="VAEs found in the VAE folders: the names sd_vae takes; unusable ones with the reason")
+    def sd_vae() -> list[dict[str, Any]]:
+        return vaes_body(engine)
+
+    @router.post("/refresh-vae", response_model=list[SdVae],
+                 summary="Scan the VAE folders again (only new and changed files are read); the new list")
+    async def refresh_vae() -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(vaes_body, engine, True)
 
     @router.get("/embeddings", response_model=EmbeddingsResponse,
                 summary="Textual-inversion embeddings: the ones the current model uses, and the skipped ones with why")

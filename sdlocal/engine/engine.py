@@ -315,9 +315,11 @@ class Engine:
         request.validate()
         request.sampler, request.schedule = samplers.check(request.sampler, request.schedule)
         if request.vae not in ("Automatic", "None"):
-            from sdlocal.engine.vae import find_named
+            from sdlocal.engine.vae import find_named, refuse
 
-            find_named(self.vae_library(), request.vae)  # an unknown name fails now, not after the model loads
+            found = find_named(self.vae_library(), request.vae)  # fails now, not after the model loads
+            if not found.usable:
+                raise refuse(found, found.reason)
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
