@@ -116,3 +116,28 @@ def test_an_unlistable_folder_is_an_entry_with_the_reason(tmp_path: Path, monkey
     monkeypatch.setattr(vaes, "walk", lambda root, suffixes: iter([folders.Listing(root, "PermissionError: denied")]))
     (entry,) = library_over(tmp_path).scan()
     assert "cannot be listed" in entry.reason
+
+
+def test_listing_vaes_imports_no_torch(tmp_path: Path, tiny_vae) -> None:
+    """The page lists VAEs when it opens, before any model: reading headers must not cost a torch import."""
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "models" / "VAE"
+    write_vae(tiny_vae, folder / "a.safetensors")
+    write_vae(tiny_vae, folder / "b.pt")
+    write_diffusers_vae(tiny_vae, folder / "c")
+    script = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from sdlocal.engine.config import EngineConfig\n"
+        "from sdlocal.engine.networks.vaes import VaeLibrary\n"
+        f"entries = VaeLibrary(EngineConfig(data_dir=Path({str(tmp_path)!r}))).scan()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'safetensors'))\n"
+        "print(json.dumps({'usable': [e.usable for e in entries], 'heavy': heavy}))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"usable": [True, True, True], "heavy": []}
