@@ -40,16 +40,24 @@ class VaeSlot:
 
 
 def refuse(vae: VaeFile, why: str) -> RequestError:
-    return RequestError("vae", vae.name, f"cannot be used: {why}")
+    return RequestError("vae", vae.name, f"it cannot be used here: {why}")
+
+
+def misfit(vae: VaeFile, model_family: str) -> str:
+    """Why ``vae`` cannot decode for a model of ``model_family`` ("" when it can)."""
+    if not vae.usable:
+        return vae.reason
+    if not vae.fits(model_family):
+        return (f"it is an {vae.family_label} VAE and the loaded model is {family_label(model_family)}; choose a "
+                "VAE made for this model, or Automatic")
+    return ""
 
 
 def check_fits(vae: VaeFile, model_family: str) -> None:
     """RequestError on ``vae`` when the file is not a usable VAE or is made for another model family."""
-    if not vae.usable:
-        raise refuse(vae, vae.reason)
-    if not vae.fits(model_family):
-        raise refuse(vae, f"it is an {vae.family_label} VAE and the loaded model is {family_label(model_family)}; "
-                          "choose a VAE made for this model, or Automatic")
+    why = misfit(vae, model_family)
+    if why:
+        raise refuse(vae, why)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -266,7 +274,7 @@ def find_named(library: Any, name: str) -> VaeFile:
     if found is None:
         close = library.closest(name)
         hint = f"the closest are {', '.join(close)}" if close else "no VAE was found in the VAE folders"
-        raise RequestError("vae", name, f"is not a VAE sdlocal found ({hint}); or use Automatic or None")
+        raise RequestError("vae", name, f"must be a VAE in the VAE folders ({hint}), Automatic or None")
     return found
 
 
@@ -282,10 +290,10 @@ def choose(library: Any, wanted: str, checkpoint: Path, model_family: str) -> tu
         found = library.automatic_for(checkpoint)
         if found is None:
             return None, []
-        try:
-            check_fits(found, model_family)
-        except RequestError as exc:
-            return None, [f"The VAE named after the checkpoint, {found.path.name}, was not used: {exc.allowed}."]
+        why = misfit(found, model_family)
+        if why:
+            return None, [f"The VAE named after the checkpoint, {found.path.name}, was not used ({why}); the "
+                          "checkpoint's own VAE decoded the images."]
         return found, []
     found = find_named(library, wanted)
     check_fits(found, model_family)

@@ -198,3 +198,16 @@ def test_an_fp16_fix_vae_runs_in_fp16_where_the_models_own_is_upcast(tmp_path: P
     assert folder.force_upcast is False
     use(loaded, None, runtime)
     assert pipe.vae.dtype == torch.float32
+
+
+def test_automatic_falls_back_to_the_own_vae_with_a_warning_when_the_named_one_does_not_fit(tmp_path: Path) -> None:
+    from sdlocal.engine.config import EngineConfig
+    from sdlocal.engine.networks.vaes import VaeLibrary
+    from sdlocal.engine.vae import choose
+    from tests.engine.vae_files import SIXTEEN_CHANNELS, write_tensors
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"")
+    write_tensors(tmp_path / "model.vae.safetensors", SIXTEEN_CHANNELS)
+    vae, warnings = choose(VaeLibrary(EngineConfig(data_dir=tmp_path / "data")), "Automatic", checkpoint, "sd1")
+    assert vae is None and "model.vae.safetensors" in warnings[0] and "16-channel" in warnings[0]
