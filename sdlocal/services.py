@@ -12,13 +12,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdlocal.engine import Engine
 from sdlocal.jobs import Job, JobQueue
 from sdlocal.outputs import OutputStore
 from sdlocal.settings import Settings
 from sdlocal.styles import StyleLibrary
+
+if TYPE_CHECKING:
+    from sdlocal.engine.networks.lora import LoraFile
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +53,12 @@ class Services:
         import path). Embedding triggers count their vectors once the engine can list them without loading
         anything (see ``embedding_vectors``).
         """
+        from sdlocal.engine.networks.extra_networks import strip_networks
         from sdlocal.engine.prompts import counting_chunker
 
-        used, limit = counting_chunker(self.embedding_vectors()).count(text or "", max(int(steps or 1), 1))
+        # <lora:...> tags are not read by the text encoder, so they are not counted (as in A1111).
+        used, limit = counting_chunker(self.embedding_vectors()).count(strip_networks(text or ""),
+                                                                       max(int(steps or 1), 1))
         return f"{used}/{limit}"
 
     def embedding_vectors(self) -> dict[str, int]:
@@ -70,6 +76,18 @@ class Services:
         except Exception:  # noqa: BLE001 - a counter never fails because an embedding folder is odd
             return {}
         return {name: int(getattr(emb, "vectors", 1) or 1) for name, emb in dict(loaded).items()}
+
+    def loras(self, refresh: bool = False) -> list[LoraFile]:
+        """Every file in the LoRA folders, usable or not (``reason`` says why not), as the engine discovered them.
+
+        ``refresh`` rescans the folders (the panel's ↻ button); otherwise the engine's last scan is reused.
+        """
+        return list(self.engine.loras(refresh=refresh))
+
+    def loaded_family(self) -> str | None:
+        """The family of the model loaded now ("sd1", "sd2", "sdxl"), or None before the first load: the LoRA panel
+        shows the LoRAs of this family (all of them while it is None)."""
+        return getattr(self.engine.current_model, "family", None)
 
     def vaes(self, refresh: bool = False) -> list[Any]:
         """The VAEs found (``VaeFile``, usable or not), for the UI's VAE list; [] when they cannot be listed."""

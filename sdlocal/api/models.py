@@ -193,6 +193,23 @@ class EmbeddingsResponse(BaseModel):
     skipped: dict[str, EmbeddingRecord] = Field(description="By trigger name: the others, each with its reason")
 
 
+class LoraRecord(BaseModel):
+    """One entry of ``GET /sdapi/v1/loras``: A1111's ``name``, ``alias``, ``path`` and ``metadata`` (the kohya
+    training notes, JSON values parsed), then what sdlocal read from the file's tensors. A file that cannot be
+    used is listed too, with ``reason`` saying why (then ``format`` is "" and ``family``/``rank`` are null)."""
+
+    name: str = Field(description="The path below its LoRA folder without the suffix, as in <lora:name:1>")
+    alias: str = Field(description="ss_output_name from the metadata, else the file's stem; <lora:alias:1> works too")
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    format: str = Field(description='"lora", "locon", "loha", "lokr", "dora" or "peft"; "" when unsupported')
+    family: str | None = Field(description='"sd1", "sd2" or "sdxl"; null when the file names no real family')
+    rank: int | None = None
+    trigger_words: list[str] = Field(default_factory=list, description="The most frequent training tags")
+    preview: str | None = Field(default=None, description="The preview image beside the file, if any")
+    reason: str = Field(default="", description='Why the file cannot be used; "" when it can')
+
+
 class SdVae(BaseModel):
     """One VAE as A1111 lists it (``model_name`` is what ``sd_vae`` takes, ``filename`` its full path), plus
     sdlocal's ``family`` ("sd1" for SD 1.x/2.x, "sdxl", None: fits any) and ``reason`` (why it cannot be used,

@@ -250,6 +250,25 @@ class Engine:
             library.scan()
         return library.for_model(self._model_widths())
 
+    # ------------------------------------------------------------------------------------------ LoRAs
+    _lora_library: Any = None  # made at first use (a class default keeps __init__ as it is)
+
+    def lora_library(self) -> Any:
+        """The ``LoraLibrary`` over this engine's LoRA folders, made once: it keeps what it read per file version,
+        so each scan re-reads only new and changed files."""
+        with self._state_lock:
+            if self._lora_library is None:
+                from sdlocal.engine.networks.loras import LoraLibrary
+
+                self._lora_library = LoraLibrary(self.config)
+            return self._lora_library
+
+    def loras(self, refresh: bool = False) -> list[Any]:
+        """Every LoRA/LyCORIS file found (``LoraFile``), usable or not, in folder order; scanned at first use and
+        again on ``refresh``. Never raises for anything in the folders."""
+        library = self.lora_library()
+        return library.scan() if refresh else library.entries()
+
     def _note_widths(self, loaded: Any) -> None:
         from sdlocal.engine.networks.embeddings import text_encoder_widths
 
@@ -311,9 +330,12 @@ class Engine:
     def validate(self, request: GenerationRequest) -> GenerationRequest:
         """The request's own checks plus the engine's: sampler, schedule and the pair of them."""
         from sdlocal.engine import samplers
+        from sdlocal.engine.networks.extra_networks import parse_networks
 
         request.validate()
         request.sampler, request.schedule = samplers.check(request.sampler, request.schedule)
+        parse_networks(request.prompt, "prompt")  # a malformed <lora:...> tag fails here, before any loading
+        parse_networks(request.negative_prompt, "negative_prompt")
         if request.vae not in ("Automatic", "None"):
             from sdlocal.engine.vae import find_named, refuse
 
@@ -351,7 +373,7 @@ class Engine:
                 vae_use = self._use_vae(loaded, request, entry)
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings,
-                                        extra=vae_use.infotext)
+                                        infotext_extra=vae_use.infotext)
                 output.warnings[:0] = skipped_in_prompt([request.prompt, request.negative_prompt], embeddings,
                                                         skipped) + (vae_use.warnings or [])
             finally:

@@ -227,13 +227,14 @@ def _batch_call(loaded: LoadedModel, request: GenerationRequest, seeds: list[int
     return BatchCall(pipe=pipe, kwargs=kwargs, generators=generators, finishers=finishers)
 
 
-def _prompt_plan(loaded: LoadedModel, request: GenerationRequest,
-                 embeddings: Mapping[str, Any] | None) -> tuple[PromptEncoder, PromptPlan]:
+def _prompt_plan(loaded: LoadedModel, request: GenerationRequest, embeddings: Mapping[str, Any] | None,
+                 texts: tuple[str, str] | None = None) -> tuple[PromptEncoder, PromptPlan]:
     """Every prompt text of the run chunked and encoded, before any other work: a prompt that is too long fails
     now, no step ever runs the text encoder, and running out of memory here is the same clear error as later."""
     encoder = PromptEncoder(loaded, request.clip_skip, request.emphasis, embeddings or {})
+    prompt, negative = texts if texts is not None else (request.prompt, request.negative_prompt)
     try:
-        return encoder, PromptPlan(encoder, request.prompt, request.negative_prompt, request.steps)
+        return encoder, PromptPlan(encoder, prompt, negative, request.steps)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -246,17 +247,20 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                    model_name: str, model_hash: str | None,
                    on_progress: Callable[[Progress], None] | None = None,
                    embeddings: Mapping[str, Any] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> RunOutput:
+                   texts: tuple[str, str] | None = None,
+                   infotext_extra: Mapping[str, str | None] | None = None) -> RunOutput:
     """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip.
 
     A skip pressed between two batches (or before the first) is still pending at the next batch's start,
     which is then skipped without running; one pressed during a batch abandons that batch.
-    ``embeddings`` are the textual-inversion embeddings that fit the model, by trigger name; ``extra`` adds
-    infotext pairs (the engine's ``VAE``/``VAE hash``).
+    ``embeddings`` are the textual-inversion embeddings that fit the model, by trigger name. ``texts`` are the
+    (prompt, negative prompt) the text encoder reads when they differ from the request's (the ``<lora:...>``
+    tags taken out); the infotext keeps the request's own, so "Reuse all parameters" gets the tags back.
+    ``infotext_extra`` adds keys of the caller's (the LoRAs' and the VAE's) to every image's infotext.
     """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
-    encoder, plan = _prompt_plan(loaded, request, embeddings)
+    encoder, plan = _prompt_plan(loaded, request, embeddings, texts)
     total_images = request.batch_size * request.batch_count
     seeds = resolve_seeds(request.seed, total_images)
     _apply_request_patches(loaded, request)
@@ -265,14 +269,14 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     channels = int(pipe.unet.config.out_channels if loaded.inpainting else pipe.unet.config.in_channels)
     shape = (channels, request.height // factor, request.width // factor)
     prepared = None
-    image_extra = None
+    extra = None
     if request.source is not None:
         from sdlocal.engine import img2img
 
         prepared = img2img.prepare_all(request)
-        image_extra = img2img.infotext_extra(request, loaded.inpainting)
-    extra = {**(image_extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used]),
-             **(extra or {})}
+        extra = img2img.infotext_extra(request, loaded.inpainting)
+    extra = {**(extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used]),
+             **(infotext_extra or {})}
 
     images: list[GeneratedImage] = []
     warnings: list[str] = []

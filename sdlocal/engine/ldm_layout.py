@@ -123,6 +123,13 @@ def _unet_namer(unet: Any) -> Callable[[str], str]:
     return name
 
 
+def unet_namer(unet: Any) -> Callable[[str], str]:
+    """The diffusers -> original UNet parameter-name function (without ``model.diffusion_model.``), for the other
+    readers of original names: kohya LoRAs for SDXL spell their UNet modules this way. Raises ``KeyError`` for a
+    name it does not know."""
+    return _unet_namer(unet)
+
+
 def _unet_items(unet: Any) -> Iterator[tuple[str, Any]]:
     namer = _unet_namer(unet)
     for key, tensor in unet.state_dict().items():

@@ -46,6 +46,8 @@ CSS = """
 .sd-done { background: var(--background-fill-primary); }
 .sd-sizes .wrap { gap: 0.3rem !important; }
 .sd-tokens { text-align: right; font-size: 0.8rem; opacity: 0.75; margin: -0.9rem 0.4rem -0.5rem 0 !important; }
+.sd-lora-cards .caption-label { white-space: normal !important; max-width: calc(100% - 8px) !important;
+                                max-height: 55%; font-size: 0.75rem !important; }
 table.sd-params th { text-align: left; padding-right: 1rem; white-space: nowrap; }
 """
 

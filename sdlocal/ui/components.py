@@ -54,6 +54,7 @@ class FormParts:
     style_name: Any = None
     save_style: Any = None
     style_status: Any = None
+    loras: Any = None  # the LoRA panel under the prompts (sdlocal.ui.lora_panel.LoraPanel)
     # A1111's token counters ("23/75") under the prompt boxes
     prompt_tokens: Any = None
     negative_tokens: Any = None

@@ -20,6 +20,7 @@ from sdlocal.ui import runtime
 from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_text
 from sdlocal.ui.form_events import on_preset, stream_job, wire_results, wire_run, wire_seeds
 from sdlocal.ui.generate_layout import NO_PRESET, GenerateTab, build_layout, size_choices
+from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import (
     UNSUPPORTED_PREFIX,
     current_model_name,
@@ -46,6 +47,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     wire_reuse_vae(ui, services, ui.vae)
     runtime.wire(ui, services)
     wire_styles(ui, services)
+    wire_lora_panel(ui.loras, services, ui.fields["prompt"])
     _wire_download(ui, services)
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
     ui.vae_load = (lambda: page_vae(services, ui_state), ui.vae)

@@ -24,6 +24,7 @@ from sdlocal.ui.components import (
     size_choices,
     size_controls,
 )
+from sdlocal.ui.lora_panel import lora_panel
 from sdlocal.ui.model_list import empty_state_markdown
 from sdlocal.ui.vae_select import vae_controls
 
@@ -76,6 +77,7 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Ge
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=360):
                 prompt_and_buttons(ui)
+                ui.loras = lora_panel(ui)
                 sampler_controls(ui, samplers, schedules)
                 size_controls(ui)
                 seed_and_batch(ui)

@@ -26,6 +26,7 @@ from sdlocal.ui.img2img_request import (
     source_images,
     source_updates,
 )
+from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, find_entry
 from sdlocal.ui.send import SendTarget, result_pick
 from sdlocal.ui.styles_events import styled_form, wire_styles
@@ -48,6 +49,7 @@ def build_img2img_tab(services: Any, model: Any, tabs: Any, vae: Any = None) -> 
         wire_reuse_vae(ui, services, vae)
     _wire_model(ui, services, model)
     wire_styles(ui, services)
+    wire_lora_panel(ui.loras, services, ui.fields["prompt"])
     ui.load = (lambda: preset_choices(services.presets), [ui.preset])
     ui.send = send_target(ui, services, model, tabs)
     for button, target in ((ui.send_img2img, "img2img"), (ui.send_inpaint, "inpaint")):

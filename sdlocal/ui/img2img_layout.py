@@ -32,6 +32,7 @@ from sdlocal.ui.components import (
     size_controls,
 )
 from sdlocal.ui.img2img_request import IMAGE_FIELDS, MASK_MODES, MODES, SIZE_MODES, SOURCE_DEFAULTS, SOURCE_FIELDS
+from sdlocal.ui.lora_panel import lora_panel
 
 # The sub-tabs' ids, by mode (ids of their own: the page's tabs already use "img2img").
 MODE_TABS = {"img2img": "i2i-upload", "sketch": "i2i-sketch", "inpaint": "i2i-inpaint",
@@ -75,6 +76,7 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Im
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=360):
                 prompt_and_buttons(ui, placeholder="what the picture should become")
+                ui.loras = lora_panel(ui)
                 _image_tabs(ui)
                 _img2img_controls(ui)
                 _inpaint_controls(ui)

@@ -297,13 +297,16 @@ def test_samplers_and_schedulers(client: httpx.Client) -> None:
 
 
 def test_features_sdlocal_lacks_have_no_routes(client: httpx.Client) -> None:
-    """No LoRA support yet: a 404 says so, where an empty list would claim there are none. Embeddings exist."""
-    missing = client.get("/sdapi/v1/loras")
+    """No hypernetworks: a 404 says so, where an empty list would claim there are none. Embeddings and LoRAs
+    exist."""
+    missing = client.get("/sdapi/v1/hypernetworks")
     assert missing.status_code == 404 and missing.json()["error"] == "Not Found"
     paths = client.get("/openapi.json").json()["paths"]
-    assert "/sdapi/v1/loras" not in paths and "/sdapi/v1/refresh-loras" not in paths
-    assert "/sdapi/v1/embeddings" in paths and "/sdapi/v1/refresh-embeddings" in paths
+    assert "/sdapi/v1/hypernetworks" not in paths and "/sdapi/v1/refresh-hypernetworks" not in paths
+    for route in ("embeddings", "refresh-embeddings", "loras", "refresh-loras"):
+        assert f"/sdapi/v1/{route}" in paths
     assert client.get("/sdapi/v1/embeddings").status_code == 200
+    assert client.get("/sdapi/v1/loras").status_code == 200
 
 
 def test_memory(client: httpx.Client) -> None:

@@ -164,3 +164,46 @@ def test_styles_and_token_counter_in_the_browser(running_app: RunningApp) -> Non
             re.compile(r"^a quiet harbour at night\nNegative prompt: [^\n]*daylight"))
         expect(page.locator("#sd-prompt textarea")).to_have_value("a quiet harbour")  # the box keeps the text
         page.screenshot(path=str(ARTIFACTS / "browser-styles.png"))
+
+
+def write_kohya_lora(folder: Path, stem: str = "pixelart_v1") -> Path:
+    """A small LoRA as kohya's sd-scripts writes one: one UNet module, rank 4, and the training metadata that
+    names it "pixelart" (``ss_output_name``) with the trigger word "pixel"."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    tensors = {f"{key}.lora_down.weight": np.full((4, 32), 0.01, dtype=np.float32),
+               f"{key}.lora_up.weight": np.zeros((32, 4), dtype=np.float32),
+               f"{key}.alpha": np.array(4.0, dtype=np.float32)}
+    path = folder / f"{stem}.safetensors"
+    save_file(tensors, str(path), metadata={"ss_output_name": "pixelart",
+                                            "ss_tag_frequency": json.dumps({"d": {"pixel": 3}})})
+    return path
+
+
+def test_lora_card_click_writes_the_tag_into_that_tabs_prompt(running_app: RunningApp) -> None:
+    """Open the LoRA panel, refresh (the file was added after start), click the card: ``<lora:pixelart:1>`` (the
+    alias from the file's metadata) joins the prompt; a second click takes it out; img2img's card writes there."""
+    from playwright.sync_api import expect
+
+    write_kohya_lora(running_app.data_dir / "models" / "Lora")
+    with app_page(running_app, "browser-lora-failure.png") as page:
+        for prefix, before in (("sd-", "a castle"), ("sd-i2i-", "a castle at night")):
+            if prefix == "sd-i2i-":
+                page.get_by_role("tab", name="img2img", exact=True).first.click()
+            page.locator(f"#{prefix}lora-panel .label-wrap").click()
+            page.locator(f"#{prefix}lora-refresh").click()
+            expect(page.locator(f"#{prefix}loras")).to_contain_text("pixelart (pixelart_v1)", timeout=20_000)
+            expect(page.locator(f"#{prefix}loras")).to_contain_text("pixel")
+            prompt = page.locator(f"#{prefix}prompt textarea")
+            prompt.fill(before)
+            card = page.locator(f"#{prefix}loras .thumbnail-item").first
+            card.click()
+            expect(prompt).to_have_value(f"{before} <lora:pixelart:1>", timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / f"browser-lora-{prefix.strip('-')}.png"))
+            card.click()
+            expect(prompt).to_have_value(before, timeout=10_000)

@@ -110,6 +110,7 @@ def test_the_token_counter_reads_as_a1111s_and_grows_by_chunks(tmp_path: Path) -
         assert services.token_count("a cat", 20) == "2/75"
         assert services.token_count("cat " * 80, 20) == "80/150"  # past 75 tokens: a second chunk
         assert services.token_count("(a cat:1.3)", 20) == "2/75"  # the weights are syntax, not tokens
+        assert services.token_count("a cat <lora:pixel-art:0.8>", 20) == "2/75"  # the encoder never reads tags
     finally:
         services.close()
 
