@@ -234,13 +234,14 @@ def _install(loaded: Any, new: Any, runtime: Any, fresh: bool) -> None:
 
 
 def _fast(loaded: Any, new: Any) -> None:
-    """Fast mode's VAE changes, when the load made them on the model's own VAE."""
+    """Fast mode's VAE changes, where the load made them on the model's own VAE (``fast.apply_fast_mode`` lists
+    what it changed as "channels-last memory format (unet, vae)", "fused QKV projections (unet, vae)")."""
     import torch
 
-    applied = " ".join(loaded.fast_applied or [])
-    if "channels-last" in applied and "vae" in applied.split("channels-last", 1)[1].split(")", 1)[0]:
+    applied = [entry for entry in loaded.fast_applied or [] if "vae" in entry]
+    if any(entry.startswith("channels-last") for entry in applied):
         new.to(memory_format=torch.channels_last)
-    if "fused QKV" in applied and "vae" in applied.split("fused QKV", 1)[1].split(")", 1)[0]:
+    if any(entry.startswith("fused QKV") for entry in applied):
         from sdlocal.engine.fast import _uses_sdpa_only
 
         if _uses_sdpa_only(new):

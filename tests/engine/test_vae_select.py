@@ -211,3 +211,22 @@ def test_automatic_falls_back_to_the_own_vae_with_a_warning_when_the_named_one_d
     write_tensors(tmp_path / "model.vae.safetensors", SIXTEEN_CHANNELS)
     vae, warnings = choose(VaeLibrary(EngineConfig(data_dir=tmp_path / "data")), "Automatic", checkpoint, "sd1")
     assert vae is None and "model.vae.safetensors" in warnings[0] and "16-channel" in warnings[0]
+
+
+def test_a_swapped_in_vae_gets_fast_modes_changes_and_the_requests_tiling(tmp_path: Path) -> None:
+    from sdlocal.engine.config import EngineConfig
+    from sdlocal.engine.devices import resolve_runtime
+    from sdlocal.engine.loader import LoadedModel, _place
+    from sdlocal.engine.networks.vaes import read_vae
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+    from sdlocal.engine.vae import use
+
+    runtime = resolve_runtime(EngineConfig(data_dir=tmp_path, device="cpu", precision="fp32"), cpu_flags=set())
+    pipe = build_tiny_pipeline("sd1")
+    _place(pipe, runtime)
+    loaded = LoadedModel(entry=None, pipe=pipe, family="sd1", load_seconds=0.0, runtime_key=(), vae_tiling=True,
+                         vae_upcast=True, fast_applied=["channels-last memory format (unet, vae)"])
+    use(loaded, read_vae(write_vae(pipe.vae, tmp_path / "x.safetensors"), "x.safetensors"), runtime)
+    weight = pipe.vae.decoder.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert pipe.vae.use_tiling and loaded.vae_upcast is False
