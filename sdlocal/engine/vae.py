@@ -141,7 +141,10 @@ def fill(vae: VaeFile, model: Any, dtype: Any, device: str) -> Any:
     except streaming.LayoutMismatch as exc:
         raise refuse(vae, f"its tensors do not fit this model's VAE ({exc})") from None
     if tensors is None:
-        streaming.stream_into(Path(vae.weights), {"vae": model}, steps, header, dtype, device)
+        try:
+            streaming.stream_into(Path(vae.weights), {"vae": model}, steps, header, dtype, device)
+        except OSError as exc:  # gone, or cut short, since it was listed
+            raise refuse(vae, f"it cannot be read ({exc}); download it again, then refresh the VAE list") from None
     else:
         for step in steps:
             streaming._assign(model, step.name, streaming._value(tensors[step.source.key], step, dtype, device,

@@ -230,3 +230,17 @@ def test_a_swapped_in_vae_gets_fast_modes_changes_and_the_requests_tiling(tmp_pa
     weight = pipe.vae.decoder.conv_in.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     assert pipe.vae.use_tiling and loaded.vae_upcast is False
+
+
+def test_a_vae_cut_short_after_it_was_listed_is_refused_not_a_crash(setup, tmp_path: Path) -> None:
+    from sdlocal.engine.networks.vaes import read_vae
+    from sdlocal.engine.request import RequestError
+    from sdlocal.engine.vae import use
+
+    engine, _root = setup
+    run(engine, "None")
+    path = write_vae(loaded_of(engine).pipe.vae, tmp_path / "cut.safetensors")
+    listed = read_vae(path, "cut.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RequestError, match="truncated"):
+        use(loaded_of(engine), listed, engine._runtime_now())
