@@ -175,6 +175,9 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=-1, help="-1 for random; image i of a batch gets seed + i")
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--batch-count", type=int, default=1)
+    gen.add_argument("--vae", default="Automatic", metavar="NAME",
+                     help="A1111's sd_vae: Automatic (a VAE named after the model, else its own), None (the model's "
+                          "own), or a VAE's file name in models/VAE")
     gen.add_argument("--out", type=Path, required=True, metavar="DIR",
                      help="outputs folder (txt2img/DATE/ or img2img/DATE/ inside)")
     add_img2img_flags(parser)
@@ -197,7 +200,7 @@ def build_parser() -> FlagParser:
 
 
 GENERATE_KEYS = ("model", "prompt", "negative_prompt", "steps", "sampler", "schedule", "cfg_scale", "width",
-                 "height", "seed", "batch_size", "batch_count")
+                 "height", "seed", "batch_size", "batch_count", "vae")
 LAUNCHER_KEYS = ("skip_install", "torch_index_url", "doctor", "selftest")
 
 

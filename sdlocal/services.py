@@ -89,6 +89,17 @@ class Services:
         shows the LoRAs of this family (all of them while it is None)."""
         return getattr(self.engine.current_model, "family", None)
 
+    def vaes(self, refresh: bool = False) -> list[Any]:
+        """The VAEs found (``VaeFile``, usable or not), for the UI's VAE list; [] when they cannot be listed."""
+        vaes = getattr(self.engine, "vaes", None)
+        if not callable(vaes):
+            return []
+        try:
+            return list(vaes(refresh=refresh))
+        except Exception:  # noqa: BLE001 - a list for a dropdown never fails because a VAE folder is odd
+            log.warning("could not list the VAEs", exc_info=True)
+            return []
+
     def capabilities(self) -> Any:
         """The engine's device/precision report (it probes the hardware, importing torch).
 

@@ -208,3 +208,14 @@ class LoraRecord(BaseModel):
     trigger_words: list[str] = Field(default_factory=list, description="The most frequent training tags")
     preview: str | None = Field(default=None, description="The preview image beside the file, if any")
     reason: str = Field(default="", description='Why the file cannot be used; "" when it can')
+
+
+class SdVae(BaseModel):
+    """One VAE as A1111 lists it (``model_name`` is what ``sd_vae`` takes, ``filename`` its full path), plus
+    sdlocal's ``family`` ("sd1" for SD 1.x/2.x, "sdxl", None: fits any) and ``reason`` (why it cannot be used,
+    "" when it can)."""
+
+    model_name: str
+    filename: str
+    family: str | None = None
+    reason: str = ""

@@ -1,8 +1,9 @@
 """``/sdapi/v1`` routes for the files that change what a model computes: textual-inversion embeddings (A1111's
-``GET /embeddings`` and ``POST /refresh-embeddings``) and LoRAs (``GET /loras`` and ``POST /refresh-loras``).
+``GET /embeddings`` and ``POST /refresh-embeddings``), LoRAs (``GET /loras`` and ``POST /refresh-loras``) and VAEs
+(``GET /sd-vae``, ``POST /refresh-vae``).
 
 Discovery never raises (a file or folder it cannot use is an entry with its reason), so no route answers 5xx for
-anything in the embeddings or LoRA folders.
+anything in the embeddings, LoRA or VAE folders.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter
 
-from sdlocal.api.models import EmbeddingsResponse, LoraRecord
+from sdlocal.api.models import EmbeddingsResponse, LoraRecord, SdVae
 
 
 def embedding_record(embedding: Any) -> dict[str, Any]:
@@ -39,8 +40,25 @@ def loras_body(engine: Any, refresh: bool = False) -> list[dict[str, Any]]:
     return [lora_record(lora) for lora in engine.loras(refresh=refresh)]
 
 
+def vaes_body(engine: Any, refresh: bool = False) -> list[dict[str, Any]]:
+    """A1111's VAE list (``model_name``, ``filename``) with sdlocal's ``family`` and ``reason``; unusable ones too,
+    so a client learns why a file it put there is not offered."""
+    return [{"model_name": vae.name, "filename": str(vae.path), "family": vae.family, "reason": vae.reason}
+            for vae in engine.vaes(refresh=refresh)]
+
+
 def add_network_routes(router: APIRouter, engine: Any) -> None:
-    """Add the embeddings and LoRA routes to the ``/sdapi/v1`` router (so they share its login)."""
+    """Add the embeddings, LoRA and VAE routes to the ``/sdapi/v1`` router (so they share its login)."""
+
+    @router.get("/sd-vae", response_model=list[SdVae],
+                summary="VAEs found in the VAE folders: the names sd_vae takes; unusable ones with the reason")
+    def sd_vae() -> list[dict[str, Any]]:
+        return vaes_body(engine)
+
+    @router.post("/refresh-vae", response_model=list[SdVae],
+                 summary="Scan the VAE folders again (only new and changed files are read); the new list")
+    async def refresh_vae() -> list[dict[str, Any]]:
+        return await anyio.to_thread.run_sync(vaes_body, engine, True)
 
     @router.get("/embeddings", response_model=EmbeddingsResponse,
                 summary="Textual-inversion embeddings: the ones the current model uses, and the skipped ones with why")

@@ -1,14 +1,15 @@
 """A1111's ``/sdapi/v1/options``: the options sdlocal honours, what it reports read-only, and where they are kept.
 
-Only options that change what sdlocal does are accepted; every other key a client sends (``sd_vae``,
-``samples_save``, an extension's option...) is named back as ignored, with the reason, and logged: echoing it
+Only options that change what sdlocal does are accepted; every other key a client sends (``samples_save``,
+an extension's option...) is named back as ignored, with the reason, and logged: echoing it
 would tell the client something happened that did not. What is honoured is saved, as A1111 saves its options:
 
 - ``token_merging_ratio`` and ``emphasis`` are sdlocal settings: saved to ``settings.json``
   (``Settings.save_settings``).
-- ``CLIP_stop_at_last_layers`` and ``inpainting_mask_weight`` have no sdlocal setting (clip skip and the
-  conditional mask weight are per-request fields of the engine): they are saved to ``api-options.json`` in the
-  data folder and read back at the next start.
+- ``CLIP_stop_at_last_layers``, ``inpainting_mask_weight`` and ``sd_vae`` have no sdlocal setting (clip skip,
+  the conditional mask weight and the VAE are per-request fields of the engine): they are saved to
+  ``api-options.json`` in the data folder and read back at the next start. ``sd_vae`` is "Automatic", "None" or
+  a name ``GET /sdapi/v1/sd-vae`` lists; an unknown name is refused (422 naming ``sd_vae``).
 - ``sd_model_checkpoint`` loads that model (through the queue) and becomes the model loaded at the next start.
 """
 
@@ -25,12 +26,12 @@ from sdlocal.engine.request import GenerationRequest, RequestError
 log = logging.getLogger(__name__)
 
 OPTIONS_FILE = "api-options.json"
-WRITABLE = ("CLIP_stop_at_last_layers", "token_merging_ratio", "inpainting_mask_weight", "emphasis")
+WRITABLE = ("CLIP_stop_at_last_layers", "token_merging_ratio", "inpainting_mask_weight", "emphasis", "sd_vae")
 _SETTINGS_KEYS = ("token_merging_ratio", "emphasis")  # options that are sdlocal settings (settings.json)
-_FILE_KEYS = ("CLIP_stop_at_last_layers", "inpainting_mask_weight")  # what api-options.json keeps
+_FILE_KEYS = ("CLIP_stop_at_last_layers", "inpainting_mask_weight", "sd_vae")  # what api-options.json keeps
 MODEL = "sd_model_checkpoint"
 _ENGINE_NAMES = {"clip_skip": "CLIP_stop_at_last_layers", "token_merging_ratio": "token_merging_ratio",
-                 "emphasis": "emphasis"}
+                 "emphasis": "emphasis", "vae": "sd_vae"}
 
 
 class ApiOptions:
@@ -40,6 +41,7 @@ class ApiOptions:
         self.services = services
         self.lock = threading.Lock()
         self.values: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "inpainting_mask_weight": 1.0,
+                                       "sd_vae": "Automatic",
                                        "token_merging_ratio": float(services.settings.token_merging_ratio),
                                        "emphasis": str(getattr(services.settings, "emphasis", "Original"))}
         self.values.update(self._load_file())
@@ -58,11 +60,13 @@ class ApiOptions:
             log.warning("ignoring %s: %s", self.path, exc)
             return {}
         kept = {key: saved[key] for key in _FILE_KEYS if isinstance(saved, dict) and key in saved}
-        try:
-            return self.check(kept)
-        except RequestError as exc:
-            log.warning("ignoring %s: %s", self.path, exc)
-            return {}
+        checked: dict[str, Any] = {}
+        for key, value in kept.items():  # one by one: a VAE deleted since does not drop the clip skip
+            try:
+                checked.update(self.check({key: value}))
+            except RequestError as exc:
+                log.warning("ignoring %s in %s: %s", key, self.path, exc)
+        return checked
 
     def read_only(self) -> dict[str, Any]:
         """Facts about this server in A1111's option names; a POST may repeat them but cannot change them."""
@@ -112,8 +116,14 @@ class ApiOptions:
             probe.token_merging_ratio = checked["token_merging_ratio"]
         if "emphasis" in checked:
             probe.emphasis = checked["emphasis"]
+        if "sd_vae" in checked:
+            probe.vae = checked["sd_vae"]
         try:
             probe.validate()
+            if probe.vae not in ("Automatic", "None"):
+                from sdlocal.engine.vae import find_named
+
+                probe.vae = find_named(self.services.engine.vae_library(), probe.vae).name
         except RequestError as exc:
             raise RequestError(_ENGINE_NAMES.get(exc.field, exc.field), exc.value, exc.allowed) from None
         if "CLIP_stop_at_last_layers" in checked:
@@ -122,6 +132,8 @@ class ApiOptions:
             checked["token_merging_ratio"] = probe.token_merging_ratio
         if "emphasis" in checked:
             checked["emphasis"] = probe.emphasis
+        if "sd_vae" in checked:
+            checked["sd_vae"] = probe.vae
         if "inpainting_mask_weight" in checked:
             checked["inpainting_mask_weight"] = _mask_weight(checked["inpainting_mask_weight"])
         return checked

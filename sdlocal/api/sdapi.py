@@ -52,6 +52,7 @@ A1111_FIELDS = {
     "token_merging_ratio": "override_settings.token_merging_ratio",
     "emphasis": "override_settings.emphasis",
     "model": "override_settings.sd_model_checkpoint",
+    "vae": "override_settings.sd_vae",
 }
 
 

@@ -36,7 +36,7 @@ def to_generation_request(body: GenerationFields, current_options: dict[str, Any
 
     The ``styles`` named in the body are applied here, before the engine, so the request (and the PNG's
     parameters) holds the expanded prompt, as A1111 writes it; an unknown style raises ``RequestError("styles")``.
-    The ``emphasis`` option comes from ``override_settings`` or the current options, like clip skip.
+    The ``emphasis`` and ``sd_vae`` options come from ``override_settings`` or the current options, like clip skip.
     """
     sampler = resolve_alias(body.sampler_name or body.sampler_index or "Euler")
     schedule = body.scheduler or "Automatic"
@@ -46,13 +46,14 @@ def to_generation_request(body: GenerationFields, current_options: dict[str, Any
     clip_skip = overrides.get("CLIP_stop_at_last_layers", current_options.get("CLIP_stop_at_last_layers", 1))
     tome = overrides.get("token_merging_ratio", current_options.get("token_merging_ratio", 0.0))
     emphasis = overrides.get("emphasis", current_options.get("emphasis", "Original"))
+    vae = overrides.get("sd_vae", current_options.get("sd_vae", "Automatic"))
     model = overrides.get("sd_model_checkpoint") or ""
     prompt, negative = apply_styles(body.prompt, body.negative_prompt, body.styles, styles)
     return GenerationRequest(
         prompt=prompt, negative_prompt=negative, model=str(model), sampler=sampler, emphasis=emphasis,
         schedule=schedule, steps=body.steps, cfg_scale=body.cfg_scale, width=body.width, height=body.height,
         seed=body.seed, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
-        token_merging_ratio=tome,
+        token_merging_ratio=tome, vae=vae,
     )
 
 
@@ -116,8 +117,8 @@ def build_info(body: GenerationFields, result: GenerationResult, job: Job,
         "face_restoration_model": None,
         "sd_model_name": result.model_name,
         "sd_model_hash": result.model_hash or None,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": result.vae_name or None,
+        "sd_vae_hash": result.vae_hash or None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": None,

@@ -43,6 +43,7 @@ class Engine:
         self._control: Any = None
         self._current: ModelEntry | None = None
         self._embedding_library: Any = None
+        self._vae_library: Any = None
         self._encoder_widths: dict[str, tuple[int, ...]] = {}  # model path -> its text encoders' widths
         self._lora_activator: Any = None
 
@@ -308,6 +309,35 @@ class Engine:
             return ()
         return FAMILY_WIDTHS.get(entry.family or "", ())
 
+    # ------------------------------------------------------------------------------------------ VAEs
+    def vae_library(self) -> Any:
+        """The cached ``VaeLibrary`` over the VAE folders."""
+        with self._state_lock:
+            if self._vae_library is None:
+                from sdlocal.engine.networks.vaes import VaeLibrary
+
+                self._vae_library = VaeLibrary(self.config)
+            return self._vae_library
+
+    def vaes(self, refresh: bool = False) -> list[Any]:
+        """Every VAE found (``VaeFile``), usable or not, with the reason; scanned again on ``refresh``."""
+        library = self.vae_library()
+        return library.scan() if refresh else library.entries()
+
+    def _use_vae(self, loaded: Any, request: GenerationRequest, entry: ModelEntry) -> Any:
+        """Put the VAE ``request.vae`` asks for into the loaded model (only if it changes) -> ``vae.VaeUse``."""
+        from sdlocal.engine import vae
+
+        choice, warnings = vae.choose(self.vae_library(), request.vae, Path(entry.path), loaded.family)
+        vae.use(loaded, choice, self._runtime_now())
+        short = ""
+        if choice is not None:
+            try:
+                short = self._get_catalog().hashes.sha256(choice.weights)[:10]
+            except (OSError, AttributeError):
+                short = ""
+        return vae.VaeUse(choice, short, warnings)
+
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:
         from sdlocal.engine.samplers import sampler_names
@@ -328,6 +358,12 @@ class Engine:
         request.sampler, request.schedule = samplers.check(request.sampler, request.schedule)
         parse_networks(request.prompt, "prompt")  # a malformed <lora:...> tag fails here, before any loading
         parse_networks(request.negative_prompt, "negative_prompt")
+        if request.vae not in ("Automatic", "None"):
+            from sdlocal.engine.vae import find_named, refuse
+
+            found = find_named(self.vae_library(), request.vae)  # fails now, not after the model loads
+            if not found.usable:
+                raise refuse(found, found.reason)
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
@@ -356,17 +392,19 @@ class Engine:
                 library = self._get_embedding_library()
                 library.scan()
                 embeddings, skipped = library.for_model(self._encoder_widths[loaded.key])
+                vae_use = self._use_vae(loaded, request, entry)
                 networks = self._activate_networks(loaded, request)
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings, texts=networks.texts,
-                                        infotext_extra={"Lora hashes": networks.hashes})
+                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes})
                 output.warnings[:0] = networks.warnings + skipped_in_prompt(
-                    [request.prompt, request.negative_prompt], embeddings, skipped)
+                    [request.prompt, request.negative_prompt], embeddings, skipped) + (vae_use.warnings or [])
             finally:
                 self._control = None
         return GenerationResult(
             images=output.images, request=request, model_name=entry.name, model_hash=entry.short_hash or "",
             seeds=output.seeds, interrupted=output.interrupted, warnings=output.warnings,
+            vae_name=vae_use.vae.filename if vae_use.vae else "", vae_hash=vae_use.short_hash,
             timings={"load": round(load_seconds, 3), "networks": round(networks.seconds, 3),
                      "generate": round(output.seconds, 3),
                      "total": round(time.perf_counter() - started, 3)},

@@ -187,6 +187,8 @@ def infotext_to_request_fields(params: dict[str, str]) -> dict[str, Any]:
         fields["schedule"] = params["Schedule type"].strip()
     if params.get("Model"):
         fields["model"] = params["Model"].strip()
+    if params.get("VAE"):  # the VAE file the image was decoded with (A1111 writes none for the checkpoint's own)
+        fields["vae"] = params["VAE"].strip()
     emphasis = _emphasis(params.get("Emphasis", ""))
     if emphasis is not None:
         fields["emphasis"] = emphasis

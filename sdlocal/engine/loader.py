@@ -54,6 +54,7 @@ class LoadedModel:
     variants: dict[str, Any] = field(default_factory=dict)  # img2img / inpaint pipelines over the same modules
     originals: Any = None  # networks.originals: where a LoRA-patched weight's original is read back from
     patcher: Any = None  # networks.patching.NetworkPatcher, made on the first LoRA (patcher_for)
+    vae_slot: Any = None  # engine.vae.VaeSlot: the model's own VAE and the VAE file in use instead, once chosen
 
     @property
     def key(self) -> str:

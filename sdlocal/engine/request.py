@@ -127,6 +127,20 @@ def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     raise RequestError(name, value, f"must be one of {listed}")
 
 
+VAE_CHOICES = ("Automatic", "None")  # A1111's sd_vae values besides a VAE's name
+MAX_VAE_NAME = 1000
+
+
+def _as_vae(value: Any) -> str:
+    """A1111's ``sd_vae``: "Automatic" (also for "" and None), "None", or a VAE's name (checked by the engine)."""
+    if value is None:
+        return "Automatic"
+    if not isinstance(value, str) or len(value) > MAX_VAE_NAME:
+        raise RequestError("vae", value, "must be a VAE name (as GET /sdapi/v1/sd-vae lists them), Automatic or None")
+    text = value.strip()
+    return next((choice for choice in VAE_CHOICES if text.lower() == choice.lower()), text or "Automatic")
+
+
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -249,6 +263,7 @@ class GenerationRequest:
     token_merging_ratio: float = 0.0
     vae_tiling: bool = False
     emphasis: str = "Original"
+    vae: str = "Automatic"  # A1111's sd_vae: "Automatic", "None" (the checkpoint's own) or a VAE's name
     source: ImageSource | None = None
 
     @property
@@ -299,6 +314,7 @@ class GenerationRequest:
         if not isinstance(self.vae_tiling, bool):
             raise RequestError("vae_tiling", self.vae_tiling, "must be true or false")
         self.emphasis = _as_choice("emphasis", self.emphasis, EMPHASIS_MODES)
+        self.vae = _as_vae(self.vae)
         if isinstance(self.source, dict):
             self.source = _from_dict(ImageSource, self.source, "source")
         if self.source is not None:
@@ -353,6 +369,8 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, generate, total
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
+    vae_name: str = ""  # the VAE file used instead of the checkpoint's own ("" when it was its own)
+    vae_hash: str = ""
 
 
 @dataclass

@@ -80,7 +80,7 @@ def build_ui(services: Any) -> gr.Blocks:
             sharing = gr.HTML("", label="Sharing", elem_id="sd-share-badge")
         with gr.Tabs(selected="generate") as tabs:
             generate = build_generate_tab(services, ui_state)
-            img2img = build_img2img_tab(services, generate.model, tabs)
+            img2img = build_img2img_tab(services, generate.model, tabs, vae=generate.vae)
             build_gallery_tab(services, generate, tabs, send=img2img.send)
             build_pnginfo_tab(services, generate, tabs, send=img2img.send)
             build_system_tab(services)
@@ -98,6 +98,7 @@ def build_ui(services: Any) -> gr.Blocks:
 
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")
         blocks.load(img2img.load[0], outputs=img2img.load[1], api_visibility="private")
+        blocks.load(generate.vae_load[0], outputs=generate.vae_load[1], api_visibility="private")
         link_emphasis(generate, img2img)
 
         def styles_and_emphasis() -> list[Any]:

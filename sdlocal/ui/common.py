@@ -52,6 +52,7 @@ LABELS: dict[str, str] = {
     "token_merging_ratio": "Token merging ratio",
     "vae_tiling": "VAE tiling",
     "emphasis": "Emphasis",
+    "vae": "VAE",
     "styles": "Styles",
     # the img2img tab's controls, by the request's (API) field names its errors use
     "init_images": "Image",

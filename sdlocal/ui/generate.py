@@ -31,6 +31,7 @@ from sdlocal.ui.model_list import (
     starter_dir,
 )
 from sdlocal.ui.styles_events import styled_form, wire_styles
+from sdlocal.ui.vae_select import page_vae, request_vae, wire_reuse_vae, wire_vae
 
 
 def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
@@ -42,11 +43,14 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     wire_seeds(ui)
     _wire_run(ui, services, ui_state)
     wire_results(ui, services.engine, ui.model)
+    wire_vae(ui, services, ui_state)
+    wire_reuse_vae(ui, services, ui.vae)
     runtime.wire(ui, services)
     wire_styles(ui, services)
     wire_lora_panel(ui.loras, services, ui.fields["prompt"])
     _wire_download(ui, services)
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
+    ui.vae_load = (lambda: page_vae(services, ui_state), ui.vae)
     ui.status = (lambda: load_status_text(services), ui.load_status)
     return ui
 
@@ -131,22 +135,25 @@ def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
     """Submit the txt2img request to the queue and stream its progress; errors become a message, never a crash.
 
     ``values`` are the FORM_FIELDS controls, then the styles picked (applied to the prompts here; the saved
-    form keeps the prompts as typed). Yields (progress, error, preview, gallery, results, selected, info).
+    form keeps the prompts as typed), then the page's VAE. Yields (progress, error, preview, gallery, results,
+    selected, info).
     """
-    form = coerce_fields(dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)], strict=True)))
-    styles = values[len(FORM_FIELDS)] if len(values) > len(FORM_FIELDS) else []
+    n = len(FORM_FIELDS)
+    form = coerce_fields(dict(zip(FORM_FIELDS, values[:n], strict=True)))
+    styles = values[n] if len(values) > n else []
+    vae = request_vae(values[n + 1] if len(values) > n + 1 else None)
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
 
     def submit() -> Any:
-        request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles))
-        ui_state.save({"model": model_name or "", "form": form})
+        request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles), vae=vae)
+        ui_state.save({"model": model_name or "", "form": form, "vae": vae})
         return services.queue.submit(request, save=True, source="ui")
 
     rows = yield from stream_job(services.queue, submit)
     if rows:
         ui_state.save({"model": model_name or "", "form": {**form, "seed": form.get("seed", -1)},
-                       "last_seed": rows[0][0]})
+                       "last_seed": rows[0][0], "vae": vae})
 
 
 def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
@@ -154,7 +161,7 @@ def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
         yield from run(services, ui_state, model_name, *values)
 
     names = {"generate": "generate", "interrupt": "interrupt", "skip": "skip"}
-    events = wire_run(ui, services.queue, generate, [ui.model, *ui.controls, ui.styles], names)
+    events = wire_run(ui, services.queue, generate, [ui.model, *ui.controls, ui.styles, ui.vae], names)
     for finished in events:
         finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
 

@@ -26,6 +26,7 @@ from sdlocal.ui.components import (
 )
 from sdlocal.ui.lora_panel import lora_panel
 from sdlocal.ui.model_list import empty_state_markdown
+from sdlocal.ui.vae_select import vae_controls
 
 __all__ = ["NO_PRESET", "GenerateTab", "build_layout", "low_memory_mode", "pick", "size_choices"]
 LOW_MEMORY_MODES = ("off", "medvram", "lowvram")
@@ -36,12 +37,15 @@ class GenerateTab(FormParts):
     """Every component of the tab: the shared form (``FormParts``) and what only txt2img has."""
 
     load: tuple[Any, list[Any]] | None = None  # (page-load handler, its outputs), for the app's Blocks.load
+    vae_load: tuple[Any, Any] | None = None  # (page-load handler of the VAE list, the dropdown)
     status: tuple[Any, Any] | None = None  # (status text function, the status Markdown), for the app's timer
     # the model row
     cpu_warning: Any = None
     load_status: Any = None
     model: Any = None
     refresh: Any = None
+    vae: Any = None  # the page's VAE (A1111's sd_vae quick setting), for txt2img and img2img (``vae_select``)
+    vae_refresh: Any = None
     preset_problems: Any = None
     empty_panel: Any = None
     empty_text: Any = None
@@ -99,6 +103,7 @@ def _model_row(ui: GenerateTab, services: Any) -> None:
             info="Family and short hash are shown; ⊘ marks files sdlocal cannot run, with the reason.",
         )
         ui.refresh = gr.Button("↻ Refresh", scale=1, min_width=110, elem_id="sd-refresh")
+        vae_controls(ui)
         preset_dropdown(ui, services.presets.names())
     ui.preset_problems = gr.Markdown("", label="Preset problems", visible=False, elem_classes=["sd-warning"],
                                      elem_id="sd-preset-problems")

@@ -30,19 +30,23 @@ from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, find_entry
 from sdlocal.ui.send import SendTarget, result_pick
 from sdlocal.ui.styles_events import styled_form, wire_styles
+from sdlocal.ui.vae_select import request_vae, wire_reuse_vae
 
 INPAINT_MODES = ("inpaint", "inpaint upload")
 
 
-def build_img2img_tab(services: Any, model: Any, tabs: Any) -> Img2ImgTab:
-    """The tab's components and events. ``model`` is the page's model dropdown, ``tabs`` the page's tabs."""
+def build_img2img_tab(services: Any, model: Any, tabs: Any, vae: Any = None) -> Img2ImgTab:
+    """The tab's components and events. ``model`` is the page's model dropdown, ``vae`` its VAE dropdown (both
+    on the Generate tab), ``tabs`` the page's tabs."""
     ui = build_layout(services, list(services.engine.samplers()), list(services.engine.schedules()))
     _wire_modes(ui)
     _wire_sizes(ui)
     wire_seeds(ui)
     _wire_presets(ui, services.presets)
-    _wire_run(ui, services, model)
+    _wire_run(ui, services, model, vae)
     wire_results(ui, services.engine, model)
+    if vae is not None:
+        wire_reuse_vae(ui, services, vae)
     _wire_model(ui, services, model)
     wire_styles(ui, services)
     wire_lora_panel(ui.loras, services, ui.fields["prompt"])
@@ -137,27 +141,29 @@ def split_values(values: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any
 def run(services: Any, model_name: str | None, *values: Any):
     """Build the img2img request from the tab, queue it and stream it (see ``form_events.stream_job``).
 
-    ``values`` are the image components, FORM_FIELDS, the img2img settings, then the styles picked.
+    ``values`` are the image components, FORM_FIELDS, the img2img settings, then the styles picked and the
+    page's VAE.
     """
     expected = len(IMAGE_FIELDS) + len(FORM_FIELDS) + len(SOURCE_FIELDS)
     styles = values[expected] if len(values) > expected else []
+    vae = request_vae(values[expected + 1] if len(values) > expected + 1 else None)
     images, form, settings = split_values(values[:expected])
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
 
     def submit() -> Any:
-        request = build_request(model_name or "", styled_form(services, form, styles), settings,
+        request = build_request(model_name or "", {**styled_form(services, form, styles), "vae": vae}, settings,
                                 source_images(images["mode"], images))
         return services.queue.submit(request, save=True, source="ui")
 
     yield from stream_job(services.queue, submit)
 
 
-def _wire_run(ui: Img2ImgTab, services: Any, model: Any) -> None:
+def _wire_run(ui: Img2ImgTab, services: Any, model: Any, vae: Any = None) -> None:
     def generate(model_name: str | None, *values: Any):
         yield from run(services, model_name, *values)
 
-    inputs = [model, *ui.image_inputs, *ui.controls, *ui.setting_controls, ui.styles]
+    inputs = [model, *ui.image_inputs, *ui.controls, *ui.setting_controls, ui.styles, *([vae] if vae else [])]
     wire_run(ui, services.queue, generate, inputs, {"generate": "img2img"})
 
 

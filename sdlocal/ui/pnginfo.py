@@ -18,6 +18,7 @@ from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
 from sdlocal.ui.send import SendTarget
+from sdlocal.ui.vae_select import vae_from_infotext
 
 
 def read_dropped(path: str | None) -> tuple[str, str]:
@@ -83,6 +84,9 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: Sen
 
     to_generate.click(on_send, inputs=text, outputs=[tabs, generate.model, *generate.controls],
                       api_name="send_to_generate")
+    if generate.vae is not None:  # the page's VAE too, from the text's "VAE"
+        to_generate.click(lambda params: vae_from_infotext(services, params), inputs=text, outputs=generate.vae,
+                          api_visibility="private")
     if send is not None:
         # the dropped file itself (the text is its parameters); an image without parameters is sent alone
         for button, target in ((to_img2img, "img2img"), (to_inpaint, "inpaint")):

@@ -151,21 +151,21 @@ def test_options_honour_what_sdlocal_uses_and_name_the_rest(client: httpx.Client
                                                             caplog: pytest.LogCaptureFixture) -> None:
     from sdlocal.api.options import ApiOptions
 
-    sent = {"CLIP_stop_at_last_layers": 2, "sd_vae": "other.vae", "samples_save": False, "some_extension_option": "x",
+    sent = {"CLIP_stop_at_last_layers": 2, "samples_save": False, "some_extension_option": "x",
             "samples_format": "jpg"}
     with caplog.at_level(logging.INFO, logger="sdlocal.api.options"):
         response = client.post("/sdapi/v1/options", json=sent)
     assert response.status_code == 200, response.text
     assert response.json()["applied"] == {"CLIP_stop_at_last_layers": 2}
     ignored = response.json()["ignored"]
-    assert set(ignored) == {"sd_vae", "samples_save", "some_extension_option", "samples_format"}
-    assert "read-only" in ignored["samples_format"] and "not an option" in ignored["sd_vae"]
-    assert "sd_vae" in caplog.text and "some_extension_option" in caplog.text
+    assert set(ignored) == {"samples_save", "some_extension_option", "samples_format"}
+    assert "read-only" in ignored["samples_format"] and "not an option" in ignored["samples_save"]
+    assert "samples_save" in caplog.text and "some_extension_option" in caplog.text
     options = client.get("/sdapi/v1/options").json()
     assert options["CLIP_stop_at_last_layers"] == 2 and options["samples_format"] == "png"
-    assert not {"sd_vae", "samples_save", "some_extension_option"} & set(options)
+    assert not {"samples_save", "some_extension_option"} & set(options)
     saved = json.loads((api.data_dir / "api-options.json").read_text())
-    assert saved == {"CLIP_stop_at_last_layers": 2, "inpainting_mask_weight": 1.0}
+    assert saved == {"CLIP_stop_at_last_layers": 2, "inpainting_mask_weight": 1.0, "sd_vae": "Automatic"}
     assert ApiOptions(api.services).values["CLIP_stop_at_last_layers"] == 2  # what the next start reads
     info = json.loads(client.post("/sdapi/v1/txt2img", json=small()).json()["info"])
     assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
@@ -193,11 +193,11 @@ def test_token_merging_is_saved_to_the_settings_file(client: httpx.Client, api: 
 def test_an_override_model_is_used_once_then_the_previous_one_is_back(client: httpx.Client, api: Server) -> None:
     assert api.services.engine.current_model.name == MODEL_A
     response = client.post("/sdapi/v1/txt2img", json=small(override_settings={"sd_model_checkpoint": MODEL_B,
-                                                                              "sd_vae": "x"}))
+                                                                              "samples_save": False}))
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     assert info["sd_model_name"] == MODEL_B
-    assert any("override_settings.sd_vae" in warning for warning in info["warnings"])
+    assert any("override_settings.samples_save" in warning for warning in info["warnings"])
     # The switch back ran on the queue before the answer came.
     assert api.services.engine.current_model.name == MODEL_A
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(MODEL_A)
