@@ -56,7 +56,7 @@ def test_random_seed_is_in_a1111_range(engine, request_for) -> None:
 
 def test_result_has_timings_and_infotext(engine, request_for) -> None:
     result = engine.generate(request_for(clip_skip=2))
-    assert set(result.timings) == {"load", "generate", "total"}
+    assert set(result.timings) == {"load", "networks", "generate", "total"}  # networks: merging LoRAs
     assert result.timings["total"] >= result.timings["generate"] > 0
     text = result.images[0].infotext
     assert text.startswith("a red cube on a table\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, ")
