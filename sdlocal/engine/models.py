@@ -359,7 +359,8 @@ def _walk(root: Path) -> Iterator[tuple[Path, ModelFormat]]:
     """Checkpoint files and diffusers folders under ``root``.
 
     Hidden entries are skipped, a diffusers folder is not entered, a ``<stem>.config/`` folder beside its single
-    file is that file's config (not a model), folders already visited (a symlink loop) are not visited again.
+    file is that file's config (not a model), and so is a ``<stem>.vae.safetensors`` (``.ckpt``) its VAE (A1111's
+    "Automatic" VAE); folders already visited (a symlink loop) are not visited again.
     """
     if (root / "model_index.json").is_file():
         yield root, "diffusers"
@@ -394,6 +395,8 @@ def _walk(root: Path) -> Iterator[tuple[Path, ModelFormat]]:
                       and not (path / "pyvenv.cfg").is_file()):
                     stack.append((path, depth + 1))
             elif is_file and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                if Path(path.stem).suffix.lower() == ".vae" and Path(path.stem).stem in stems:
+                    continue  # <model>.vae.safetensors beside <model>: the VAE "Automatic" picks, not a model
                 yield path, "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt"
 
 

@@ -102,6 +102,8 @@ def test_automatic_uses_the_vae_beside_the_checkpoint_named_after_it(setup) -> N
     result = run(engine, "Automatic", model="auto")
     assert result.vae_name == "auto.vae.safetensors"
     assert run(engine, "Automatic", model="m").vae_name == ""  # none named after m: its own
+    # and the model list does not show auto.vae.safetensors as a (broken) model of its own
+    assert [e.name for e in engine.models(refresh=True) if "vae" in e.name.lower()] == []
 
 
 def test_img2img_decodes_with_the_chosen_vae_too(setup) -> None:
