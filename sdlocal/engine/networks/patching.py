@@ -114,18 +114,37 @@ class NetworkPatcher:
         self.originals.remember(component, param, weight.detach())
         in_place = weight.dtype == torch.float32  # fp32: the weight is its own fp32 original
         base = weight.detach() if in_place else scratch.fp32(weight).copy_(weight.detach())
-        try:  # every change from the unchanged original (DoRA reads it) before any is added
-            changes = [_change(key, patch, base) for patch in patches]
+        try:
+            _add_all(key, patches, base)
         except Exception:
+            if in_place:  # some patches may be in already: the weight goes back to its original
+                self.originals.read_into(component, param, weight.data)
             self.originals.forget(component, param)
             raise
-        target = weight.data if in_place else base
-        for patch, change in zip(patches, changes, strict=True):
-            target.add_(change, alpha=float(patch.multiplier))
-        del changes
         if not in_place:
-            weight.data.copy_(target)  # the one cast to the weight's dtype, in its own memory format
+            weight.data.copy_(base)  # the one cast to the weight's dtype, in its own memory format
         self._applied[key] = patches
+
+
+def _add_all(key: Key, patches: tuple[Patch, ...], base: Any) -> None:
+    """``base += sum(multiplier * updown(original))`` in place, ``base`` (fp32) holding the original on entry.
+
+    The changes of Deltas that may read the weight (DoRA's norm) are computed first, from the untouched original;
+    a Delta with ``add_to`` (a plain LoRA: one ``addmm_``, no change-sized temporary) then adds itself, and the
+    ones whose ``add_to`` declines give their ``updown`` (which, for those, does not read the weight's values).
+    Each is added in the order given, so the same patches give the same bits.
+    """
+    early = {index: _change(key, patch, base) for index, patch in enumerate(patches)
+             if not callable(getattr(patch.delta, "add_to", None))}
+    for index, patch in enumerate(patches):
+        multiplier = float(patch.multiplier)
+        change = early.pop(index, None)
+        if change is None:
+            if patch.delta.add_to(base, multiplier):
+                continue
+            change = _change(key, patch, base)
+        base.add_(change, alpha=multiplier)
+        del change
 
 
 def _change(key: Key, patch: Patch, base: Any) -> Any:
