@@ -19,7 +19,7 @@ import torch
 
 from sdlocal.engine.networks.lora import Patch
 from sdlocal.engine.networks.originals import FileOriginals, MemoryOriginals
-from sdlocal.engine.networks.patching import NetworkPatcher, patcher_for
+from sdlocal.engine.networks.patching import patcher_for
 from sdlocal.engine.request import EngineError
 from tests.engine.networks.test_originals import load
 
@@ -292,15 +292,37 @@ def test_channels_last_weights_stay_channels_last_and_the_same_parameter_objects
     assert pipe.unet.conv_in.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_lowvram_sequential_offload_is_refused_with_the_fix() -> None:
-    with torch.device("meta"):
-        unet = torch.nn.Sequential(torch.nn.Linear(4, 4))  # as accelerate leaves it: weights in the hooks
-    loaded = SimpleNamespace(pipe=SimpleNamespace(unet=unet), originals=None, patcher=None,
-                             entry=SimpleNamespace(name="big"))
+def test_under_medvram_model_offload_the_image_changes_with_a_lora_and_comes_back_bit_identical(sd1: Any) -> None:
+    """Model CPU offload keeps real weights in RAM between runs (hooks move whole models): merging works there."""
+    import numpy as np
+
+    pipe = sd1.pipe
+    pipe.enable_model_cpu_offload(device="cpu")
+
+    def image() -> Any:
+        result = pipe("a red cube", num_inference_steps=2, width=64, height=64, output_type="np",
+                      generator=torch.Generator().manual_seed(3))
+        return np.asarray(result.images[0])
+
+    before = image()
+    chosen = [("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v"), ("unet", "conv_in"),
+              ("text_encoder", "encoder.layers.1.self_attn.v_proj")]
+    patcher = patcher_for(sd1)
+    patcher.apply([patch(pipe, component, module, seed, 2.0) for seed, (component, module) in enumerate(chosen)])
+    assert not np.array_equal(image(), before)
+    patcher.restore()
+    assert np.array_equal(image(), before)
+
+
+def test_lowvram_sequential_offload_is_refused_with_the_fix(sd1: Any) -> None:
+    """--lowvram: accelerate keeps every weight in its hooks and leaves meta tensors on the modules."""
+    sd1.pipe.enable_sequential_cpu_offload(device="cpu")
+    assert sd1.pipe.unet.conv_in.weight.device.type == "meta"
     with pytest.raises(EngineError) as caught:
-        NetworkPatcher(loaded).apply([Patch("unet", "0", Fixed(torch.ones(16)), 1.0)])
+        patcher_for(sd1).apply([Patch("unet", "conv_in", Fixed(torch.ones(1)), 1.0)])
     assert caught.value.message == "LoRAs cannot be merged while --lowvram offloads every layer."
     assert caught.value.hint == "Start without --lowvram (use --medvram)."
+    assert not sd1.patcher.active
 
 
 def test_a_model_without_recorded_originals_keeps_cpu_copies_while_patched() -> None:
