@@ -50,6 +50,7 @@ class NetworkPatcher:
 
     @property
     def patched(self) -> set[Key]:
+        """The (component, module) pairs whose weight holds patches now."""
         return set(self._applied)
 
     def restore(self) -> None:
