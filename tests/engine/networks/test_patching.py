@@ -19,7 +19,7 @@ import torch
 
 from sdlocal.engine.networks.lora import Patch
 from sdlocal.engine.networks.originals import FileOriginals, MemoryOriginals
-from sdlocal.engine.networks.patching import NetworkPatcher, patcher_for
+from sdlocal.engine.networks.patching import patcher_for
 from sdlocal.engine.request import EngineError
 from tests.engine.networks.test_originals import load
 
@@ -224,6 +224,19 @@ def test_a_patch_for_a_missing_module_or_of_the_wrong_size_names_the_module(sd1:
     assert differing(before, snapshot(pipe)) == set() and not patcher.active
 
 
+def test_a_failing_patch_after_one_added_in_place_leaves_the_module_original(sd1: Any) -> None:
+    from sdlocal.engine.networks.lora_deltas import LoraDelta
+
+    module = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0"
+    weight = weight_of(sd1.pipe, "unet", module)
+    before = snapshot(sd1.pipe)
+    added = LoraDelta(up=torch.randn(weight.shape[0], 2), down=torch.randn(2, weight.shape[1]))
+    patcher = patcher_for(sd1)
+    with pytest.raises(ValueError, match=rf"unet\.{module}: the LoRA bad gives \[7\]"):
+        patcher.apply([Patch("unet", module, added, 1.0), Patch("unet", module, Fixed(torch.ones(7)), 1.0, "bad")])
+    assert differing(before, snapshot(sd1.pipe)) == set() and not patcher.active
+
+
 def test_a_model_file_changed_since_the_load_is_refused_before_any_weight_changes(tmp_path: Path) -> None:
     from sdlocal.engine.synthetic import save_tiny_model
 
@@ -279,15 +292,37 @@ def test_channels_last_weights_stay_channels_last_and_the_same_parameter_objects
     assert pipe.unet.conv_in.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_lowvram_sequential_offload_is_refused_with_the_fix() -> None:
-    with torch.device("meta"):
-        unet = torch.nn.Sequential(torch.nn.Linear(4, 4))  # as accelerate leaves it: weights in the hooks
-    loaded = SimpleNamespace(pipe=SimpleNamespace(unet=unet), originals=None, patcher=None,
-                             entry=SimpleNamespace(name="big"))
+def test_under_medvram_model_offload_the_image_changes_with_a_lora_and_comes_back_bit_identical(sd1: Any) -> None:
+    """Model CPU offload keeps real weights in RAM between runs (hooks move whole models): merging works there."""
+    import numpy as np
+
+    pipe = sd1.pipe
+    pipe.enable_model_cpu_offload(device="cpu")
+
+    def image() -> Any:
+        result = pipe("a red cube", num_inference_steps=2, width=64, height=64, output_type="np",
+                      generator=torch.Generator().manual_seed(3))
+        return np.asarray(result.images[0])
+
+    before = image()
+    chosen = [("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v"), ("unet", "conv_in"),
+              ("text_encoder", "encoder.layers.1.self_attn.v_proj")]
+    patcher = patcher_for(sd1)
+    patcher.apply([patch(pipe, component, module, seed, 2.0) for seed, (component, module) in enumerate(chosen)])
+    assert not np.array_equal(image(), before)
+    patcher.restore()
+    assert np.array_equal(image(), before)
+
+
+def test_lowvram_sequential_offload_is_refused_with_the_fix(sd1: Any) -> None:
+    """--lowvram: accelerate keeps every weight in its hooks and leaves meta tensors on the modules."""
+    sd1.pipe.enable_sequential_cpu_offload(device="cpu")
+    assert sd1.pipe.unet.conv_in.weight.device.type == "meta"
     with pytest.raises(EngineError) as caught:
-        NetworkPatcher(loaded).apply([Patch("unet", "0", Fixed(torch.ones(16)), 1.0)])
+        patcher_for(sd1).apply([Patch("unet", "conv_in", Fixed(torch.ones(1)), 1.0)])
     assert caught.value.message == "LoRAs cannot be merged while --lowvram offloads every layer."
     assert caught.value.hint == "Start without --lowvram (use --medvram)."
+    assert not sd1.patcher.active
 
 
 def test_a_model_without_recorded_originals_keeps_cpu_copies_while_patched() -> None:
@@ -302,3 +337,53 @@ def test_a_model_without_recorded_originals_keeps_cpu_copies_while_patched() -> 
     patcher.apply([Patch("unet", "0", Fixed(torch.full((6,), 1 / 7)), 3.0)])
     patcher.restore()
     assert torch.equal(layer.weight, original) and patcher.originals.nbytes == 0
+
+
+# ------------------------------------------------------------------------------------- the real formats
+@pytest.mark.parametrize("fmt", ["lora", "locon", "loha", "lokr", "dora", "peft"])
+@pytest.mark.parametrize("name", ["tiny-sd1-safetensors", "tiny-sdxl-safetensors"])
+def test_each_format_merges_its_own_change_and_comes_out_exactly(no_network, tiny_models_dir: Path, tmp_path: Path,
+                                                                 name: str, fmt: str) -> None:
+    from sdlocal.engine.networks.lora_formats import build_patches, read_lora_tensors
+    from sdlocal.engine.networks.lora_synthetic import write_lora
+
+    loaded = load(tiny_models_dir, tmp_path, name)
+    pipe = loaded.pipe
+    start = snapshot(pipe)
+    file = write_lora(pipe, tmp_path / f"{fmt}.safetensors", fmt=fmt, conv=True, seed=5)
+    patches = build_patches(read_lora_tensors(file), pipe, 0.8, 1.0, fmt).patches
+    assert {p.component for p in patches} >= {"unet", "text_encoder"}
+    patcher = patcher_for(loaded)
+    patcher.apply(patches)
+    assert differing(start, snapshot(pipe)) == {f"{p.component}.{p.module}.weight" for p in patches}
+    for item in patches:
+        original = start[f"{item.component}.{item.module}.weight"]
+        expected = original + item.multiplier * item.delta.updown(original.clone()).reshape(original.shape)
+        torch.testing.assert_close(weight_of(pipe, item.component, item.module).detach(), expected,
+                                   rtol=1e-5, atol=1e-5)
+    patcher.restore()
+    assert differing(start, snapshot(pipe)) == set()
+
+
+def test_a_plain_lora_adds_itself_in_place_and_a_dora_on_the_same_module_sees_the_original(
+        sd1: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdlocal.engine.networks.lora_deltas import LoraDelta
+    from sdlocal.engine.networks.lora_formats import build_patches, read_lora_tensors
+    from sdlocal.engine.networks.lora_synthetic import write_lora
+
+    pipe = sd1.pipe
+    by_format = {fmt: build_patches(read_lora_tensors(write_lora(pipe, tmp_path / f"{fmt}.safetensors", fmt=fmt,
+                                                                 components=("unet",), seed=seed)),
+                                    pipe, 1.0, 1.0, fmt).patches for seed, fmt in enumerate(("lora", "dora"))}
+    module = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    lora, dora = (next(p for p in by_format[fmt] if p.module == module) for fmt in ("lora", "dora"))
+    original = weight_of(pipe, "unet", module).detach().clone()
+    expected = original + 0.6 * lora.delta.updown(original) + 0.9 * dora.delta.updown(original)
+
+    def no_updown(weight: Any) -> Any:
+        raise AssertionError("a plain LoRA on an fp32 linear weight is added with add_to, not updown")
+
+    assert isinstance(lora.delta, LoraDelta)
+    monkeypatch.setattr(lora.delta, "updown", no_updown)  # this one only: the DoRA's inner LoRA still computes
+    patcher_for(sd1).apply([Patch("unet", module, lora.delta, 0.6), Patch("unet", module, dora.delta, 0.9)])
+    torch.testing.assert_close(weight_of(pipe, "unet", module).detach(), expected, rtol=1e-5, atol=1e-5)
