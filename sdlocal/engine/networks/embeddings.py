@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sdlocal.engine.config import EngineConfig
-from sdlocal.engine.networks.folders import embedding_dirs, walk
+from sdlocal.engine.networks.folders import Listing, embedding_dirs, walk
 from sdlocal.engine.networks.formats import NotAnEmbedding, describe_widths, family_of, load_tensors, read_info
+from sdlocal.engine.networks.library import FileLibrary, read_or_reason
 from sdlocal.engine.request import EngineError
 
 log = logging.getLogger(__name__)
@@ -98,16 +97,11 @@ def unsupported(name: str, path: Path, reason: str) -> Embedding:
 
 def read_embedding(path: Path, name: str) -> Embedding:
     """The embedding in ``path``, or an unsupported entry whose reason says what is wrong; never raises."""
-    try:
-        info = read_info(path)
-    except NotAnEmbedding as exc:
-        return unsupported(name, path, str(exc))
-    except OSError as exc:
-        return unsupported(name, path, f"cannot be read ({type(exc).__name__}: {exc.strerror or exc}): check the "
-                                       "file's permissions, or that a link points to an existing file")
-    except Exception as exc:  # noqa: BLE001 - one strange file must not hide the others
-        log.warning("examining the embedding %s failed", path, exc_info=True)
-        return unsupported(name, path, f"cannot be examined ({type(exc).__name__}: {exc})"[:300])
+    return read_or_reason(_read_embedding, path, name, "embedding", NotAnEmbedding, unsupported, log)
+
+
+def _read_embedding(path: Path, name: str) -> Embedding:
+    info = read_info(path)
     return Embedding(name=name, path=path, widths=info.widths, family=family_of(info.widths), vectors=info.vectors,
                      shape=sum(info.widths), step=info.step, sd_checkpoint=info.sd_checkpoint,
                      sd_checkpoint_name=info.sd_checkpoint_name, _tensors=info.tensors)
@@ -119,69 +113,33 @@ def text_encoder_widths(pipe: Any) -> tuple[int, ...]:
     return tuple(int(encoder.config.hidden_size) for encoder in encoders if encoder is not None)
 
 
-class EmbeddingLibrary:
+class EmbeddingLibrary(FileLibrary[Embedding]):
     """The embedding files in every embeddings folder (``folders.embedding_dirs``), read once per file version.
 
     A scan re-reads only the files whose (path, size, mtime) changed since the last one, so a refresh of a
-    folder of a hundred embeddings costs a hundred ``stat`` calls. Safe to call from several threads.
+    folder of a hundred embeddings costs a hundred ``stat`` calls. Two files with one trigger (compared without
+    case: CLIP's tokenizer lowercases): the first found is used, the others are listed with the reason. Safe to
+    call from several threads.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self._lock = threading.RLock()
-        self._read: dict[str, tuple[int, int, Embedding]] = {}  # path -> (size, mtime_ns, what it held)
-        self._entries: list[Embedding] | None = None
+    clash_kind = "embedding"
 
     def folders(self) -> list[Path]:
         """The folders a scan looks in, in the order that decides name clashes."""
         return embedding_dirs(self.config)
 
-    def scan(self) -> list[Embedding]:
-        """Every candidate file found, usable or not, in folder order; never raises.
+    def candidates(self, folder: Path) -> Iterator[Listing]:
+        return walk(folder)
 
-        Two files with one trigger (compared without case: CLIP's tokenizer lowercases): the first found is used,
-        the others are listed with the reason, so the same file wins every scan.
-        """
-        with self._lock:
-            found: list[Embedding] = []
-            files: set[str] = set()
-            owners: dict[str, Embedding] = {}
-            fresh: dict[str, tuple[int, int, Embedding]] = {}
-            for folder in self.folders():
-                for item in walk(folder):
-                    if item.error:
-                        found.append(unsupported(str(item.path), item.path, f"this folder cannot be listed "
-                                                 f"({item.error}): check its permissions"))
-                        continue
-                    real = os.path.realpath(item.path)
-                    if real in files:  # the same file through two folders or a link
-                        continue
-                    files.add(real)
-                    embedding = self._read_once(item.path, fresh)
-                    owner = owners.setdefault(embedding.name.casefold(), embedding)
-                    if owner is not embedding:
-                        embedding = replace(embedding, reason=f"another embedding has this name: {owner.path}")
-                    found.append(embedding)
-            self._read, self._entries = fresh, found
-            return list(found)
+    def locate(self, folder: Path, path: Path) -> tuple[Path, str]:
+        """The trigger is the file's stem, whatever folder it is in (as in A1111)."""
+        return path, path.stem
 
-    def _read_once(self, path: Path, fresh: dict[str, tuple[int, int, Embedding]]) -> Embedding:
-        try:
-            stat = path.stat()
-        except OSError:
-            return read_embedding(path, path.stem)  # it says why (a broken link, a permission)
-        known = self._read.get(str(path))
-        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
-            embedding = known[2]
-        else:
-            embedding = read_embedding(path, path.stem)
-        fresh[str(path)] = (stat.st_size, stat.st_mtime_ns, embedding)
-        return embedding
+    def read(self, path: Path, name: str) -> Embedding:
+        return read_embedding(path, name)
 
-    def entries(self) -> list[Embedding]:
-        """The last scan's entries (scanning now if there was none)."""
-        with self._lock:
-            return list(self._entries) if self._entries is not None else self.scan()
+    def unlisted(self, folder: Path, path: Path, reason: str) -> Embedding:
+        return unsupported(str(path), path, reason)
 
     def for_model(self, widths: tuple[int, ...]) -> tuple[dict[str, Embedding], dict[str, Embedding]]:
         """(loaded, skipped) by trigger name for a model whose text encoders have ``widths``; ``()``: no model.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +48,7 @@ def embedding_dirs_of_root(folder: Path) -> list[Path]:
 def embedding_dirs(config: EngineConfig) -> list[Path]:
     """Every existing embedding folder, sdlocal's own first, then the roots and the YAML files in their order;
     each folder once (by its real path), so the first one found wins a name clash, the same one every scan."""
-    candidates = [config.data_dir / OWN_EMBEDDINGS]
-    for root in config.models_dirs:
-        candidates += embedding_dirs_of_root(root)
-    for yaml_file in config.extra_model_paths:
-        candidates += extra_model_paths_dirs(yaml_file, "embeddings")
-    return _existing_once(candidates)
+    return _kind_dirs(config, config.data_dir / OWN_EMBEDDINGS, embedding_dirs_of_root, "embeddings")
 
 
 def model_subdirs_of_root(folder: Path, names: tuple[str, ...]) -> list[Path]:
@@ -65,22 +60,25 @@ def model_subdirs_of_root(folder: Path, names: tuple[str, ...]) -> list[Path]:
 def lora_dirs(config: EngineConfig) -> list[Path]:
     """Every existing LoRA/LyCORIS folder: ``<data dir>/models/Lora``, each root's ``models/Lora``,
     ``models/LyCORIS`` (A1111/Forge) and ``models/loras`` (ComfyUI), then ``loras:`` of the YAML files."""
-    candidates = [config.own_models_dir / OWN_LORAS]
-    for root in config.models_dirs:
-        candidates += model_subdirs_of_root(root, ROOT_LORA_DIRS)
-    for yaml_file in config.extra_model_paths:
-        candidates += extra_model_paths_dirs(yaml_file, "loras")
-    return _existing_once(candidates)
+    return _kind_dirs(config, config.own_models_dir / OWN_LORAS,
+                      lambda root: model_subdirs_of_root(root, ROOT_LORA_DIRS), "loras")
 
 
 def vae_dirs(config: EngineConfig) -> list[Path]:
     """Every existing VAE folder: ``<data dir>/models/VAE``, each root's ``models/VAE`` (A1111/Forge) and
     ``models/vae`` (ComfyUI), then ``vae:`` of the YAML files."""
-    candidates = [config.own_models_dir / OWN_VAES]
+    return _kind_dirs(config, config.own_models_dir / OWN_VAES,
+                      lambda root: model_subdirs_of_root(root, ROOT_VAE_DIRS), "vae")
+
+
+def _kind_dirs(config: EngineConfig, own: Path, of_root: Callable[[Path], list[Path]], yaml_key: str) -> list[Path]:
+    """sdlocal's own folder of a kind, then each root's (``of_root``), then the ``yaml_key:`` sections of the
+    YAML files: the order every kind's folders share, each existing folder once."""
+    candidates = [own]
     for root in config.models_dirs:
-        candidates += model_subdirs_of_root(root, ROOT_VAE_DIRS)
+        candidates += of_root(root)
     for yaml_file in config.extra_model_paths:
-        candidates += extra_model_paths_dirs(yaml_file, "vae")
+        candidates += extra_model_paths_dirs(yaml_file, yaml_key)
     return _existing_once(candidates)
 
 

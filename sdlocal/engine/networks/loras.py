@@ -10,12 +10,13 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from sdlocal.engine.config import EngineConfig
-from sdlocal.engine.networks.folders import LORA_SUFFIXES, lora_dirs, walk
+from sdlocal.engine.networks.folders import LORA_SUFFIXES, Listing, lora_dirs, walk
+from sdlocal.engine.networks.library import FileLibrary, read_or_reason
 from sdlocal.engine.networks.lora import LoraFile
 from sdlocal.engine.networks.lora_headers import NotALora, read_lora_info
 
@@ -27,16 +28,11 @@ PREVIEW_NAMES = tuple(f"{form}{ext}" for ext in (".png", ".jpg", ".jpeg", ".webp
 
 def read_lora(path: Path, name: str) -> LoraFile:
     """The LoRA in ``path``, or an unsupported entry whose reason says what is wrong; never raises."""
-    try:
-        info = read_lora_info(path)
-    except NotALora as exc:
-        return unsupported(name, path, str(exc))
-    except OSError as exc:
-        return unsupported(name, path, f"cannot be read ({type(exc).__name__}: {exc.strerror or exc}): check the "
-                                       "file's permissions, or that a link points to an existing file")
-    except Exception as exc:  # noqa: BLE001 - one strange file must not hide the others
-        log.warning("examining the LoRA %s failed", path, exc_info=True)
-        return unsupported(name, path, f"cannot be examined ({type(exc).__name__}: {exc})"[:300])
+    return read_or_reason(_read_lora, path, name, "LoRA", NotALora, unsupported, log)
+
+
+def _read_lora(path: Path, name: str) -> LoraFile:
+    info = read_lora_info(path)
     alias = info.metadata.get("ss_output_name")
     alias = alias.strip() if isinstance(alias, str) and alias.strip() else path.stem
     return LoraFile(name=name, path=path, alias=alias, format=info.format, family=info.family, rank=info.rank,
@@ -58,67 +54,45 @@ def name_in(folder: Path, path: Path) -> str:
     return relative.with_suffix("").as_posix()
 
 
-class LoraLibrary:
+class LoraLibrary(FileLibrary[LoraFile]):
     """The LoRA files in every LoRA folder (``folders.lora_dirs``), read once per file version.
 
     A scan re-reads only the files whose (path, size, mtime) changed since the last one, so refreshing a folder
-    of hundreds of LoRAs costs a ``stat`` per file. Safe to call from several threads.
+    of hundreds of LoRAs costs a ``stat`` per file. Two files with one name (compared without case, as ``find``
+    does): the first found is used, the others are listed with the reason. Safe to call from several threads.
     """
 
+    clash_kind = "LoRA"
+
     def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self._lock = threading.RLock()
-        self._read: dict[str, tuple[int, int, LoraFile]] = {}  # path -> (size, mtime_ns, what it held)
-        self._entries: list[LoraFile] | None = None
+        super().__init__(config)
+        self._listings: dict[Path, set[str]] = {}  # folder -> its file names, listed once a scan
 
     def folders(self) -> list[Path]:
         """The folders a scan looks in, in the order that decides name clashes."""
         return lora_dirs(self.config)
 
-    def scan(self) -> list[LoraFile]:
-        """Every candidate file found, usable or not, in folder order; never raises.
+    def candidates(self, folder: Path) -> Iterator[Listing]:
+        return walk(folder, LORA_SUFFIXES)
 
-        Two files with one name (compared without case, as ``find`` does): the first found is used, the others
-        are listed with the reason, so the same file wins every scan.
-        """
-        with self._lock:
-            found: list[LoraFile] = []
-            files: set[str] = set()
-            owners: dict[str, LoraFile] = {}
-            fresh: dict[str, tuple[int, int, LoraFile]] = {}
-            listings: dict[Path, set[str]] = {}
-            for folder in self.folders():
-                for item in walk(folder, LORA_SUFFIXES):
-                    if item.error:
-                        found.append(unsupported(str(item.path), item.path, f"this folder cannot be listed "
-                                                 f"({item.error}): check its permissions"))
-                        continue
-                    real = os.path.realpath(item.path)
-                    if real in files:  # the same file through two folders or a link
-                        continue
-                    files.add(real)
-                    lora = self._read_once(item.path, name_in(folder, item.path), fresh, listings)
-                    owner = owners.setdefault(lora.name.casefold(), lora)
-                    if owner is not lora:
-                        lora = replace(lora, reason=f"another LoRA has this name: {owner.path}")
-                    found.append(lora)
-            self._read, self._entries = fresh, found
-            return list(found)
+    def locate(self, folder: Path, path: Path) -> tuple[Path, str]:
+        return path, name_in(folder, path)
 
-    def _read_once(self, path: Path, name: str, fresh: dict[str, tuple[int, int, LoraFile]],
-                   listings: dict[Path, set[str]]) -> LoraFile:
-        try:
-            stat = path.stat()
-        except OSError:
-            return read_lora(path, name)  # it says why (a broken link, a permission)
-        known = self._read.get(str(path))
-        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
-            lora = known[2] if known[2].name == name else replace(known[2], name=name)
-        else:
-            lora = read_lora(path, name)
-        lora = self._with_preview(lora, listings)
-        fresh[str(path)] = (stat.st_size, stat.st_mtime_ns, lora)
-        return lora
+    def read(self, path: Path, name: str) -> LoraFile:
+        return read_lora(path, name)
+
+    def unlisted(self, folder: Path, path: Path, reason: str) -> LoraFile:
+        return unsupported(str(path), path, reason)
+
+    def reuse(self, known: LoraFile, name: str) -> LoraFile:
+        """The same file reached under another name (its folder moved in the list) keeps what was read."""
+        return known if known.name == name else replace(known, name=name)
+
+    def begin_scan(self) -> None:
+        self._listings = {}
+
+    def settle(self, entry: LoraFile) -> LoraFile:
+        return self._with_preview(entry, self._listings)
 
     @staticmethod
     def _with_preview(lora: LoraFile, listings: dict[Path, set[str]]) -> LoraFile:
@@ -134,11 +108,6 @@ class LoraLibrary:
         preview = next((folder / f"{stem}{tail}" for tail in PREVIEW_NAMES if f"{stem}{tail}" in listings[folder]),
                        None)
         return lora if preview == lora.preview else replace(lora, preview=preview)
-
-    def entries(self) -> list[LoraFile]:
-        """The last scan's entries (scanning now if there was none)."""
-        with self._lock:
-            return list(self._entries) if self._entries is not None else self.scan()
 
     def find(self, name: str) -> LoraFile | None:
         """The LoRA a prompt means by ``name``: by name, then by file stem, then by alias; without case.

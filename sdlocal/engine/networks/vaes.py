@@ -17,16 +17,14 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import re
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sdlocal.engine.config import EngineConfig
-from sdlocal.engine.networks.folders import VAE_SUFFIXES, vae_dirs, walk
+from sdlocal.engine.networks.folders import VAE_SUFFIXES, Listing, vae_dirs, walk
+from sdlocal.engine.networks.library import FileLibrary, stamp_of
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +136,13 @@ def _fp16_fix(name: str) -> bool | None:
     return False if _FP16_FIX.search(name.lower()) else None
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
 def read_vae(path: Path, name: str) -> VaeFile:
     """A VAE file or diffusers folder as discovery sees it; never raises (a problem is the entry's reason)."""
     path = Path(path)
     fmt = "diffusers" if path.is_dir() else "safetensors" if path.suffix.lower() == ".safetensors" else "ckpt"
     entry = VaeFile(name=name, path=path, format=fmt)
     try:
-        entry.size, entry.mtime_ns = _stat(entry.weights)
+        entry.size, entry.mtime_ns = stamp_of(entry.weights)
         if fmt == "diffusers":
             return _read_folder(entry)
         if fmt == "safetensors":
@@ -212,65 +205,30 @@ def _read_folder(entry: VaeFile) -> VaeFile:
 
 
 # ------------------------------------------------------------------------------------------- library
-class VaeLibrary:
+class VaeLibrary(FileLibrary[VaeFile]):
     """The VAEs in every VAE folder (``folders.vae_dirs``), each file read again only when it changed."""
-
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self._lock = threading.RLock()
-        self._read: dict[str, VaeFile] = {}  # path -> what it held at its (size, mtime)
-        self._entries: list[VaeFile] | None = None
 
     def folders(self) -> list[Path]:
         return vae_dirs(self.config)
 
-    def scan(self) -> list[VaeFile]:
-        """Every VAE candidate found, usable or not, in folder order; never raises."""
-        with self._lock:
-            found: list[VaeFile] = []
-            seen: set[str] = set()
-            for folder in self.folders():
-                found.extend(self._scan_folder(folder, seen))
-            self._read = {str(e.path): e for e in found}
-            self._entries = found
-            return list(found)
+    def candidates(self, folder: Path) -> Iterator[Listing]:
+        return walk(folder, VAE_SUFFIXES)
 
-    def _scan_folder(self, folder: Path, seen: set[str]) -> list[VaeFile]:
-        found: list[VaeFile] = []
-        for item in walk(folder, VAE_SUFFIXES):
-            path = item.path
-            name = path.relative_to(folder).as_posix()
-            if item.error:
-                found.append(VaeFile(name=name or folder.name, path=path, format="",
-                                     reason=f"this folder cannot be listed ({item.error}): check its permissions"))
-                continue
-            if path.name == DIFFUSERS_WEIGHTS and diffusers_vae_config(path.parent) is not None:
-                path, name = path.parent, path.parent.relative_to(folder).as_posix() or folder.name
-            real = os.path.realpath(path)
-            if real in seen:
-                continue
-            seen.add(real)
-            found.append(self.read_once(path, name))
-        return found
+    def locate(self, folder: Path, path: Path) -> tuple[Path, str]:
+        """A diffusers folder's weights file stands for the folder: one VAE, named after the folder."""
+        if path.name == DIFFUSERS_WEIGHTS and diffusers_vae_config(path.parent) is not None:
+            return path.parent, path.parent.relative_to(folder).as_posix() or folder.name
+        return path, path.relative_to(folder).as_posix()
 
-    def read_once(self, path: Path, name: str) -> VaeFile:
-        """``read_vae``, or the last read of that file when its size and modification time are unchanged."""
-        with self._lock:
-            known = self._read.get(str(path))
-        if known is not None and known.name == name:
-            try:
-                if _stat(known.weights) == (known.size, known.mtime_ns):
-                    return known
-            except OSError:
-                pass
-        entry = read_vae(path, name)
-        with self._lock:
-            self._read[str(path)] = entry
-        return entry
+    def read(self, path: Path, name: str) -> VaeFile:
+        return read_vae(path, name)
 
-    def entries(self) -> list[VaeFile]:
-        with self._lock:
-            return list(self._entries) if self._entries is not None else self.scan()
+    def unlisted(self, folder: Path, path: Path, reason: str) -> VaeFile:
+        return VaeFile(name=path.relative_to(folder).as_posix() or folder.name, path=path, format="", reason=reason)
+
+    def stamp(self, path: Path) -> tuple[int, int]:
+        """A diffusers folder changes when its weights file does."""
+        return stamp_of(path / DIFFUSERS_WEIGHTS if path.is_dir() else path)
 
     def find(self, name: str) -> VaeFile | None:
         """By name, file name, or stem (``x.safetensors``, ``x.vae.pt`` -> ``x``), without case; None if none."""
