@@ -15,13 +15,13 @@ so a file that names anything but tensors and plain values is refused before any
 from __future__ import annotations
 
 import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdlocal.engine.headers import HeaderError, read_safetensors_header
+from sdlocal.engine.networks.library import pickle_reason
 
 MAX_VECTORS = 75  # one prompt chunk: an embedding longer than that cannot be placed
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # real embeddings are KB to a few MB; past this it is a model put here
@@ -133,23 +133,14 @@ def read_pickle_info(path: Path) -> FileInfo:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise NotAnEmbedding(_pickle_reason(str(exc))) from None
+        raise NotAnEmbedding(pickle_reason(str(exc), "a .pt/.bin file", "a .safetensors version of this embedding",
+                                           "an embedding")) from None
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ValueError... on damaged files
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise NotAnEmbedding(f"cannot be read as a PyTorch file ({type(exc).__name__}{': ' + first if first else ''})"
                              f": it is damaged or not an embedding; download it again") from None
     return _info_from_object(data, torch.Tensor)
 
-
-def _pickle_reason(message: str) -> str:
-    """torch's weights_only refusal names the global a file needs (code); any other unpickler error is damage."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    if found:
-        return (f"needs more than plain tensors to load (it names {found.group(1)}) and was not opened, as a "
-                f".pt/.bin file can run code when opened: use a .safetensors version of this embedding")
-    detail = message.partition("WeightsUnpickler error:")[2].strip().splitlines() or message.strip().splitlines()
-    return (f"cannot be read as a PyTorch file ({(detail[0] if detail else 'unreadable pickle')[:160]}): it is "
-            f"damaged or not an embedding; download it again")
 
 
 def _info_from_object(data: Any, tensor_type: type) -> FileInfo:

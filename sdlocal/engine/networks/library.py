@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -169,3 +170,17 @@ class FileLibrary(Generic[T]):
         with self._lock:
             return list(self._entries) if self._entries is not None else self.scan()
 
+
+
+def pickle_reason(message: str, files: str, instead: str, kind: str) -> str:
+    """Why a pickle (``.pt``...) was not read, from ``torch.load(weights_only=True)``'s error: the refusal names the
+    global the file needs (code, which is never run), any other unpickler error is damage. ``files`` names the
+    suffixes ("a .pt file"), ``instead`` what to use ("the .safetensors version of this LoRA"), ``kind`` the
+    kind of file ("a LoRA")."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"needs more than plain tensors to load (it names {found.group(1)}) and was not opened, as "
+                f"{files} can run code when opened: use {instead}")
+    detail = message.partition("WeightsUnpickler error:")[2].strip().splitlines() or message.strip().splitlines()
+    return (f"cannot be read as a PyTorch file ({(detail[0] if detail else 'unreadable pickle')[:160]}): it is "
+            f"damaged or not {kind}; download it again")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlocal.engine.headers import HeaderError, read_safetensors_header
+from sdlocal.engine.networks.library import pickle_reason
 from sdlocal.engine.networks.lora import (
     ALPHA_SUFFIX,
     DORA_SUFFIX,
@@ -302,7 +303,8 @@ def read_pickle_shapes(path: Path) -> dict[str, list[int]]:
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise NotALora(_pickle_reason(str(exc))) from None
+        raise NotALora(pickle_reason(str(exc), "a .pt file", "the .safetensors version of this LoRA",
+                                     "a LoRA")) from None
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ValueError... on damaged files
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise NotALora(f"cannot be read as a PyTorch file ({type(exc).__name__}{': ' + first if first else ''}): "
@@ -316,13 +318,3 @@ def read_pickle_shapes(path: Path) -> dict[str, list[int]]:
         raise NotALora(not_a_lora([str(key) for key in data]))
     return shapes
 
-
-def _pickle_reason(message: str) -> str:
-    """torch's weights_only refusal names the global the file needs (code); any other unpickler error is damage."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    if found:
-        return (f"needs more than plain tensors to load (it names {found.group(1)}) and was not opened, as a .pt "
-                f"file can run code when opened: use the .safetensors version of this LoRA")
-    detail = message.partition("WeightsUnpickler error:")[2].strip().splitlines() or message.strip().splitlines()
-    return (f"cannot be read as a PyTorch file ({(detail[0] if detail else 'unreadable pickle')[:160]}): it is "
-            f"damaged or not a LoRA; {DOWNLOAD_AGAIN}")

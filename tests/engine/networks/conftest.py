@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +27,25 @@ def config(data_dir: Path) -> EngineConfig:
 def own(data_dir: Path) -> Path:
     """``<data dir>/embeddings``."""
     return data_dir / "embeddings"
+
+
+@pytest.fixture(scope="module")
+def sd1() -> Any:
+    """A tiny SD 1.x pipeline (the tiny models' module names and shapes), to write and read LoRAs for."""
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    return build_tiny_pipeline("sd1")
+
+
+@pytest.fixture(scope="module")
+def sd2() -> Any:
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    return build_tiny_pipeline("sd2")
+
+
+@pytest.fixture(scope="module")
+def sdxl() -> Any:
+    from sdlocal.engine.synthetic import build_tiny_pipeline
+
+    return build_tiny_pipeline("sdxl")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -53,13 +52,6 @@ def kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def scalar(value: float) -> torch.Tensor:
     return torch.tensor(value)
-
-
-@pytest.fixture(scope="module")
-def sd1() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sd1")
 
 
 # ------------------------------------------------------------------------------------------- LoRA / LoCon

@@ -10,27 +10,6 @@ from sdlocal.engine.networks.lora_keys import module_targets, patchable_modules,
 
 
 @pytest.fixture(scope="module")
-def sd1() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sd1")
-
-
-@pytest.fixture(scope="module")
-def sd2() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sd2")
-
-
-@pytest.fixture(scope="module")
-def sdxl() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sdxl")
-
-
-@pytest.fixture(scope="module")
 def real_sd15() -> dict[str, Any]:
     from sdlocal.engine.streaming import build_meta_models
 

@@ -20,27 +20,6 @@ TEXT = re.compile(r"self_attn\.(q|k|v|out)_proj$|mlp\.fc[12]$")
 RESNET_OR_SAMPLER = re.compile(r"resnets\.\d+\.(conv1|conv2|conv_shortcut)$|samplers\.0\.conv$")
 
 
-@pytest.fixture(scope="module")
-def sd1() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sd1")
-
-
-@pytest.fixture(scope="module")
-def sd2() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sd2")
-
-
-@pytest.fixture(scope="module")
-def sdxl() -> Any:
-    from sdlocal.engine.synthetic import build_tiny_pipeline
-
-    return build_tiny_pipeline("sdxl")
-
-
 def header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
