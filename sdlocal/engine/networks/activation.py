@@ -50,7 +50,7 @@ class LoraActivator:
 
     def __init__(self, library: Any) -> None:
         self.library = library
-        self._sets: dict[tuple[Any, ...], Any] = {}  # (pipeline id, file stamp) -> PatchSet at multiplier 1
+        self._sets: dict[tuple[Any, ...], Any] = {}  # (model, pipeline id, file stamp) -> PatchSet at multiplier 1
 
     def prepare(self, loaded: Any, prompt: str, negative_prompt: str) -> Activation:
         """Parse both prompts, resolve the LoRAs, build the patches; never patches anything itself."""
@@ -106,7 +106,7 @@ class LoraActivator:
     def _patch_set(self, loaded: Any, lora: LoraFile, kept: dict[tuple[Any, ...], Any]) -> Any:
         from sdlocal.engine.networks.lora_formats import build_patches, read_lora_tensors
 
-        key = (id(loaded.pipe), _stamp(lora))
+        key = (getattr(loaded, "key", ""), id(loaded.pipe), _stamp(lora))  # this model, this file version
         patch_set = kept.get(key) or self._sets.get(key)
         if patch_set is None:
             tensors = read_lora_tensors(lora.path)
