@@ -46,6 +46,9 @@ def app_page(running_app: RunningApp, failure_png: str, height: int = 1000) -> I
         try:
             page.goto(running_app.url)
             expect(page.locator("#sd-load-status")).to_contain_text("Ready", timeout=60_000)
+            # the page-load events (form state, the VAE list) are done before the test types anything: a late
+            # one would otherwise write the saved form over what was just typed
+            expect(page.locator("#sd-vae input")).not_to_have_value("", timeout=60_000)
             yield page
         except Exception:
             page.screenshot(path=str(ARTIFACTS / failure_png))
