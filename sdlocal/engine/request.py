@@ -240,6 +240,105 @@ class ImageSource:
         return self
 
 
+MAX_HR_SCALE = 8.0
+USE_SAME = "Use same"  # A1111's choice for the hires sampler and schedule: the first pass's
+
+
+@dataclass
+class HiresSizes:
+    """Hires fix's sizes: the first pass is upscaled to ``upscale_*``, then centre-cropped to ``final_*``."""
+
+    upscale_width: int
+    upscale_height: int
+    final_width: int
+    final_height: int
+
+
+def _multiple_of_8(value: float) -> int:
+    return max(MIN_SIDE, int(value) // 8 * 8)
+
+
+@dataclass
+class HiresSpec:
+    """Hires fix (txt2img only): generate at the request's size, upscale, then denoise again at the larger size.
+
+    A1111's rules and defaults: the target is ``scale`` x the size unless ``resize_x``/``resize_y`` are given (one
+    of them 0: the other follows the aspect ratio; both: upscale to cover, then crop). ``steps`` 0 = the first
+    pass's steps; the second pass runs exactly that many. ``sampler``/``schedule`` "Use same" = the first pass's;
+    an empty ``prompt``/``negative_prompt`` = the first pass's. ``denoising_strength`` 0 skips the second pass
+    (the upscaled image is the result). Field names in errors are the API's (``hr_scale``...).
+    """
+
+    scale: float = 2.0
+    resize_x: int = 0
+    resize_y: int = 0
+    upscaler: str = "Latent"
+    steps: int = 0
+    denoising_strength: float = 0.7
+    sampler: str = USE_SAME
+    schedule: str = USE_SAME
+    prompt: str = ""
+    negative_prompt: str = ""
+
+    def sizes(self, width: int, height: int) -> HiresSizes:
+        """The upscale and final sizes for a first pass of ``width`` x ``height``, each a multiple of 8 (the VAE
+        works in 8-pixel cells, so that is the size the second pass makes)."""
+        x, y = self.resize_x, self.resize_y
+        if x == 0 and y == 0:
+            w, h = width * self.scale, height * self.scale
+            return HiresSizes(_multiple_of_8(w), _multiple_of_8(h), _multiple_of_8(w), _multiple_of_8(h))
+        if y == 0:
+            size = (x, x * height // width)
+            return HiresSizes(*map(_multiple_of_8, size), *map(_multiple_of_8, size))
+        if x == 0:
+            size = (y * width // height, y)
+            return HiresSizes(*map(_multiple_of_8, size), *map(_multiple_of_8, size))
+        if width / height < x / y:  # cover the target box, then crop the overflow (A1111's "both set")
+            upscale = (x, x * height // width)
+        else:
+            upscale = (y * width // height, y)
+        return HiresSizes(*map(_multiple_of_8, upscale), _multiple_of_8(x), _multiple_of_8(y))
+
+    def second_pass_steps(self, steps: int) -> int:
+        """Steps the second pass runs: ``self.steps``, or the first pass's when 0; none when the strength is 0."""
+        if self.denoising_strength <= 0:
+            return 0
+        return self.steps or steps
+
+    def validate(self, width: int, height: int) -> HiresSpec:
+        self.scale = _as_float("hr_scale", self.scale, 1.0, MAX_HR_SCALE)
+        for name in ("resize_x", "resize_y"):
+            value = _as_int(f"hr_{name}", getattr(self, name), 0, MAX_SIDE)
+            if 0 < value < MIN_SIDE:
+                raise RequestError(f"hr_{name}", value,
+                                   f"must be 0 (follow the other side) or {MIN_SIDE} to {MAX_SIDE}")
+            setattr(self, name, value)
+        if not isinstance(self.upscaler, str) or not self.upscaler.strip():
+            raise RequestError("hr_upscaler", self.upscaler, "must be an upscaler name as GET /sdapi/v1/upscalers "
+                                                             "lists them, or a latent mode such as 'Latent'")
+        self.upscaler = self.upscaler.strip()
+        self.steps = _as_int("hr_second_pass_steps", self.steps, 0, MAX_STEPS)
+        self.denoising_strength = _as_float("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        for name in ("sampler", "schedule"):
+            value = getattr(self, name)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                value = USE_SAME
+            if not isinstance(value, str):
+                raise RequestError(f"hr_{name}", value, f"must be a name, or {USE_SAME!r}")
+            setattr(self, name, USE_SAME if value.strip().lower() == USE_SAME.lower() else value.strip())
+        self.prompt = _as_text("hr_prompt", self.prompt)
+        self.negative_prompt = _as_text("hr_negative_prompt", self.negative_prompt)
+        sizes = self.sizes(width, height)
+        largest = max(sizes.upscale_width, sizes.upscale_height)
+        if largest > MAX_SIDE:
+            field_name = "hr_scale" if self.resize_x == 0 and self.resize_y == 0 else \
+                ("hr_resize_x" if self.resize_x else "hr_resize_y")
+            raise RequestError(field_name, getattr(self, field_name[3:]),
+                               f"makes {sizes.upscale_width}x{sizes.upscale_height}; each side must be at most "
+                               f"{MAX_SIDE}: lower it or the first pass's size")
+        return self
+
+
 @dataclass
 class GenerationRequest:
     """A txt2img request in A1111's terms (sampler names, schedule types, seed -1 for random).
@@ -265,6 +364,7 @@ class GenerationRequest:
     emphasis: str = "Original"
     vae: str = "Automatic"  # A1111's sd_vae: "Automatic", "None" (the checkpoint's own) or a VAE's name
     source: ImageSource | None = None
+    hires: HiresSpec | None = None  # hires fix (txt2img only)
 
     @property
     def mode(self) -> str:
@@ -279,12 +379,13 @@ class GenerationRequest:
         return "txt2img" if self.source is None else "img2img"
 
     def denoising_steps(self) -> int:
-        """Steps that actually run: all of them for txt2img; int(steps x min(strength, 0.999)) for img2img.
+        """Steps that actually run: all of them for txt2img (plus hires fix's second pass); int(steps x
+        min(strength, 0.999)) for img2img.
 
         That is A1111's rule with its default settings; a run always takes at least one step.
         """
         if self.source is None:
-            return self.steps
+            return self.steps + (self.hires.second_pass_steps(self.steps) if self.hires is not None else 0)
         return max(1, int(self.steps * min(self.source.denoising_strength, 0.999)))
 
     def validate(self) -> GenerationRequest:
@@ -321,6 +422,15 @@ class GenerationRequest:
             if not isinstance(self.source, ImageSource):
                 raise RequestError("init_images", type(self.source).__name__, "must be init images")
             self.source.validate()
+        if isinstance(self.hires, dict):
+            self.hires = _from_dict(HiresSpec, self.hires, "hires")
+        if self.hires is not None:
+            if not isinstance(self.hires, HiresSpec):
+                raise RequestError("enable_hr", type(self.hires).__name__, "must be hires fix settings")
+            if self.source is not None:
+                raise RequestError("enable_hr", True, "hires fix is for txt2img; for img2img set the larger size "
+                                                      "itself (or upscale on the Extras tab)")
+            self.hires.validate(self.width, self.height)
         return self
 
     @classmethod
