@@ -410,6 +410,26 @@ class Engine:
                      "total": round(time.perf_counter() - started, 3)},
         )
 
+    # ------------------------------------------------------------------------------------------ extras
+    def validate_extras(self, request: Any) -> Any:
+        """An ``extras.ExtrasRequest``'s own checks, then its upscaler names against the upscalers found (a latent
+        mode or an unknown name is refused naming ``upscaler_1``/``upscaler_2``, with the known names)."""
+        request.validate()
+        for field_name in ("upscaler_1", "upscaler_2"):
+            name = getattr(request, field_name)
+            if name != "None":
+                setattr(request, field_name, self.upscaler_set().find(name, field_name).name)
+        return request
+
+    def postprocess(self, request: Any, on_progress: Callable[[int, int, int, int], None] | None = None,
+                    control: RunControl | None = None) -> Any:
+        """The Extras tab's upscale of ``request.images`` (``extras.run_extras`` over ``self.upscale``, which holds
+        the run lock per picture): an ``ExtrasResult``, the images done before an interrupt kept."""
+        from sdlocal.engine.extras import run_extras
+
+        self.validate_extras(request)
+        return run_extras(request, self.upscale, on_progress=on_progress, control=control)
+
     def interrupt(self) -> None:
         """Stop the running generation after its current step; generate() returns the images already finished.
 
