@@ -231,6 +231,7 @@ class Runner:
 def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
                  errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
     """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
+    from sdlocal.api.extras import add_extras_routes
     from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
     from sdlocal.api.networks import add_network_routes
 
@@ -255,6 +256,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
 
     add_img2img_route(router, runner)
+    add_extras_routes(router, runner)
     add_network_routes(router, engine)
 
     # ------------------------------------------------------------------------------------------ models
