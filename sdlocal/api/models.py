@@ -56,12 +56,21 @@ class GenerationFields(BaseModel):
 
 
 class Txt2ImgRequest(GenerationFields):
-    """``POST /sdapi/v1/txt2img``: the shared fields plus hires fix (accepted, not implemented)."""
+    """``POST /sdapi/v1/txt2img``: the shared fields plus hires fix, with A1111's names and API defaults (the
+    strength ``denoising_strength`` 0.75 when not sent; ``hr_upscaler`` "Latent"; "Use same" sampler and
+    schedule). ``hr_checkpoint_name`` is accepted and named in ``info.warnings``: the second pass uses the model."""
 
     enable_hr: bool = False
     hr_scale: float = 2.0
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_checkpoint_name: str | None = None
 
 
 class Img2ImgRequest(GenerationFields):
