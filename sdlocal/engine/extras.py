@@ -215,6 +215,51 @@ def _one(request: ExtrasRequest, source: Any, upscale: Upscale, control: RunCont
     return result, postprocessing_text(request, plan)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def load_images(paths: list[Any], field_name: str = "image") -> list[ExtrasImage]:
+    """Source pictures from files (the Extras tab's batch), each with its own ``parameters`` kept; a file that
+    cannot be read is a ``RequestError`` naming ``field_name`` and the file."""
+    from pathlib import Path
+
+    from sdlocal.engine.images import decode_image
+    from sdlocal.outputs import read_image_info
+
+    if len(paths) > MAX_EXTRAS_IMAGES:
+        raise RequestError(field_name, f"<{len(paths)} files>", f"must be at most {MAX_EXTRAS_IMAGES} at once")
+    images = []
+    for raw in paths:
+        path = Path(raw)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RequestError(field_name, str(path), f"cannot be read ({exc.strerror or exc})") from None
+        try:
+            image = decode_image(data, field_name)
+        except RequestError as exc:
+            raise RequestError(field_name, path.name, exc.allowed) from None
+        try:
+            parameters = read_image_info(path)[0]
+        except Exception:  # noqa: BLE001 - the pixels were readable; a broken text chunk only loses the text
+            parameters = None
+        images.append(ExtrasImage(image=image, name=path.name, parameters=parameters))
+    return images
+
+
+def load_folder(folder: Any, field_name: str = "input_dir") -> list[ExtrasImage]:
+    """Every picture directly in ``folder`` (A1111's "Batch from Directory"), in name order."""
+    from pathlib import Path
+
+    path = Path(str(folder or "")).expanduser()
+    if not str(folder or "").strip() or not path.is_dir():
+        raise RequestError(field_name, str(folder), "must be an existing folder of images")
+    files = sorted(item for item in path.iterdir() if item.is_file() and item.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise RequestError(field_name, str(folder), f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return load_images(files, field_name)
+
+
 def _tile_progress(on_progress: Callable[[int, int, int, int], None] | None, index: int,
                    total: int) -> Callable[[int, int], None] | None:
     if on_progress is None:

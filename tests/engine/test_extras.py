@@ -177,3 +177,32 @@ def test_names_are_tidied_and_none_means_none() -> None:
 def test_a_name_with_a_comma_is_quoted_in_the_text() -> None:
     request = _request((16, 16), upscaler_1="4x, sharp")
     assert postprocessing_text(request, plan_size(request, 16, 16)).endswith('Postprocess upscaler: "4x, sharp"')
+
+
+def test_a_folder_batch_reads_every_picture_in_name_order_keeping_their_parameters(tmp_path: Any) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    from sdlocal.engine.extras import load_folder
+
+    meta = PngInfo()
+    meta.add_text("parameters", "a cat\nSteps: 20, Seed: 1, Size: 8x8")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png", pnginfo=meta)
+    Image.new("RGB", (8, 4)).save(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    images = load_folder(tmp_path)
+    assert [(item.name, item.image.size) for item in images] == [("a.jpg", (8, 4)), ("b.png", (8, 8))]
+    assert images[0].parameters is None and images[1].parameters.startswith("a cat")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "broken"])
+def test_a_bad_folder_names_the_field(tmp_path: Any, make: str) -> None:
+    from sdlocal.engine.extras import load_folder
+
+    folder = tmp_path / "in"
+    if make != "missing":
+        folder.mkdir()
+    if make == "broken":
+        (folder / "x.png").write_bytes(b"not a png")
+    with pytest.raises(RequestError) as caught:
+        load_folder(folder)
+    assert caught.value.field == "input_dir"
