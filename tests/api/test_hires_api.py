@@ -96,4 +96,4 @@ def test_an_unknown_hires_upscaler_is_422_with_the_known_names(client: httpx.Cli
                                                       "enable_hr": True, "hr_upscaler": "4x-NoSuchModel"})
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
-    assert detail.startswith("hr_upscaler") and "Latent" in detail
+    assert detail.startswith("hr_upscaler") and "Lanczos" in detail  # the known names are listed
