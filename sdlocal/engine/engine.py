@@ -338,6 +338,35 @@ class Engine:
                 short = ""
         return vae.VaeUse(choice, short, warnings)
 
+    # ------------------------------------------------------------------------------------------ upscalers
+    _upscaler_set: Any = None  # made at first use
+
+    def upscaler_set(self) -> Any:
+        """The ``UpscalerSet`` over the upscaler folders, made once (it keeps what it read per file version)."""
+        with self._state_lock:
+            if self._upscaler_set is None:
+                from sdlocal.engine.upscalers import UpscalerSet
+
+                self._upscaler_set = UpscalerSet(self.config)
+            return self._upscaler_set
+
+    def upscalers(self, refresh: bool = False) -> list[Any]:
+        """Every upscaler (``UpscalerInfo``): the resamplers, then each file found, usable or not, with the reason."""
+        upscalers = self.upscaler_set()
+        return upscalers.scan() if refresh else upscalers.entries()
+
+    def upscale(self, image: Any, name: str, width: int, height: int, control: RunControl | None = None,
+                on_progress: Callable[[int, int], None] | None = None, field: str = "upscaler_1") -> Any:
+        """``image`` at ``width`` x ``height`` with the upscaler ``name``, on this engine's device (fp16 on CUDA,
+        fp32 elsewhere). Holds the run lock: an upscaler model shares the device with the checkpoint."""
+        import torch
+
+        device = str(self._runtime_now().device)
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        with self._run_lock:
+            return self.upscaler_set().upscale(image, name, width, height, device=device, dtype=dtype,
+                                               control=control, on_progress=on_progress, field=field)
+
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:
         from sdlocal.engine.samplers import sampler_names
