@@ -34,7 +34,7 @@ class ExtrasEngine:
         return request
 
     def upscale(self, image: Any, name: str, width: int, height: int, control: Any = None,
-                on_progress: Any = None) -> Any:
+                on_progress: Any = None, field: str = "") -> Any:
         self.started.set()
         if self.gate is not None:
             assert self.gate.acquire(timeout=5)

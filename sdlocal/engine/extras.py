@@ -27,6 +27,7 @@ from typing import Any
 
 from sdlocal.engine.infotext import quote
 from sdlocal.engine.request import MAX_SOURCE_SIDE, RequestError, RunControl
+from sdlocal.engine.upscalers import UpscaleInterrupted
 
 RESIZE_MODES = ("Scale by", "Scale to")  # A1111's tabs; the API sends their index (0 / 1)
 MIN_SCALE, MAX_SCALE = 1.0, 8.0  # A1111's "Resize" slider and its API's bounds
@@ -34,7 +35,8 @@ MAX_EXTRAS_SIDE = MAX_SOURCE_SIDE  # an output side past this is refused (the la
 MAX_EXTRAS_IMAGES = 100  # one batch; more is a folder job for the CLI, not one request
 MAX_UPSCALER_NAME = 1000
 
-# upscale(image, upscaler name, width, height, control, on_progress(done, total)) -> the picture at that size.
+# upscale(image, upscaler name, width, height, control=, on_progress=(done, total), field=) -> the picture at that
+# size (``Engine.upscale``); it raises ``UpscaleInterrupted`` when the control is interrupted between tiles.
 Upscale = Callable[..., Any]
 
 
@@ -182,11 +184,9 @@ def run_extras(request: ExtrasRequest, upscale: Upscale,
             on_progress(index, total, 0, 0)
         try:
             image, text = _one(request, item.image, upscale, control, _tile_progress(on_progress, index, total))
-        except Exception:
-            if control.interrupted:  # the upscaler stopped between tiles: keep what is done, drop this one
-                interrupted = True
-                break
-            raise
+        except UpscaleInterrupted:  # stopped between tiles: keep what is done, drop this one
+            interrupted = True
+            break
         outputs.append(ExtrasOutput(image=image, infotext=text, parameters=item.parameters, name=item.name))
     if on_progress is not None and not interrupted:
         on_progress(total, total, 0, 0)
@@ -204,9 +204,9 @@ def _one(request: ExtrasRequest, source: Any, upscale: Upscale, control: RunCont
         return image, ""
     plan = plan_size(request, *image.size)
     size = (plan.upscale_width, plan.upscale_height)
-    result = upscale(image, request.upscaler_1, *size, control=control, on_progress=on_tiles)
+    result = upscale(image, request.upscaler_1, *size, control=control, on_progress=on_tiles, field="upscaler_1")
     if request.second_upscaler:
-        second = upscale(image, request.upscaler_2, *size, control=control, on_progress=on_tiles)
+        second = upscale(image, request.upscaler_2, *size, control=control, on_progress=on_tiles, field="upscaler_2")
         result = Image.blend(result.convert("RGB"), second.convert("RGB"), request.upscaler_2_visibility)
     if plan.crop_width:
         left = (result.width - plan.crop_width) // 2

@@ -12,8 +12,6 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdlocal.engine.engine import Engine
-from sdlocal.engine.request import RequestError
 from tests.api.conftest import Server, decode_png
 
 SOURCE_PARAMETERS = "a red fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 48x32"
@@ -27,35 +25,6 @@ def _png(size: tuple[int, int] = (48, 32), colour: tuple[int, int, int] = (200, 
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG", pnginfo=meta)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-@pytest.fixture(autouse=True)
-def builtin_upscalers(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until the upscaler library is on this branch: the contract's three builtins on the test server's engine
-    (the routes and the queue are what these tests are about). With the library merged, this does nothing."""
-    if hasattr(Engine, "upscaler_set"):
-        return
-    from types import SimpleNamespace
-
-    names = ("None", "Lanczos", "Nearest")
-    entries = [SimpleNamespace(name=name, kind="builtin", path=None, scale=4, architecture="", usable=True,
-                               reason="") for name in names]
-
-    def find(name: str, field: str = "upscaler_1") -> Any:
-        found = [entry for entry in entries if entry.name.lower() == name.strip().lower()]
-        if not found:
-            raise RequestError(field, name, f"must be one of: {', '.join(names)}")
-        return found[0]
-
-    def upscale(image: Any, name: str, width: int, height: int, control: Any = None, on_progress: Any = None) -> Any:
-        method = Image.Resampling.NEAREST if name == "Nearest" else Image.Resampling.LANCZOS
-        return image.resize((width, height), method)
-
-    engine = api.services.engine
-    monkeypatch.setattr(engine, "upscaler_set", lambda: SimpleNamespace(find=find, entries=lambda: entries),
-                        raising=False)
-    monkeypatch.setattr(engine, "upscalers", lambda refresh=False: entries, raising=False)
-    monkeypatch.setattr(engine, "upscale", upscale, raising=False)
 
 
 def test_single_image_scale_by_keeps_the_source_parameters_and_adds_postprocessing(client: httpx.Client,

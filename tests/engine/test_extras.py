@@ -15,6 +15,7 @@ from sdlocal.engine.extras import (
     run_extras,
 )
 from sdlocal.engine.request import RequestError, RunControl
+from sdlocal.engine.upscalers import UpscaleInterrupted
 
 
 class FakeUpscaler:
@@ -24,7 +25,7 @@ class FakeUpscaler:
         self.calls: list[tuple[str, int, int, tuple[int, int]]] = []
 
     def __call__(self, image: Any, name: str, width: int, height: int, control: Any = None,
-                 on_progress: Any = None) -> Any:
+                 on_progress: Any = None, field: str = "upscaler_1") -> Any:
         self.calls.append((name, width, height, image.size))
         if on_progress is not None:
             on_progress(1, 1)
@@ -125,9 +126,10 @@ def test_an_interrupt_between_images_keeps_the_finished_ones() -> None:
 def test_an_upscaler_stopped_between_tiles_drops_only_that_image() -> None:
     control = RunControl()
 
-    def stops(image: Any, name: str, width: int, height: int, control: Any = None, on_progress: Any = None) -> Any:
+    def stops(image: Any, name: str, width: int, height: int, control: Any = None, on_progress: Any = None,
+              field: str = "upscaler_1") -> Any:
         control.interrupt()
-        raise RuntimeError("interrupted between tiles")
+        raise UpscaleInterrupted()
 
     result = run_extras(_request((16, 16), upscaler_1="x"), stops, control=control)
     assert result.interrupted and result.images == []
