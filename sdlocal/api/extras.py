@@ -64,7 +64,8 @@ def add_extras_routes(router: APIRouter, runner: Runner) -> None:
     @router.get("/upscalers", response_model=list[UpscalerRecord],
                 summary="Upscalers usable here: None, Lanczos, Nearest, then the model files found")
     async def upscalers() -> list[dict[str, Any]]:
-        found = await anyio.to_thread.run_sync(engine.upscalers)
+        # Looked for again each time (only new or changed files are read), so a file dropped in is listed at once.
+        found = await anyio.to_thread.run_sync(lambda: engine.upscalers(refresh=True))
         return [upscaler_record(info) for info in found if info.usable]
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscaleMode],

@@ -85,6 +85,20 @@ def test_batch_upscales_every_image_with_upscaler_2_blended(client: httpx.Client
     assert body["html_info"].startswith("<p>Postprocess upscale by: 3")
 
 
+def test_a_model_file_dropped_in_is_listed_and_upscales(client: httpx.Client, api: Server) -> None:
+    from tests.engine.upscalers.files import save, tiny_compact
+
+    path = save(tiny_compact(scale=2).state_dict(), api.data_dir / "models" / "ESRGAN" / "2x-Api.safetensors")
+    listed = {entry["name"]: entry for entry in client.get("/sdapi/v1/upscalers").json()}
+    assert listed["2x-Api"]["model_path"] == str(path) and listed["2x-Api"]["scale"] == 2
+    assert "SRVGG" in listed["2x-Api"]["architecture"] or "compact" in listed["2x-Api"]["architecture"].lower()
+    response = client.post("/sdapi/v1/extra-single-image", json={"image": _png((24, 16)), "upscaler_1": "2x-api",
+                                                                  "upscaling_resize": 2})
+    assert response.status_code == 200, response.text
+    image = decode_png(response.json()["image"])
+    assert image.size == (48, 32) and image.info["postprocessing"].endswith("Postprocess upscaler: 2x-Api")
+
+
 def test_the_upscaler_lists_are_a1111s_shapes(client: httpx.Client) -> None:
     upscalers = client.get("/sdapi/v1/upscalers").json()
     assert [entry["name"] for entry in upscalers[:3]] == ["None", "Lanczos", "Nearest"]
