@@ -364,6 +364,12 @@ class Engine:
             found = find_named(self.vae_library(), request.vae)  # fails now, not after the model loads
             if not found.usable:
                 raise refuse(found, found.reason)
+        if request.hires is not None:
+            from sdlocal.engine import hires
+
+            hires.check_sampler(request)
+            upscaler_set = getattr(self, "upscaler_set", None)  # UP's upscaler library, where it is in
+            hires.check_upscaler(request.hires, upscaler_set().find if upscaler_set is not None else None)
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
@@ -396,7 +402,8 @@ class Engine:
                 networks = self._activate_networks(loaded, request)
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings, texts=networks.texts,
-                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes})
+                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes},
+                                        **self._hires_arguments(loaded, request, control))
                 output.warnings[:0] = networks.warnings + skipped_in_prompt(
                     [request.prompt, request.negative_prompt], embeddings, skipped) + (vae_use.warnings or [])
             finally:
@@ -409,6 +416,20 @@ class Engine:
                      "generate": round(output.seconds, 3),
                      "total": round(time.perf_counter() - started, 3)},
         )
+
+    def _hires_arguments(self, loaded: Any, request: GenerationRequest, control: RunControl) -> dict[str, Any]:
+        """run_generation's hires fix arguments: the second pass's scheduler and the picture upscaler."""
+        if request.hires is None:
+            return {}
+        from sdlocal.engine.hires import effective_sampler
+
+        sampler, schedule = effective_sampler(request)
+        scheduler = self._scheduler_cache().get(loaded.key, sampler, schedule, loaded.scheduler_config)
+        upscale = getattr(self, "upscale", None)  # UP's Engine.upscale (it takes the re-entrant run lock)
+        if upscale is None:
+            return {"hires_scheduler": scheduler}
+        return {"hires_scheduler": scheduler,
+                "upscale": lambda image, name, width, height: upscale(image, name, width, height, control=control)}
 
     def interrupt(self) -> None:
         """Stop the running generation after its current step; generate() returns the images already finished.
