@@ -32,6 +32,7 @@ from sdlocal.engine.request import (
     RequestError,
     RunControl,
 )
+from sdlocal.engine.vae_tiling import auto_tiling
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,17 @@ def decode(loaded: LoadedModel, latents: Any, warnings: list[str]) -> list[Any]:
         with torch.inference_mode():
             return vae.decode(scaled, return_dict=False)[0]
 
-    image = run(vae.dtype)
+    factor = pipe.vae_scale_factor
+    size = (latents.shape[-1] * factor, latents.shape[-2] * factor, latents.shape[0])
+    with auto_tiling(vae, *size, warnings):  # a picture too large for the free memory is decoded in tiles
+        image = run(vae.dtype)
     if torch.isnan(image).any() and vae.dtype == torch.float16:
         vae.to(dtype=torch.float32)
         loaded.vae_upcast = True
         warnings.append("The VAE overflowed in fp16 (NaN); it was switched to fp32 for this model. Start with "
                         "--no-half-vae to use fp32 from the start.")
-        image = run(torch.float32)
+        with auto_tiling(vae, *size, warnings):
+            image = run(torch.float32)
     if torch.isnan(image).any():
         raise EngineError("The VAE produced NaN values while decoding the image.",
                           "Start with --no-half-vae, or use precision fp32 (--precision fp32).")

@@ -19,6 +19,7 @@ from sdlocal.engine.conditioning import PromptEncoder, PromptPlan
 from sdlocal.engine.loader import LoadedModel
 from sdlocal.engine.request import USE_SAME, GenerationRequest, HiresSizes, HiresSpec, RequestError
 from sdlocal.engine.upscalers import latent_mode
+from sdlocal.engine.vae_tiling import auto_tiling
 
 # upscale(image, upscaler name, width, height) -> image at exactly (width, height)
 UpscaleFn = Callable[[Any, str, int, int], Any]
@@ -157,7 +158,8 @@ def _upscale_pictures(hires: HiresPass, pictures: list[Any]) -> list[Any]:
 
 def upscaled_latents(loaded: LoadedModel, hires: HiresPass, latents: Any, generators: list[Any],
                      warnings: list[str]) -> tuple[Any, list[Any] | None]:
-    """(cropped latents at the final size, or None; the final pictures when no second pass needs latents).
+    """(cropped latents at the final size, or None; the final pictures when no second pass needs latents);
+    (None, None) when the upscaler model was interrupted.
 
     A latent mode interpolates; any other upscaler decodes, upscales the pictures and (when the second pass
     runs) encodes them again with one VAE sample per image from its generator.
@@ -177,11 +179,21 @@ def upscaled_latents(loaded: LoadedModel, hires: HiresPass, latents: Any, genera
             options["align_corners"] = False
         resized = functional.interpolate(latents.float(), size=size, mode=mode, **options).to(latents.dtype)
         return resized[:, :, top:bottom, left:right], None
-    pictures = _upscale_pictures(hires, decode(loaded, latents, warnings))
+    from sdlocal.engine import upscalers
+
+    interrupted = getattr(upscalers, "UpscaleInterrupted", None)  # UP's: Interrupt pressed between tiles
+    try:
+        pictures = _upscale_pictures(hires, decode(loaded, latents, warnings))
+    except Exception as exc:
+        if interrupted is not None and isinstance(exc, interrupted):
+            return None, None  # the batch is dropped, as an interrupt in a sampling step drops it
+        raise
     if not hires.denoises:
         box = (left * factor, top * factor, right * factor, bottom * factor)
         return None, [picture.crop(box) for picture in pictures]
-    encoded = img2img.encode(loaded, img2img.to_tensor(loaded, pictures), generators, warnings)
+    width, height = hires.sizes.upscale_width, hires.sizes.upscale_height
+    with auto_tiling(loaded.pipe.vae, width, height, len(pictures), warnings):
+        encoded = img2img.encode(loaded, img2img.to_tensor(loaded, pictures), generators, warnings)
     return encoded[:, :, top:bottom, left:right], None
 
 
