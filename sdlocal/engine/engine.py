@@ -393,6 +393,11 @@ class Engine:
             found = find_named(self.vae_library(), request.vae)  # fails now, not after the model loads
             if not found.usable:
                 raise refuse(found, found.reason)
+        if request.hires is not None:
+            from sdlocal.engine import hires
+
+            hires.check_sampler(request)
+            hires.check_upscaler(request.hires, self.upscaler_set().find)
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
@@ -425,7 +430,8 @@ class Engine:
                 networks = self._activate_networks(loaded, request)
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings, texts=networks.texts,
-                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes})
+                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes},
+                                        **self._hires_arguments(loaded, request, control))
                 output.warnings[:0] = networks.warnings + skipped_in_prompt(
                     [request.prompt, request.negative_prompt], embeddings, skipped) + (vae_use.warnings or [])
             finally:
@@ -458,6 +464,18 @@ class Engine:
 
         self.validate_extras(request)
         return run_extras(request, self.upscale, on_progress=on_progress, control=control)
+
+    def _hires_arguments(self, loaded: Any, request: GenerationRequest, control: RunControl) -> dict[str, Any]:
+        """run_generation's hires fix arguments: the second pass's scheduler and the picture upscaler."""
+        if request.hires is None:
+            return {}
+        from sdlocal.engine.hires import effective_sampler
+
+        sampler, schedule = effective_sampler(request)
+        scheduler = self._scheduler_cache().get(loaded.key, sampler, schedule, loaded.scheduler_config)
+        return {"hires_scheduler": scheduler,  # self.upscale takes the run lock again: it is re-entrant
+                "upscale": lambda image, name, width, height: self.upscale(image, name, width, height, control=control,
+                                                                           field="hr_upscaler")}
 
     def interrupt(self) -> None:
         """Stop the running generation after its current step; generate() returns the images already finished.
