@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
@@ -14,8 +13,6 @@ from sdlocal.api.models import Txt2ImgRequest
 from sdlocal.api.translate import to_hires_spec
 from sdlocal.engine.request import USE_SAME
 from tests.api.conftest import decode_png
-
-HIRES_ENGINE = importlib.util.find_spec("sdlocal.engine.hires") is not None
 
 
 def test_no_enable_hr_means_no_hires_part() -> None:
@@ -73,7 +70,6 @@ def test_hires_fields_without_enable_hr_change_nothing(client: httpx.Client) -> 
     assert info["denoising_strength"] is None and not any("enable_hr" in note for note in info["warnings"])
 
 
-@pytest.mark.skipif(not HIRES_ENGINE, reason="the engine's hires fix (sdlocal.engine.hires) is not on this branch")
 def test_a_64_pixel_hires_2x_gives_a_128_pixel_png_with_a1111s_keys(client: httpx.Client) -> None:
     response = client.post("/sdapi/v1/txt2img", json={
         "prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 3, "enable_hr": True,
@@ -90,7 +86,6 @@ def test_a_64_pixel_hires_2x_gives_a_128_pixel_png_with_a1111s_keys(client: http
     assert info["extra_generation_params"]["Hires upscaler"] == "Latent"
 
 
-@pytest.mark.skipif(not HIRES_ENGINE, reason="the engine's hires fix (sdlocal.engine.hires) is not on this branch")
 def test_an_unknown_hires_upscaler_is_422_with_the_known_names(client: httpx.Client) -> None:
     response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64,
                                                       "enable_hr": True, "hr_upscaler": "4x-NoSuchModel"})
