@@ -47,3 +47,26 @@ def test_a_bad_hires_value_exits_2_naming_the_flag(tmp_path: Path, argv: list[st
     given = options(["--width", "64", "--height", "64", *argv], tmp_path)
     code = cli.run_generate(Settings(data_dir=tmp_path), given, out=io.StringIO(), err=err)
     assert code == 2 and f"(set with {flag})" in err.getvalue(), err.getvalue()
+
+
+def test_generate_with_hires_saves_the_larger_image_with_the_hires_keys(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from sdlocal.engine.synthetic import save_tiny_model
+    from sdlocal.outputs import read_image_parameters
+
+    models = tmp_path / "data" / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    save_tiny_model(models / "tiny-sd15.safetensors", family="sd1", fmt="safetensors")
+    argv = ["generate", "--model", "tiny-sd15", "--prompt", "a cat", "--steps", "2", "--width", "64", "--height",
+            "64", "--seed", "7", "--out", str(tmp_path / "out"), "--hr-scale", "2", "--hr-upscaler", "Lanczos",
+            "--hr-steps", "2", "--denoising-strength", "0.5", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+            "--precision", "fp32"]
+    invocation = cli.parse_command(argv, env={})
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.run_generate(invocation.settings, invocation.options, out=out, err=err) == 0, err.getvalue()
+    path = Path(out.getvalue().split("\t")[0])
+    with Image.open(path) as image:
+        assert image.size == (128, 128)
+    text = read_image_parameters(path)
+    assert "Hires upscale: 2" in text and "Hires upscaler: Lanczos" in text and "Denoising strength: 0.5" in text
