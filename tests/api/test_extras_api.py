@@ -131,3 +131,30 @@ def test_bad_values_are_422_naming_the_field(client: httpx.Client, route: str, f
     assert response.json()["detail"].startswith(field), response.json()
     if fields.get("upscaler_1") == "4x-NoSuchModel":
         assert "Lanczos" in response.json()["detail"]  # the known names are listed
+
+
+def test_an_interrupted_upscale_keeps_the_finished_images_and_says_so(client: httpx.Client, api: Server,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdlocal.engine.upscalers import UpscaleInterrupted
+
+    engine = api.services.engine
+    real = engine.upscale
+    calls: list[str] = []
+
+    def second_one_interrupted(image: Any, name: str, width: int, height: int, control: Any = None,
+                               on_progress: Any = None, field: str = "upscaler_1") -> Any:
+        calls.append(name)
+        if len(calls) == 2:  # as Interrupt pressed while the second picture's tiles run
+            control.interrupt()
+            raise UpscaleInterrupted()
+        return real(image, name, width, height, control=control, on_progress=on_progress, field=field)
+
+    monkeypatch.setattr(engine, "upscale", second_one_interrupted)
+    batch = client.post("/sdapi/v1/extra-batch-images", json={
+        "imageList": [{"data": _png((16, 16)), "name": f"{i}.png"} for i in range(3)], "upscaler_1": "Lanczos"})
+    assert batch.status_code == 200, batch.text
+    assert len(batch.json()["images"]) == 1 and "Interrupted: 1 of the images" in batch.json()["warnings"][0]
+    calls.clear()
+    calls.append("first call counted")  # the single image's own call is now the second: interrupted
+    single = client.post("/sdapi/v1/extra-single-image", json={"image": _png(), "upscaler_1": "Lanczos"})
+    assert single.status_code == 409 and "interrupted" in single.json()["detail"]
