@@ -99,6 +99,7 @@ def build_ui(services: Any) -> gr.Blocks:
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")
         blocks.load(img2img.load[0], outputs=img2img.load[1], api_visibility="private")
         blocks.load(generate.vae_load[0], outputs=generate.vae_load[1], api_visibility="private")
+        blocks.load(generate.hires_load[0], outputs=generate.hires_load[1], api_visibility="private")
         link_emphasis(generate, img2img)
 
         def styles_and_emphasis() -> list[Any]:

@@ -17,6 +17,7 @@ from sdlocal.outputs import read_image_parameters
 from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
+from sdlocal.ui.hires import wire_reuse_hires
 from sdlocal.ui.send import SendTarget
 from sdlocal.ui.vae_select import vae_from_infotext
 
@@ -87,6 +88,8 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: Sen
     if generate.vae is not None:  # the page's VAE too, from the text's "VAE"
         to_generate.click(lambda params: vae_from_infotext(services, params), inputs=text, outputs=generate.vae,
                           api_visibility="private")
+    if generate.hires is not None:  # and the Hires fix section, from the text's Hires keys
+        wire_reuse_hires(to_generate, [text], generate.hires, pick=lambda params: params)
     if send is not None:
         # the dropped file itself (the text is its parameters); an image without parameters is sent alone
         for button, target in ((to_img2img, "img2img"), (to_inpaint, "inpaint")):
