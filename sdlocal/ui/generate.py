@@ -20,7 +20,7 @@ from sdlocal.ui import runtime
 from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_text
 from sdlocal.ui.form_events import on_preset, stream_job, wire_results, wire_run, wire_seeds
 from sdlocal.ui.generate_layout import NO_PRESET, GenerateTab, build_layout, size_choices
-from sdlocal.ui.hires import HIRES_FIELDS, hires_spec, upscaler_choices, wire_hires, wire_reuse_hires
+from sdlocal.ui.hires import HIRES_FIELDS, hires_spec, upscaler_update, wire_hires, wire_reuse_hires
 from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import (
     UNSUPPORTED_PREFIX,
@@ -54,8 +54,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     _wire_download(ui, services)
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
     ui.vae_load = (lambda: page_vae(services, ui_state), ui.vae)
-    # choices only: the value the user picked (or "Latent") stays, however late this event comes
-    ui.hires_load = (lambda: gr.update(choices=upscaler_choices(services.engine)), ui.hires.fields["upscaler"])
+    ui.hires_load = (lambda: upscaler_update(services.engine), ui.hires.fields["upscaler"])
     ui.status = (lambda: load_status_text(services), ui.load_status)
     return ui
 

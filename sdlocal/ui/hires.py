@@ -19,6 +19,7 @@ import gradio as gr
 
 from sdlocal.engine.request import USE_SAME, HiresSpec, RequestError
 from sdlocal.engine.upscalers import BUILTIN_UPSCALERS, LATENT_MODES
+from sdlocal.ui.upscaler_list import hires_upscaler_names
 
 # The section's controls, in the order the Generate handler receives them: "enabled", then HiresSpec's fields.
 HIRES_FIELDS: tuple[str, ...] = ("enabled", "upscaler", "steps", "denoising_strength", "scale", "resize_x",
@@ -43,28 +44,10 @@ class HiresSection:
     size: Any = None
 
 
-def upscaler_choices(engine: Any) -> list[str]:
-    """Hires fix's upscalers in A1111's order: the latent modes, None/Lanczos/Nearest, then every model found.
-
-    A model that cannot be used (an unknown architecture...) is left out here; the API's list shows it with
-    the reason. A scan that fails leaves the built-in ones, with a log line.
-    """
-    names = list(BUILTIN_UPSCALERS)
-    try:
-        entries = list(engine.upscalers())
-    except Exception as exc:  # noqa: BLE001 - the section works with the built-in upscalers
-        logging.getLogger(__name__).warning("could not list the upscaler models: %s", exc)
-        entries = []
-    for entry in entries:
-        if getattr(entry, "usable", True) and entry.name not in names:
-            names.append(entry.name)
-    return [*LATENT_MODES, *names]
-
-
 def hires_section(prefix: str, samplers: list[str], schedules: list[str]) -> HiresSection:
     """Place the section (inside the caller's column): the checkbox, then A1111's controls in an accordion.
 
-    The upscaler list is filled as the page opens (``upscaler_choices``: the scan may read model files), so the
+    The upscaler list is filled as the page opens (``hires_upscaler_names``: the scan may read files), so the
     dropdown takes any name and the engine says which are unknown.
     """
     part, f = HiresSection(), {}
@@ -157,6 +140,11 @@ def hires_updates(fields: dict[str, Any]) -> list[Any]:
         return [gr.update(value=False), *[gr.update() for _ in HIRES_FIELDS[1:]]]
     named = {**HIRES_DEFAULTS, **{k: v for k, v in fields.items() if k in HIRES_DEFAULTS}, "enabled": True}
     return [gr.update(value=named[name]) for name in HIRES_FIELDS]
+
+
+def upscaler_update(engine: Any) -> Any:
+    """The page-load update of the upscaler list: choices only, so the value picked stays however late it comes."""
+    return gr.update(choices=hires_upscaler_names(engine))
 
 
 def reuse_hires(text: str) -> list[Any]:

@@ -9,7 +9,8 @@ from sdlocal.engine.request import HiresSpec
 from sdlocal.engine.upscalers import LATENT_MODES
 from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState
 from sdlocal.ui.generate import run
-from sdlocal.ui.hires import HIRES_DEFAULTS, HIRES_FIELDS, hires_spec, hires_updates, size_text, upscaler_choices
+from sdlocal.ui.hires import HIRES_DEFAULTS, HIRES_FIELDS, hires_spec, hires_updates, size_text
+from sdlocal.ui.upscaler_list import hires_upscaler_names, upscaler_names
 
 
 def section(**values: Any) -> list[Any]:
@@ -44,12 +45,13 @@ def test_upscaler_list_is_latent_modes_then_builtins_then_usable_models() -> Non
              SimpleNamespace(name="Nearest", usable=True), SimpleNamespace(name="4x-UltraSharp", usable=True),
              SimpleNamespace(name="broken", usable=False)]
     engine = SimpleNamespace(upscalers=lambda: found)
-    assert upscaler_choices(engine) == [*LATENT_MODES, "None", "Lanczos", "Nearest", "4x-UltraSharp"]
+    assert hires_upscaler_names(engine) == [*LATENT_MODES, "None", "Lanczos", "Nearest", "4x-UltraSharp"]
+    assert upscaler_names(engine) == ["None", "Lanczos", "Nearest", "4x-UltraSharp"]  # the Extras tab's
 
     def failing() -> list:
         raise OSError("models folder unreadable")
 
-    assert upscaler_choices(SimpleNamespace(upscalers=failing)) == [*LATENT_MODES, "None", "Lanczos", "Nearest"]
+    assert hires_upscaler_names(SimpleNamespace(upscalers=failing)) == [*LATENT_MODES, "None", "Lanczos", "Nearest"]
 
 
 def test_filling_from_an_image_ticks_the_section_and_defaults_what_the_text_leaves_out() -> None:
