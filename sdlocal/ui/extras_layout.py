@@ -78,8 +78,10 @@ def _sources(ui: ExtrasTab) -> None:
     ui.source = gr.State(SOURCES[0])
     with gr.Tabs(selected="extras-single") as ui.source_tabs:
         with gr.Tab(SOURCES[0], id="extras-single") as single:
-            ui.image = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"], height=360,
-                                elem_id="sd-extras-image")
+            # the uploaded file itself (image_mode None: Gradio hands over its path unconverted), so the
+            # picture's own parameters reach the saved copy
+            ui.image = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                height=360, elem_id="sd-extras-image")
         with gr.Tab(SOURCES[1], id="extras-batch") as batch:
             ui.files = gr.File(label="Batch Process", file_count="multiple", type="filepath",
                                file_types=["image"], elem_id="sd-extras-files")
