@@ -86,9 +86,9 @@ def _sources(ui: ExtrasTab) -> None:
             ui.files = gr.File(label="Batch Process", file_count="multiple", type="filepath",
                                file_types=["image"], elem_id="sd-extras-files")
         with gr.Tab(SOURCES[2], id="extras-folder") as folder:
-            ui.input_dir = gr.Textbox(label="Input directory", placeholder="A folder on this computer",
+            ui.input_dir = gr.Textbox("", label="Input directory", placeholder="A folder on this computer",
                                       elem_id="sd-extras-input-dir")
-            ui.output_dir = gr.Textbox(label="Output directory",
+            ui.output_dir = gr.Textbox("", label="Output directory",
                                        placeholder="Leave blank to save into the outputs folder",
                                        info="The pictures go under <folder>/extras-images/YYYY-MM-DD/.",
                                        elem_id="sd-extras-output-dir")

@@ -76,9 +76,9 @@ def hires_section(prefix: str, samplers: list[str], schedules: list[str]) -> Hir
                                        elem_id=f"{prefix}hr-sampler")
             f["schedule"] = gr.Dropdown(label=HIRES_LABELS["schedule"], choices=[USE_SAME, *schedules],
                                         value=USE_SAME, elem_id=f"{prefix}hr-schedule")
-        f["prompt"] = gr.Textbox(label=HIRES_LABELS["prompt"], lines=2, placeholder="Empty = the same prompt",
+        f["prompt"] = gr.Textbox("", label=HIRES_LABELS["prompt"], lines=2, placeholder="Empty = the same prompt",
                                  elem_id=f"{prefix}hr-prompt")
-        f["negative_prompt"] = gr.Textbox(label=HIRES_LABELS["negative_prompt"], lines=2,
+        f["negative_prompt"] = gr.Textbox("", label=HIRES_LABELS["negative_prompt"], lines=2,
                                           placeholder="Empty = the same negative prompt",
                                           elem_id=f"{prefix}hr-negative")
     part.fields = f
@@ -123,7 +123,7 @@ def size_text(width: Any, height: Any, scale: Any, resize_x: Any, resize_y: Any)
 
 def wire_hires(part: HiresSection, width: Any, height: Any) -> None:
     """Ticking opens the settings; the size line follows the form's size and the section's scale and resize."""
-    part.fields["enabled"].input(lambda on: gr.Accordion(open=True) if on else gr.Accordion(),
+    part.fields["enabled"].input(lambda on: gr.update(open=True) if on else gr.update(),
                                  inputs=part.fields["enabled"], outputs=part.accordion, api_visibility="private")
     sources = [width, height, part.fields["scale"], part.fields["resize_x"], part.fields["resize_y"]]
     for source in sources:
@@ -156,7 +156,7 @@ def reuse_hires(text: str) -> list[Any]:
     except Exception as exc:  # noqa: BLE001 - an odd text leaves the section as it is
         logging.getLogger(__name__).warning("could not read hires fix's settings: %s", exc)
         return [gr.update() for _ in range(len(HIRES_FIELDS) + 1)]
-    return [gr.Accordion(open=True) if fields else gr.Accordion(), *hires_updates(fields)]
+    return [gr.update(open=True) if fields else gr.update(), *hires_updates(fields)]
 
 
 def wire_reuse_hires(button: Any, inputs: list[Any], part: HiresSection, pick: Any = None) -> None:
