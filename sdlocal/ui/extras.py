@@ -175,19 +175,24 @@ def _whole(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- send to extras
+def send_updates(path: str | None, count: int = 4) -> list[Any]:
+    """Updates for (the page's tabs, the source tabs, the source state, the picture): the Extras tab's Single
+    Image with ``path``; nothing changes (and a message says why) without a picture."""
+    if not path:
+        gr.Warning("Generate an image first; then it can be sent to Extras.")
+        return [gr.update() for _ in range(count)]
+    return [gr.Tabs(selected="extras"), gr.Tabs(selected="extras-single"), SOURCES[0], path]
+
+
 @dataclass
 class ExtrasSend:
-    """The Extras tab's side of "Send to extras": opens the tab's Single Image with the picture."""
+    """The Extras tab's side of "Send to extras" (``send_updates``), for the tabs with results."""
 
     outputs: list[Any]
 
     def connect(self, button: Any, pick: Any, inputs: list[Any]) -> None:
         """Clicking ``button`` sends the picture ``pick(*inputs)`` names ((path, text) as ``send.Pick``)."""
         def send(*values: Any) -> list[Any]:
-            path, _text = pick(*values)
-            if not path:
-                gr.Warning("Generate an image first; then it can be sent to Extras.")
-                return [gr.update() for _ in self.outputs]
-            return [gr.Tabs(selected="extras"), gr.Tabs(selected="extras-single"), SOURCES[0], path]
+            return send_updates(pick(*values)[0], len(self.outputs))
 
         button.click(send, inputs=inputs, outputs=self.outputs, api_visibility="private")

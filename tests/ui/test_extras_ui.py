@@ -153,3 +153,13 @@ def test_a_refused_request_is_a_message_naming_the_control(tmp_path: Path) -> No
     assert "Resize: 20" in error
     [(_, error, *_)] = list(run(services, *form(SOURCES[2], input_dir=str(tmp_path / "none"))))
     assert "Input directory:" in error
+
+
+def test_send_to_extras_opens_single_image_with_the_picture(tmp_path: Path) -> None:
+    from sdlocal.ui.extras import send_updates
+    from sdlocal.ui.send import result_pick
+
+    saved = str(picture(tmp_path / "00001-7.png"))
+    page_tab, source_tab, source, image = send_updates(result_pick([(7, "a fox", saved)], 0)[0])
+    assert (page_tab.selected, source_tab.selected, source, image) == ("extras", "extras-single", SOURCES[0], saved)
+    assert all("value" not in update for update in send_updates(result_pick([], 0)[0]))
