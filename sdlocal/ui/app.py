@@ -83,8 +83,8 @@ def build_ui(services: Any) -> gr.Blocks:
             generate = build_generate_tab(services, ui_state)
             img2img = build_img2img_tab(services, generate.model, tabs, vae=generate.vae)
             extras = build_extras_tab(services, tabs)
-            build_gallery_tab(services, generate, tabs, send=img2img.send)
-            build_pnginfo_tab(services, generate, tabs, send=img2img.send)
+            build_gallery_tab(services, generate, tabs, send=img2img.send, extras_send=extras.send)
+            build_pnginfo_tab(services, generate, tabs, send=img2img.send, extras_send=extras.send)
             build_system_tab(services)
         for button, target in ((generate.send_img2img, "img2img"), (generate.send_inpaint, "inpaint")):
             img2img.send.connect(button, result_pick, [generate.results, generate.selected], target)
