@@ -100,3 +100,25 @@ def test_generate_sends_hires_fix_and_the_saved_form_leaves_it_out() -> None:
     list(run(services, UiState(settings), "tiny", *form, [], "Automatic", *section()))
     list(run(services, UiState(settings), "tiny", *form))  # API clients sending only the form
     assert queue.requests[1].hires is None and queue.requests[2].hires is None
+
+
+def test_an_images_hires_keys_tick_the_section_and_fill_it() -> None:
+    from sdlocal.forms import fill_from_infotext
+    from sdlocal.ui.hires import reuse_hires
+
+    text = ("a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.45, "
+            "Hires resize: 1024x768, Hires upscaler: Latent (nearest), Hires prompt: sharp fox")
+    accordion, *updates = reuse_hires(text)
+    values = {name: update["value"] for name, update in zip(HIRES_FIELDS, updates, strict=True)}
+    assert accordion["open"] is True
+    assert values == {**HIRES_DEFAULTS, "enabled": True, "resize_x": 1024, "resize_y": 768, "prompt": "sharp fox",
+                      "upscaler": "Latent (nearest)", "denoising_strength": 0.45}
+
+    def unknown(name: str) -> None:
+        raise LookupError(name)
+
+    assert fill_from_infotext(SimpleNamespace(find_model=unknown), text).hires == {
+        "resize_x": 1024, "resize_y": 768, "upscaler": "Latent (nearest)", "denoising_strength": 0.45,
+        "prompt": "sharp fox"}
+    _accordion, enabled, *rest = reuse_hires("a fox\nSteps: 20, Sampler: Euler, Seed: 1, Size: 512x512")
+    assert enabled["value"] is False and all("value" not in update for update in rest)
