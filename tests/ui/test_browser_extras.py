@@ -35,6 +35,7 @@ def test_hires_size_line_and_an_extras_upscale_in_the_browser(running_app: Runni
         scale.fill("3")
         scale.press("Enter")
         expect(size).to_contain_text("64x64 -> 192x192", timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "browser-hires.png"), full_page=True)
 
         page.get_by_role("tab", name="Extras", exact=True).click()
         page.locator("#sd-extras-image input[type=file]").set_input_files(str(photo))
