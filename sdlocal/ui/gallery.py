@@ -20,6 +20,7 @@ from sdlocal.outputs import OutputError
 from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
+from sdlocal.ui.hires import wire_reuse_hires
 from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
@@ -189,6 +190,9 @@ def _wire_selection(ui: GalleryTab, services: Any, generate: GenerateTab, tabs: 
     ui.select_api.click(select_item, inputs=ui.chosen, outputs=selected, api_name="gallery_select")
     ui.reuse.click(on_reuse, inputs=ui.params, outputs=[tabs, generate.model, *generate.controls],
                    api_name="gallery_reuse")
+    if generate.hires is not None:  # and the Hires fix section, from the text's Hires keys
+        wire_reuse_hires(ui.reuse, [ui.params], generate.hires,
+                         pick=lambda text: "" if (text or "").startswith("(this image") else text)
 
 
 def _wire_send(ui: GalleryTab, store: Any, send: SendTarget) -> None:
