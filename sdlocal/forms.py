@@ -58,10 +58,8 @@ def hires_from_infotext(text: str) -> dict[str, Any]:
 
 def hires_fields(params: dict[str, str]) -> dict[str, Any]:
     """``infotext_to_hires_fields`` over parsed parameters; {} unless a hires key is there."""
-    try:
-        from sdlocal.engine.infotext import infotext_to_hires_fields
-    except ImportError:  # an engine without hires fix's reader: the text fills the rest of the form
-        return {}
+    from sdlocal.engine.infotext import infotext_to_hires_fields
+
     return dict(infotext_to_hires_fields(params))
 
 
