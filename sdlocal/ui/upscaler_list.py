@@ -16,11 +16,12 @@ def upscaler_names(engine: Any) -> list[str]:
     """None, Lanczos, Nearest, then every usable upscaler model, in the engine's order.
 
     A model that cannot be used (an unknown architecture...) is left out here; the API's list shows it with
-    the reason.
+    the reason. The folders are scanned again (each file is read once per version), so a file dropped in
+    shows after a page reload.
     """
     names = list(BUILTIN_UPSCALERS)
     try:
-        entries = list(engine.upscalers())
+        entries = list(engine.upscalers(refresh=True))
     except Exception as exc:  # noqa: BLE001 - the built-in upscalers work without the scan
         logging.getLogger(__name__).warning("could not list the upscaler models: %s", exc)
         entries = []

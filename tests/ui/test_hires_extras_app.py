@@ -62,3 +62,24 @@ def test_extras_from_the_page_upscales_and_saves_under_extras_images(client: Cli
     refused = call(client, "/extras", handle_file(str(photo)), None, "", "", 3, 512, 512, True, "4x-Nowhere",
                    "None", 0)
     assert "Upscaler 1" in refused["Error"] and "4x-Nowhere" in refused["Error"]
+
+
+def test_an_upscaler_file_dropped_in_is_offered_and_runs_from_the_page(client: Client, running_app: RunningApp,
+                                                                       tmp_path: Path) -> None:
+    from sdlocal.ui.extras import upscaler_updates
+    from sdlocal.ui.hires import upscaler_update
+    from tests.engine.upscalers.files import new_layout, save, tiny_rrdb
+
+    save(new_layout(tiny_rrdb()), running_app.data_dir / "models" / "ESRGAN" / "4x-TinyTest.safetensors")
+    (running_app.data_dir / "models" / "ESRGAN" / "notes.pth").write_bytes(b"not a model")
+    hires_list = upscaler_update(running_app.services.engine)["choices"]
+    extras_list = upscaler_updates(running_app.services.engine)[0]["choices"]
+    names = [choice[0] if isinstance(choice, tuple) else choice for choice in extras_list]
+    assert names[:3] == ["None", "Lanczos", "Nearest"] and "4x-TinyTest" in names and "notes" not in names
+    assert "Latent (bicubic antialiased)" in [c[0] if isinstance(c, tuple) else c for c in hires_list]
+    photo = tmp_path / "small.png"
+    Image.new("RGB", (24, 16), (20, 160, 60)).save(photo)
+    out = call(client, "/extras", handle_file(str(photo)), None, "", "", 4, 512, 512, True, "4x-TinyTest", "None",
+               0)
+    assert out["Error"] == "", out["Error"]
+    assert "Postprocess upscaler: 4x-TinyTest" in out["Postprocessing"]

@@ -44,11 +44,11 @@ def test_upscaler_list_is_latent_modes_then_builtins_then_usable_models() -> Non
     found = [SimpleNamespace(name="None", usable=True), SimpleNamespace(name="Lanczos", usable=True),
              SimpleNamespace(name="Nearest", usable=True), SimpleNamespace(name="4x-UltraSharp", usable=True),
              SimpleNamespace(name="broken", usable=False)]
-    engine = SimpleNamespace(upscalers=lambda: found)
+    engine = SimpleNamespace(upscalers=lambda refresh=False: found)
     assert hires_upscaler_names(engine) == [*LATENT_MODES, "None", "Lanczos", "Nearest", "4x-UltraSharp"]
     assert upscaler_names(engine) == ["None", "Lanczos", "Nearest", "4x-UltraSharp"]  # the Extras tab's
 
-    def failing() -> list:
+    def failing(refresh: bool = False) -> list:
         raise OSError("models folder unreadable")
 
     assert hires_upscaler_names(SimpleNamespace(upscalers=failing)) == [*LATENT_MODES, "None", "Lanczos", "Nearest"]
