@@ -1,6 +1,7 @@
 """Hires fix and Extras in a real browser (Debian chromium via Playwright, as ``test_browser.py``): ticking
 "Hires. fix" shows the size it will make, and the Extras tab upscales an uploaded picture with Lanczos, saving it
-under ``outputs/extras-images/<date>/`` with the picture's own parameters. Screenshots go to ``test-artifacts/``."""
+under ``outputs/extras-images/<date>/`` with the picture's own parameters; "Batch from Directory" refuses a
+folder that is not there. Screenshots go to ``test-artifacts/``."""
 
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def test_hires_size_line_and_an_extras_upscale_in_the_browser(running_app: Runni
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=shown.element_handle())
         assert shown.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [96, 80]
         page.screenshot(path=str(ARTIFACTS / "browser-extras.png"))
+        # the open source tab decides: a folder that does not exist is refused by name
+        page.get_by_role("tab", name="Batch from Directory", exact=True).click()
+        page.locator("#sd-extras-input-dir textarea, #sd-extras-input-dir input").first.fill(str(tmp_path / "none"))
+        page.locator("#sd-extras-generate").click()
+        expect(page.locator("#sd-extras-error")).to_contain_text("Input directory", timeout=20_000)
     [saved] = sorted(set((running_app.data_dir / "outputs").rglob("extras-images/*/*.png")) - before)
     assert Image.open(saved).size == (96, 80)
     text, chunks = read_image_info(saved)
