@@ -20,6 +20,9 @@ class InfotextFill:
     # img2img and inpainting settings the text names (Denoising strength, Mask blur...), as ImageSource and
     # MaskSpec field names (``infotext_to_source_fields``); empty for a txt2img text
     source: dict[str, Any] = field(default_factory=dict)
+    # hires fix's settings the text names (Hires upscale or Hires resize, Hires upscaler, Hires steps...), as
+    # HiresSpec field names (``infotext_to_hires_fields``); empty when the image was made without hires fix
+    hires: dict[str, Any] = field(default_factory=dict)
 
 
 def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
@@ -33,7 +36,7 @@ def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
     params = parse_infotext(text or "")
     values = infotext_to_request_fields(params)
     wanted = values.pop("model", None) or params.get("Model")
-    fill = InfotextFill(fields=values, source=infotext_to_source_fields(params))
+    fill = InfotextFill(fields=values, source=infotext_to_source_fields(params), hires=hires_fields(params))
     for key in (params.get("Model hash"), wanted):
         entry = _find(engine, key) if key else None
         if entry is not None and entry.supported:
@@ -41,6 +44,23 @@ def fill_from_infotext(engine: Any, text: str) -> InfotextFill:
             return fill
     fill.missing_model = wanted or None
     return fill
+
+
+def hires_from_infotext(text: str) -> dict[str, Any]:
+    """Hires fix's settings in an A1111 parameters text (HiresSpec field names), {} when it has none.
+
+    Cheap (no model lookup), so a handler that fills only the Hires fix section can call it on its own.
+    """
+    from sdlocal.engine.infotext import parse_infotext
+
+    return hires_fields(parse_infotext(text or ""))
+
+
+def hires_fields(params: dict[str, str]) -> dict[str, Any]:
+    """``infotext_to_hires_fields`` over parsed parameters; {} unless a hires key is there."""
+    from sdlocal.engine.infotext import infotext_to_hires_fields
+
+    return dict(infotext_to_hires_fields(params))
 
 
 @dataclass

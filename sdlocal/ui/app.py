@@ -14,6 +14,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from sdlocal.ui.common import UiState
+from sdlocal.ui.extras import build_extras_tab
 from sdlocal.ui.gallery import build_gallery_tab
 from sdlocal.ui.generate import build_generate_tab
 from sdlocal.ui.img2img import build_img2img_tab
@@ -81,11 +82,14 @@ def build_ui(services: Any) -> gr.Blocks:
         with gr.Tabs(selected="generate") as tabs:
             generate = build_generate_tab(services, ui_state)
             img2img = build_img2img_tab(services, generate.model, tabs, vae=generate.vae)
-            build_gallery_tab(services, generate, tabs, send=img2img.send)
-            build_pnginfo_tab(services, generate, tabs, send=img2img.send)
+            extras = build_extras_tab(services, tabs)
+            build_gallery_tab(services, generate, tabs, send=img2img.send, extras_send=extras.send)
+            build_pnginfo_tab(services, generate, tabs, send=img2img.send, extras_send=extras.send)
             build_system_tab(services)
         for button, target in ((generate.send_img2img, "img2img"), (generate.send_inpaint, "inpaint")):
             img2img.send.connect(button, result_pick, [generate.results, generate.selected], target)
+        for parts in (generate, img2img):
+            extras.send.connect(parts.send_extras, result_pick, [parts.results, parts.selected])
 
         on_load, load_outputs = generate.load
         status_fn, status_md = generate.status
@@ -99,6 +103,8 @@ def build_ui(services: Any) -> gr.Blocks:
         blocks.load(on_load, outputs=load_outputs, api_name="page_state")
         blocks.load(img2img.load[0], outputs=img2img.load[1], api_visibility="private")
         blocks.load(generate.vae_load[0], outputs=generate.vae_load[1], api_visibility="private")
+        blocks.load(generate.hires_load[0], outputs=generate.hires_load[1], api_visibility="private")
+        blocks.load(extras.load[0], outputs=extras.load[1], api_visibility="private")
         link_emphasis(generate, img2img)
 
         def styles_and_emphasis() -> list[Any]:

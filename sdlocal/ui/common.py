@@ -66,6 +66,27 @@ LABELS: dict[str, str] = {
     "inpaint_full_res_padding": "Only masked padding, pixels",
     "inpainting_fill": "Masked content",
     "conditional_mask_weight": "Conditional mask weight",
+    # the Extras tab's controls, by the ExtrasRequest's (API) field names
+    "image": "Single Image",
+    "imageList": "Batch Process",
+    "input_dir": "Input directory",
+    "upscaling_resize": "Resize",
+    "upscaling_resize_w": "Width",
+    "upscaling_resize_h": "Height",
+    "upscaling_crop": "Crop to fit",
+    "upscaler_1": "Upscaler 1",
+    "upscaler_2": "Upscaler 2",
+    "extras_upscaler_2_visibility": "Upscaler 2 visibility",
+    # the Hires fix section's, by the API's names
+    "hr_scale": "Upscale by",
+    "hr_resize_x": "Resize width to",
+    "hr_resize_y": "Resize height to",
+    "hr_upscaler": "Hires upscaler",
+    "hr_second_pass_steps": "Hires steps",
+    "hr_sampler": "Hires sampler",
+    "hr_schedule": "Hires schedule type",
+    "hr_prompt": "Hires prompt",
+    "hr_negative_prompt": "Hires negative prompt",
 }
 
 

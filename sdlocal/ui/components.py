@@ -46,6 +46,7 @@ class FormParts:
     reuse_all: Any = None
     send_img2img: Any = None
     send_inpaint: Any = None
+    send_extras: Any = None
     info: Any = None
     # styles (under the prompts)
     styles: Any = None  # the Styles multiselect
@@ -188,6 +189,7 @@ def results_column(ui: FormParts, send_buttons: bool = True) -> None:
     if send_buttons:
         with gr.Row():
             ui.send_img2img, ui.send_inpaint = send_buttons_row(ui.eid(""))
+            ui.send_extras = gr.Button("Send to extras", size="sm", elem_id=ui.eid("send-extras"))
     ui.info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id=ui.eid("info"), buttons=["copy"])
 
 

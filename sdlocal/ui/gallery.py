@@ -20,6 +20,7 @@ from sdlocal.outputs import OutputError
 from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
+from sdlocal.ui.hires import wire_reuse_hires
 from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
@@ -49,6 +50,7 @@ class GalleryTab:
     reuse: Any = None
     send_img2img: Any = None
     send_inpaint: Any = None
+    send_extras: Any = None
     delete: Any = None
     confirm_row: Any = None
     confirm: Any = None
@@ -56,12 +58,17 @@ class GalleryTab:
     select_api: Any = None
 
 
-def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any, send: SendTarget | None = None) -> Any:
+def build_gallery_tab(services: Any, generate: GenerateTab, tabs: Any, send: SendTarget | None = None,
+                      extras_send: Any = None) -> Any:
+    """The tab; ``send`` is the img2img tab's SendTarget, ``extras_send`` the Extras tab's (``ExtrasSend``)."""
     ui = _layout()
     show_page = _wire_pages(ui, services.store)
     _wire_selection(ui, services, generate, tabs)
     if send is not None:
         _wire_send(ui, services.store, send)
+    if extras_send is not None:
+        extras_send.connect(ui.send_extras, lambda rel, text: _resolve(services.store, rel, text),
+                            [ui.chosen, ui.params])
     _wire_delete(ui, services.store, show_page)
     return ui.tab
 
@@ -102,6 +109,7 @@ def _selected_column(ui: GalleryTab) -> None:
         ui.delete = gr.Button("Delete", variant="stop", elem_id="sd-gallery-delete")
     with gr.Row():
         ui.send_img2img, ui.send_inpaint = send_buttons_row("sd-gallery-")
+        ui.send_extras = gr.Button("Send to extras", size="sm", elem_id="sd-gallery-send-extras")
     with gr.Row(visible=False) as ui.confirm_row:
         gr.Markdown("Delete this image for good?")
         ui.confirm = gr.Button("Yes, delete", variant="stop", size="sm", elem_id="sd-gallery-confirm")
@@ -182,18 +190,15 @@ def _wire_selection(ui: GalleryTab, services: Any, generate: GenerateTab, tabs: 
     ui.select_api.click(select_item, inputs=ui.chosen, outputs=selected, api_name="gallery_select")
     ui.reuse.click(on_reuse, inputs=ui.params, outputs=[tabs, generate.model, *generate.controls],
                    api_name="gallery_reuse")
+    if generate.hires is not None:  # and the Hires fix section, from the text's Hires keys
+        wire_reuse_hires(ui.reuse, [ui.params], generate.hires,
+                         pick=lambda text: "" if (text or "").startswith("(this image") else text)
 
 
 def _wire_send(ui: GalleryTab, store: Any, send: SendTarget) -> None:
     """"Send to img2img" / "Send to inpaint": the selected file, with its parameters."""
     def pick(rel: str, text: str) -> tuple[str | None, str]:
-        if not rel:
-            return None, ""
-        try:
-            path = str(store.resolve(rel))
-        except (OSError, OutputError, ValueError):
-            return None, ""
-        return path, "" if (text or "").startswith("(this image") else text
+        return _resolve(store, rel, text)
 
     for button, target in ((ui.send_img2img, "img2img"), (ui.send_inpaint, "inpaint")):
         send.connect(button, pick, [ui.chosen, ui.params], target)
@@ -220,3 +225,14 @@ def _wire_delete(ui: GalleryTab, store: Any, show_page: Any) -> None:
     ui.confirm.click(do_delete, inputs=[ui.chosen, ui.page, ui.show],
                      outputs=[ui.chosen, ui.picked, ui.params, ui.path_md, ui.confirm_row, *page_outputs(ui)],
                      api_name="gallery_delete")
+
+
+def _resolve(store: Any, rel: str, text: str) -> tuple[str | None, str]:
+    """The selected file's path (None when it is gone or outside the outputs) and its parameters text."""
+    if not rel:
+        return None, ""
+    try:
+        path = str(store.resolve(rel))
+    except (OSError, OutputError, ValueError):
+        return None, ""
+    return path, "" if (text or "").startswith("(this image") else text

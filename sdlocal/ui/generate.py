@@ -20,6 +20,7 @@ from sdlocal.ui import runtime
 from sdlocal.ui.common import DEFAULTS, FORM_FIELDS, UiState, coerce_fields, error_text
 from sdlocal.ui.form_events import on_preset, stream_job, wire_results, wire_run, wire_seeds
 from sdlocal.ui.generate_layout import NO_PRESET, GenerateTab, build_layout, size_choices
+from sdlocal.ui.hires import HIRES_FIELDS, hires_spec, upscaler_update, wire_hires, wire_reuse_hires
 from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import (
     UNSUPPORTED_PREFIX,
@@ -45,12 +46,15 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     wire_results(ui, services.engine, ui.model)
     wire_vae(ui, services, ui_state)
     wire_reuse_vae(ui, services, ui.vae)
+    wire_hires(ui.hires, ui.fields["width"], ui.fields["height"])
+    wire_reuse_hires(ui.reuse_all, [ui.results, ui.selected], ui.hires)
     runtime.wire(ui, services)
     wire_styles(ui, services)
     wire_lora_panel(ui.loras, services, ui.fields["prompt"])
     _wire_download(ui, services)
     ui.load = (lambda: page_state(services, ui_state), page_state_outputs(ui))
     ui.vae_load = (lambda: page_vae(services, ui_state), ui.vae)
+    ui.hires_load = (lambda: upscaler_update(services.engine), ui.hires.fields["upscaler"])
     ui.status = (lambda: load_status_text(services), ui.load_status)
     return ui
 
@@ -135,18 +139,20 @@ def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
     """Submit the txt2img request to the queue and stream its progress; errors become a message, never a crash.
 
     ``values`` are the FORM_FIELDS controls, then the styles picked (applied to the prompts here; the saved
-    form keeps the prompts as typed), then the page's VAE. Yields (progress, error, preview, gallery, results,
-    selected, info).
+    form keeps the prompts as typed), then the page's VAE, then the Hires fix section (``HIRES_FIELDS``; the
+    saved form leaves it out). Yields (progress, error, preview, gallery, results, selected, info).
     """
     n = len(FORM_FIELDS)
     form = coerce_fields(dict(zip(FORM_FIELDS, values[:n], strict=True)))
     styles = values[n] if len(values) > n else []
     vae = request_vae(values[n + 1] if len(values) > n + 1 else None)
+    hires = hires_spec(values[n + 2:n + 2 + len(HIRES_FIELDS)])
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
 
     def submit() -> Any:
-        request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles), vae=vae)
+        request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles), vae=vae,
+                                          hires=hires)
         ui_state.save({"model": model_name or "", "form": form, "vae": vae})
         return services.queue.submit(request, save=True, source="ui")
 
@@ -161,7 +167,8 @@ def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
         yield from run(services, ui_state, model_name, *values)
 
     names = {"generate": "generate", "interrupt": "interrupt", "skip": "skip"}
-    events = wire_run(ui, services.queue, generate, [ui.model, *ui.controls, ui.styles, ui.vae], names)
+    inputs = [ui.model, *ui.controls, ui.styles, ui.vae, *ui.hires.controls]
+    events = wire_run(ui, services.queue, generate, inputs, names)
     for finished in events:
         finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
 

@@ -24,6 +24,7 @@ from sdlocal.ui.components import (
     size_choices,
     size_controls,
 )
+from sdlocal.ui.hires import HiresSection, hires_section
 from sdlocal.ui.lora_panel import lora_panel
 from sdlocal.ui.model_list import empty_state_markdown
 from sdlocal.ui.vae_select import vae_controls
@@ -38,6 +39,7 @@ class GenerateTab(FormParts):
 
     load: tuple[Any, list[Any]] | None = None  # (page-load handler, its outputs), for the app's Blocks.load
     vae_load: tuple[Any, Any] | None = None  # (page-load handler of the VAE list, the dropdown)
+    hires_load: tuple[Any, Any] | None = None  # (page-load handler of hires fix's upscaler list, the dropdown)
     status: tuple[Any, Any] | None = None  # (status text function, the status Markdown), for the app's timer
     # the model row
     cpu_warning: Any = None
@@ -47,6 +49,7 @@ class GenerateTab(FormParts):
     vae: Any = None  # the page's VAE (A1111's sd_vae quick setting), for txt2img and img2img (``vae_select``)
     vae_refresh: Any = None
     preset_problems: Any = None
+    hires: HiresSection | None = None  # the Hires fix section (``sdlocal.ui.hires``)
     empty_panel: Any = None
     empty_text: Any = None
     download: Any = None
@@ -81,6 +84,7 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Ge
                 sampler_controls(ui, samplers, schedules)
                 size_controls(ui)
                 seed_and_batch(ui)
+                ui.hires = hires_section(ui.prefix, samplers, schedules)
                 with gr.Accordion("Advanced", open=False, elem_id="sd-advanced"):
                     _advanced(ui, services)
             with gr.Column(scale=6, min_width=360):

@@ -17,6 +17,7 @@ from sdlocal.outputs import read_image_parameters
 from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
+from sdlocal.ui.hires import wire_reuse_hires
 from sdlocal.ui.send import SendTarget
 from sdlocal.ui.vae_select import vae_from_infotext
 
@@ -55,7 +56,8 @@ def parameters_table(text: str) -> str:
     return f'<table class="sd-params">{rows}</table>' if rows else ""
 
 
-def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: SendTarget | None = None) -> Any:
+def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: SendTarget | None = None,
+                      extras_send: Any = None) -> Any:
     with gr.Tab("PNG Info", id="pnginfo") as tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=2):
@@ -69,6 +71,7 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: Sen
                 to_generate = gr.Button("Send to Generate", variant="primary", elem_id="sd-pnginfo-send")
                 with gr.Row():
                     to_img2img, to_inpaint = send_buttons_row("sd-pnginfo-")
+                    to_extras = gr.Button("Send to extras", size="sm", elem_id="sd-pnginfo-send-extras")
 
     def on_upload(path: str | None):
         params, note = read_dropped(path)
@@ -87,6 +90,10 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: Sen
     if generate.vae is not None:  # the page's VAE too, from the text's "VAE"
         to_generate.click(lambda params: vae_from_infotext(services, params), inputs=text, outputs=generate.vae,
                           api_visibility="private")
+    if generate.hires is not None:  # and the Hires fix section, from the text's Hires keys
+        wire_reuse_hires(to_generate, [text], generate.hires, pick=lambda params: params)
+    if extras_send is not None:  # the dropped file itself, parameters and all
+        extras_send.connect(to_extras, lambda path, params: (path, params), [upload, text])
     if send is not None:
         # the dropped file itself (the text is its parameters); an image without parameters is sent alone
         for button, target in ((to_img2img, "img2img"), (to_inpaint, "inpaint")):
