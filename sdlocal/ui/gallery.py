@@ -25,7 +25,7 @@ from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
 SHOW_ALL = "All"
-FILTERS = (SHOW_ALL, "txt2img", "img2img")  # the filter's choices: everything, or one outputs folder
+FILTERS = (SHOW_ALL, "txt2img", "img2img", "extras-images")  # everything, or one outputs folder
 
 
 @dataclass
@@ -130,7 +130,8 @@ def gallery_page(store: Any, number: int, show: str = SHOW_ALL) -> tuple[int, li
     shown, rels = [], []
     for item in store.list(number, PER_PAGE, kind=kind):
         try:
-            shown.append((str(store.thumbnail(item.path)), f"{item.kind} · {item.date} · seed {item.seed}"))
+            seed = f" · seed {item.seed}" if item.seed is not None else ""  # an Extras upscale has no seed
+            shown.append((str(store.thumbnail(item.path)), f"{item.kind} · {item.date}{seed}"))
             rels.append(item.relpath)
         except (OSError, OutputError, ValueError):
             continue  # a file removed or damaged since the listing: skip it

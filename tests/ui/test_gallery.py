@@ -58,9 +58,10 @@ def test_a_filter_with_more_than_one_page_pages_within_its_kind(tmp_path: Path) 
 
 
 def test_an_unknown_filter_is_refused_with_the_choices(store: OutputStore) -> None:
-    with pytest.raises(gr.Error, match="Show: 'extras' is not a choice; use one of All, txt2img, img2img"):
+    with pytest.raises(gr.Error, match="Show: 'extras' is not a choice; use one of All, txt2img, img2img, "
+                                       "extras-images"):
         gallery_page(store, 0, "extras")
-    assert FILTERS == ("All", "txt2img", "img2img")
+    assert FILTERS == ("All", "txt2img", "img2img", "extras-images")
 
 
 def test_the_tab_wires_the_filter_into_paging_and_delete(tmp_path: Path) -> None:
@@ -83,3 +84,11 @@ def test_the_tab_wires_the_filter_into_paging_and_delete(tmp_path: Path) -> None
         assert seeds(named["gallery_page"].fn(0)[2]) == [2, 1]  # the filter's default: all kinds
     finally:
         services.close()
+
+
+def test_extras_upscales_have_their_own_filter_and_no_seed_caption(store: OutputStore) -> None:
+    store.save(Image.new("RGB", (16, 16)), "p\nSeed: 9", seed=None, kind="extras-images", when=DAY)
+    assert "extras-images" in FILTERS
+    _number, shown, rels, _where, _label = gallery_page(store, 0, "extras-images")
+    assert [caption for _thumb, caption in shown] == ["extras-images · 2026-12-01"]
+    assert rels[0].startswith("extras-images/2026-12-01/") and rels[0].endswith("00007.png")
