@@ -338,6 +338,33 @@ class Engine:
                 short = ""
         return vae.VaeUse(choice, short, warnings)
 
+    # ------------------------------------------------------------------------------------------ upscalers
+    def upscaler_set(self) -> Any:
+        """The cached ``UpscalerSet``: the builtin upscalers and the model files of the upscaler folders."""
+        with self._state_lock:
+            if getattr(self, "_upscaler_set", None) is None:
+                from sdlocal.engine.upscalers import UpscalerSet
+
+                self._upscaler_set = UpscalerSet(self.config)
+            return self._upscaler_set
+
+    def upscalers(self, refresh: bool = False) -> list[Any]:
+        """Every upscaler (``UpscalerInfo``): builtins, then files, usable or not; scanned again on ``refresh``."""
+        found = self.upscaler_set()
+        return found.scan() if refresh else found.entries()
+
+    def upscale(self, image: Any, name: str, width: int, height: int, control: RunControl | None = None,
+                on_progress: Callable[[int, int], None] | None = None) -> Any:
+        """``image`` upscaled by the upscaler ``name`` to exactly ``width`` x ``height``, on the engine's device
+        (fp16 on CUDA, fp32 elsewhere); one run at a time with generation (the run lock)."""
+        import torch
+
+        runtime = self._runtime_now()
+        dtype = torch.float16 if runtime.device == "cuda" else torch.float32
+        with self._run_lock:
+            return self.upscaler_set().upscale(image, name, width, height, device=runtime.device, dtype=dtype,
+                                               control=control, on_progress=on_progress)
+
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:
         from sdlocal.engine.samplers import sampler_names
