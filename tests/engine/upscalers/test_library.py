@@ -120,3 +120,27 @@ def test_the_engine_lists_builtins_and_files_and_upscales_on_its_device(upscaler
     save(tiny_compact().state_dict(), upscalers.config.data_dir / "models" / "ESRGAN" / "new.pth")
     assert "new" not in [e.name for e in engine.upscalers()]
     assert "new" in [e.name for e in engine.upscalers(refresh=True)]
+
+
+def test_old_esrgan_keys_load_into_the_same_network_as_real_esrgan_keys(tmp_path: Path) -> None:
+    from tests.engine.upscalers.files import new_to_old
+
+    network = tiny_rrdb(blocks=2, seed=5)
+    folder = tmp_path / "models" / "ESRGAN"
+    save({"params_ema": network.state_dict()}, folder / "new.pth")
+    save(new_to_old(network.state_dict(), 2, 2), folder / "old.pth")
+    found = UpscalerSet(EngineConfig(data_dir=tmp_path))
+    source = picture(12, 10, seed=1)
+    new, old = (found.run_model(found.find(name), source) for name in ("new", "old"))
+    pixels = torch.from_numpy(np.asarray(source, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        direct = (network(pixels)[0].clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert new.size == (48, 40) and new.tobytes() == old.tobytes() == direct.tobytes()
+
+
+def test_x2plus_runs_on_odd_sizes_and_gives_twice_the_size(tmp_path: Path) -> None:
+    save(tiny_rrdb(unshuffle=2).state_dict(), tmp_path / "models" / "RealESRGAN" / "RealESRGAN_x2plus.pth")
+    found = UpscalerSet(EngineConfig(data_dir=tmp_path))
+    info = found.find("realesrgan_x2plus")
+    assert info.scale == 2
+    assert found.run_model(info, picture(15, 9)).size == (30, 18)
