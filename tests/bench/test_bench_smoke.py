@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
-    "cpu": [], "memory": [], "img2img": [], "loras": [],
+    "cpu": [], "memory": [], "img2img": [], "loras": [], "upscalers": [],
 }
 
 
@@ -182,3 +182,12 @@ def test_loras(tiny_runs: dict) -> None:
                                            "add a second", "back to none"]
     assert len(data["changes"]["runs"]) == data["settings"]["changes"] == 6
     assert all(size > 0 for size in data["lora_file_mib"]) and data["rss_mib"]["with"] > 0
+
+
+def test_upscalers(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "upscalers")
+    assert [r["input"] for r in data["results"]] == ["32x32", "64x64"]
+    assert [r["output"] for r in data["results"]] == ["128x128", "256x256"]  # behaviour: 4x
+    for row in data["results"]:
+        assert row["seconds"] > 0 and row["model_mib"] > 0 and "peak_rss_above_mib" in row
+    assert data["seam"]["tiles"] == 4 and data["seam"]["max_levels"] <= 1  # tiled equals untiled

@@ -116,7 +116,7 @@ class UpscalerSet(FileLibrary[UpscalerInfo]):
     # ------------------------------------------------------------------------------------ running
     def upscale(self, image: Any, name: str, width: int, height: int, *, device: str = "cpu", dtype: Any = None,
                 control: RunControl | None = None, on_progress: Callable[[int, int], None] | None = None,
-                tile: int = tiling.DEFAULT_TILE, overlap: int = tiling.DEFAULT_OVERLAP) -> Any:
+                tile: int | None = None, overlap: int = tiling.DEFAULT_OVERLAP) -> Any:
         """``image`` upscaled by ``name`` to exactly ``width`` x ``height`` (A1111's rule, see the module);
         ``UpscaleInterrupted`` when ``control`` is interrupted between tiles."""
         from PIL import Image
@@ -140,8 +140,9 @@ class UpscalerSet(FileLibrary[UpscalerInfo]):
 
     def run_model(self, info: UpscalerInfo, picture: Any, *, device: str = "cpu", dtype: Any = None,
                   control: RunControl | None = None, on_progress: Callable[[int, int], None] | None = None,
-                  tile: int = tiling.DEFAULT_TILE, overlap: int = tiling.DEFAULT_OVERLAP) -> Any:
-        """One pass of the model ``info`` over an RGB picture, tiled -> the picture at the model's scale."""
+                  tile: int | None = None, overlap: int = tiling.DEFAULT_OVERLAP) -> Any:
+        """One pass of the model ``info`` over an RGB picture, tiled (``tile``: the device's by default) -> the
+        picture at the model's scale."""
         import numpy as np
         import torch
         from PIL import Image
@@ -161,10 +162,12 @@ class UpscalerSet(FileLibrary[UpscalerInfo]):
             if on_progress is not None:
                 on_progress(done, total)
 
+        tile = tile or tiling.tile_for(device)
         out = tiling.run_tiled(network, pixels, architecture.scale, tile, overlap, before_tile)
         scale = architecture.scale
-        out = out[0, :, : picture.height * scale, : picture.width * scale].clamp(0, 1)
-        array = (out.permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
+        out = out[0, :, : picture.height * scale, : picture.width * scale]
+        out.clamp_(0, 1).mul_(255.0).round_()  # in place, as the 4x float picture is the largest tensor
+        array = out.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
         return Image.fromarray(array, "RGB")
 
     def _network(self, info: UpscalerInfo, device: str, dtype: Any) -> tuple[Any, Any]:
