@@ -149,7 +149,10 @@ def main() -> int:
     sizes = args.sizes or ([32, 64] if args.tiny else [256, 1024])
     with tempfile.TemporaryDirectory() as scratch:
         write_model(Path(scratch), args.tiny)
-        rows = [run_child(Path(scratch), size, device) for size in sizes]
+        rows = []
+        for size in sizes:  # each row as it comes: the 1024 case takes minutes on a small CPU
+            rows.append(run_child(Path(scratch), size, device))
+            print(MARK + json.dumps(rows[-1]), flush=True)
         seam = seam_difference(Path(scratch), 96, device)
     memory_key = "gpu_peak_above_mib" if device == "cuda" else "peak_rss_above_mib"
     print(f"\nRRDBNet x4plus{' (tiny: 2 blocks, 16 features)' if args.tiny else ''}, random weights, 4x, tiled, "

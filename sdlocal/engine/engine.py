@@ -356,14 +356,21 @@ class Engine:
     def upscale(self, image: Any, name: str, width: int, height: int, control: RunControl | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> Any:
         """``image`` upscaled by the upscaler ``name`` to exactly ``width`` x ``height``, on the engine's device
-        (fp16 on CUDA, fp32 elsewhere); one run at a time with generation (the run lock)."""
+        (fp16 on CUDA, fp32 elsewhere); one run at a time with generation (the run lock). Called on its own (not
+        inside a run), ``interrupt()`` reaches it between tiles (``UpscaleInterrupted``)."""
         import torch
 
         runtime = self._runtime_now()
         dtype = torch.float16 if runtime.device == "cuda" else torch.float32
+        control = control if control is not None else self._control or RunControl()
         with self._run_lock:
-            return self.upscaler_set().upscale(image, name, width, height, device=runtime.device, dtype=dtype,
-                                               control=control, on_progress=on_progress)
+            outer = self._control
+            self._control = outer or control
+            try:
+                return self.upscaler_set().upscale(image, name, width, height, device=runtime.device, dtype=dtype,
+                                                   control=control, on_progress=on_progress)
+            finally:
+                self._control = outer
 
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:

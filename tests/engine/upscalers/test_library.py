@@ -144,3 +144,18 @@ def test_x2plus_runs_on_odd_sizes_and_gives_twice_the_size(tmp_path: Path) -> No
     info = found.find("realesrgan_x2plus")
     assert info.scale == 2
     assert found.run_model(info, picture(15, 9)).size == (30, 18)
+
+
+def test_the_engines_interrupt_reaches_an_upscale_between_tiles(upscalers: UpscalerSet) -> None:
+    from sdlocal.engine.engine import Engine
+
+    engine = Engine(EngineConfig(data_dir=upscalers.config.data_dir, device="cpu"))
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        engine.interrupt()
+
+    with pytest.raises(UpscaleInterrupted):
+        engine.upscale(picture(300, 40), "four", 1200, 160, on_progress=progress)
+    assert seen == [0] and not engine.busy
