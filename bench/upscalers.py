@@ -48,13 +48,17 @@ def write_model(folder: Path, tiny: bool) -> Path:
     """RRDBNet x4plus's shape (23 blocks, 64 features, growth 32) with random weights, as Real-ESRGAN saves it."""
     import torch
 
-    from sdlocal.engine.upscalers import rrdbnet
+    from sdlocal.engine.upscalers.rrdbnet import RRDBNet, RrdbShape
 
     torch.manual_seed(0)
-    config = rrdbnet.RRDBConfig(3, 3, 16 if tiny else 64, 8 if tiny else 32, 2 if tiny else 23, 2, 1)
+    model = RRDBNet(RrdbShape(3, 3, 16 if tiny else 64, 8 if tiny else 32, 2 if tiny else 23, 2, 1))
+    state = {}
+    for key, value in model.state_dict().items():  # the module's upconvs.N are conv_up<N+1> in the files
+        parts = key.split(".")
+        state[f"conv_up{int(parts[1]) + 1}.{parts[2]}" if parts[0] == "upconvs" else key] = value
     path = folder / "models" / "ESRGAN" / "RealESRGAN_x4plus-random.pth"
     path.parent.mkdir(parents=True)
-    torch.save({"params_ema": rrdbnet.build(config).state_dict()}, path)
+    torch.save({"params_ema": state}, path)
     return path
 
 
@@ -71,12 +75,14 @@ def child(data_dir: Path, size: int, device: str) -> dict[str, Any]:
     import torch
 
     from sdlocal.engine.config import EngineConfig
-    from sdlocal.engine.upscalers import UpscalerSet, tiling
+    from sdlocal.engine.upscalers import UpscalerSet, library
 
     upscalers = UpscalerSet(EngineConfig(data_dir=data_dir))
     info = upscalers.find("RealESRGAN_x4plus-random")
-    upscalers.run_model(info, _picture(16), device=device)  # loads the model: its memory is not the tiling's
-    network = upscalers._network(info, device, torch.float16 if device == "cuda" else None)[0]
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    upscalers._run_model(info, _picture(16), device, dtype, None, None)  # loads it: not the tiling's memory
+    network = upscalers._load(info, device, dtype)[0]
+    tile = library.GPU_TILE if device == "cuda" else library.CPU_TILE
     model_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
     source = _picture(size)
     gc.collect()
@@ -87,14 +93,14 @@ def child(data_dir: Path, size: int, device: str) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         gpu_before = torch.cuda.memory_allocated()
     started = time.perf_counter()
-    out = upscalers.run_model(info, source, device=device)
+    out = upscalers._run_model(info, source, device, dtype, None, None)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = (_vm("VmHWM") if reset else None) or int(peak_rss_mib() * 2**20)
     result = {"input": f"{size}x{size}", "output": f"{out.width}x{out.height}", "device": device,
-              "tile": tiling.tile_for(device), "overlap": tiling.DEFAULT_OVERLAP,
-              "tiles": tiling.tile_count(size, size, tiling.tile_for(device)), "seconds": round(seconds, 2),
+              "tile": tile, "overlap": library.OVERLAP, "tiles": _tiles(size, tile, library.OVERLAP),
+              "seconds": round(seconds, 2),
               "model_mib": round(model_bytes / 2**20, 1), "peak_rss_above_mib": round((peak - before) / 2**20),
               "peak_counter_reset": reset}
     if device == "cuda":
@@ -106,19 +112,35 @@ def seam_difference(data_dir: Path, size: int, device: str) -> dict[str, Any]:
     """Tiled (two tiles a side, overlapping by the default overlap) against untiled on one picture: the largest
     difference in levels."""
     import numpy as np
+    import torch
 
     from sdlocal.engine.config import EngineConfig
-    from sdlocal.engine.upscalers import UpscalerSet, tiling
+    from sdlocal.engine.upscalers import UpscalerSet, library, tiling
 
     upscalers = UpscalerSet(EngineConfig(data_dir=data_dir))
     info = upscalers.find("RealESRGAN_x4plus-random")
-    source = _picture(size)
-    tile = (size + tiling.DEFAULT_OVERLAP) // 2
-    whole = np.asarray(upscalers.run_model(info, source, device=device, tile=size, overlap=0), dtype=np.int16)
-    tiled = np.asarray(upscalers.run_model(info, source, device=device, tile=tile), dtype=np.int16)
-    return {"input": f"{size}x{size}", "tile": tile, "overlap": tiling.DEFAULT_OVERLAP,
-            "tiles": tiling.tile_count(size, size, tile), "max_levels": int(np.abs(whole - tiled).max()),
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    network, scale = upscalers._load(info, device, dtype)
+    pixels = torch.from_numpy(np.asarray(_picture(size), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+    def run(window: Any) -> Any:
+        return network(window.to(device=device, dtype=dtype))
+
+    def levels(out: Any) -> Any:
+        return (out[0].clamp(0, 1) * 255.0).round().to(torch.int16).numpy()
+
+    tile = (size + library.OVERLAP) // 2
+    whole = levels(tiling.run_tiled(run, pixels, scale, size, 0))
+    tiled = levels(tiling.run_tiled(run, pixels, scale, tile, library.OVERLAP))
+    return {"input": f"{size}x{size}", "tile": max(tile, 2 * library.OVERLAP + 8), "overlap": library.OVERLAP,
+            "tiles": _tiles(size, tile, library.OVERLAP), "max_levels": int(np.abs(whole - tiled).max()),
             "mean_levels": round(float(np.abs(whole - tiled).mean()), 4)}
+
+
+def _tiles(size: int, tile: int, overlap: int) -> int:
+    from sdlocal.engine.upscalers.tiling import tile_starts
+
+    return len(tile_starts(size, max(tile, 2 * overlap + 8), overlap)) ** 2  # run_tiled's own floor on the tile
 
 
 def run_child(data_dir: Path, size: int, device: str) -> dict[str, Any]:

@@ -339,38 +339,33 @@ class Engine:
         return vae.VaeUse(choice, short, warnings)
 
     # ------------------------------------------------------------------------------------------ upscalers
+    _upscaler_set: Any = None  # made at first use
+
     def upscaler_set(self) -> Any:
-        """The cached ``UpscalerSet``: the builtin upscalers and the model files of the upscaler folders."""
+        """The ``UpscalerSet`` over the upscaler folders, made once (it keeps what it read per file version)."""
         with self._state_lock:
-            if getattr(self, "_upscaler_set", None) is None:
+            if self._upscaler_set is None:
                 from sdlocal.engine.upscalers import UpscalerSet
 
                 self._upscaler_set = UpscalerSet(self.config)
             return self._upscaler_set
 
     def upscalers(self, refresh: bool = False) -> list[Any]:
-        """Every upscaler (``UpscalerInfo``): builtins, then files, usable or not; scanned again on ``refresh``."""
-        found = self.upscaler_set()
-        return found.scan() if refresh else found.entries()
+        """Every upscaler (``UpscalerInfo``): the resamplers, then each file found, usable or not, with the reason."""
+        upscalers = self.upscaler_set()
+        return upscalers.scan() if refresh else upscalers.entries()
 
     def upscale(self, image: Any, name: str, width: int, height: int, control: RunControl | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> Any:
-        """``image`` upscaled by the upscaler ``name`` to exactly ``width`` x ``height``, on the engine's device
-        (fp16 on CUDA, fp32 elsewhere); one run at a time with generation (the run lock). Called on its own (not
-        inside a run), ``interrupt()`` reaches it between tiles (``UpscaleInterrupted``)."""
+                on_progress: Callable[[int, int], None] | None = None, field: str = "upscaler_1") -> Any:
+        """``image`` at ``width`` x ``height`` with the upscaler ``name``, on this engine's device (fp16 on CUDA,
+        fp32 elsewhere). Holds the run lock: an upscaler model shares the device with the checkpoint."""
         import torch
 
-        runtime = self._runtime_now()
-        dtype = torch.float16 if runtime.device == "cuda" else torch.float32
-        control = control if control is not None else self._control or RunControl()
+        device = str(self._runtime_now().device)
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
         with self._run_lock:
-            outer = self._control
-            self._control = outer or control
-            try:
-                return self.upscaler_set().upscale(image, name, width, height, device=runtime.device, dtype=dtype,
-                                                   control=control, on_progress=on_progress)
-            finally:
-                self._control = outer
+            return self.upscaler_set().upscale(image, name, width, height, device=device, dtype=dtype,
+                                               control=control, on_progress=on_progress, field=field)
 
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:
@@ -398,6 +393,11 @@ class Engine:
             found = find_named(self.vae_library(), request.vae)  # fails now, not after the model loads
             if not found.usable:
                 raise refuse(found, found.reason)
+        if request.hires is not None:
+            from sdlocal.engine import hires
+
+            hires.check_sampler(request)
+            hires.check_upscaler(request.hires, self.upscaler_set().find)
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
@@ -430,7 +430,8 @@ class Engine:
                 networks = self._activate_networks(loaded, request)
                 output = run_generation(loaded, request, scheduler, control, Path(entry.name).name,
                                         entry.short_hash, on_progress, embeddings=embeddings, texts=networks.texts,
-                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes})
+                                        infotext_extra={**(vae_use.infotext or {}), "Lora hashes": networks.hashes},
+                                        **self._hires_arguments(loaded, request, control))
                 output.warnings[:0] = networks.warnings + skipped_in_prompt(
                     [request.prompt, request.negative_prompt], embeddings, skipped) + (vae_use.warnings or [])
             finally:
@@ -443,6 +444,38 @@ class Engine:
                      "generate": round(output.seconds, 3),
                      "total": round(time.perf_counter() - started, 3)},
         )
+
+    # ------------------------------------------------------------------------------------------ extras
+    def validate_extras(self, request: Any) -> Any:
+        """An ``extras.ExtrasRequest``'s own checks, then its upscaler names against the upscalers found (a latent
+        mode or an unknown name is refused naming ``upscaler_1``/``upscaler_2``, with the known names)."""
+        request.validate()
+        for field_name in ("upscaler_1", "upscaler_2"):
+            name = getattr(request, field_name)
+            if name != "None":
+                setattr(request, field_name, self.upscaler_set().find(name, field_name).name)
+        return request
+
+    def postprocess(self, request: Any, on_progress: Callable[[int, int, int, int], None] | None = None,
+                    control: RunControl | None = None) -> Any:
+        """The Extras tab's upscale of ``request.images`` (``extras.run_extras`` over ``self.upscale``, which holds
+        the run lock per picture): an ``ExtrasResult``, the images done before an interrupt kept."""
+        from sdlocal.engine.extras import run_extras
+
+        self.validate_extras(request)
+        return run_extras(request, self.upscale, on_progress=on_progress, control=control)
+
+    def _hires_arguments(self, loaded: Any, request: GenerationRequest, control: RunControl) -> dict[str, Any]:
+        """run_generation's hires fix arguments: the second pass's scheduler and the picture upscaler."""
+        if request.hires is None:
+            return {}
+        from sdlocal.engine.hires import effective_sampler
+
+        sampler, schedule = effective_sampler(request)
+        scheduler = self._scheduler_cache().get(loaded.key, sampler, schedule, loaded.scheduler_config)
+        return {"hires_scheduler": scheduler,  # self.upscale takes the run lock again: it is re-entrant
+                "upscale": lambda image, name, width, height: self.upscale(image, name, width, height, control=control,
+                                                                           field="hr_upscaler")}
 
     def interrupt(self) -> None:
         """Stop the running generation after its current step; generate() returns the images already finished.

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdlocal.engine.conditioning import PromptEncoder, PromptPlan
-from sdlocal.engine.infotext import format_infotext, ti_hashes
+from sdlocal.engine.infotext import format_infotext, hires_infotext, ti_hashes
 from sdlocal.engine.loader import LoadedModel, free_memory, is_out_of_memory
 from sdlocal.engine.request import (
     EngineError,
@@ -32,6 +32,7 @@ from sdlocal.engine.request import (
     RequestError,
     RunControl,
 )
+from sdlocal.engine.vae_tiling import auto_tiling
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,17 @@ def decode(loaded: LoadedModel, latents: Any, warnings: list[str]) -> list[Any]:
         with torch.inference_mode():
             return vae.decode(scaled, return_dict=False)[0]
 
-    image = run(vae.dtype)
+    factor = pipe.vae_scale_factor
+    size = (latents.shape[-1] * factor, latents.shape[-2] * factor, latents.shape[0])
+    with auto_tiling(vae, *size, warnings):  # a picture too large for the free memory is decoded in tiles
+        image = run(vae.dtype)
     if torch.isnan(image).any() and vae.dtype == torch.float16:
         vae.to(dtype=torch.float32)
         loaded.vae_upcast = True
         warnings.append("The VAE overflowed in fp16 (NaN); it was switched to fp32 for this model. Start with "
                         "--no-half-vae to use fp32 from the start.")
-        image = run(torch.float32)
+        with auto_tiling(vae, *size, warnings):
+            image = run(torch.float32)
     if torch.isnan(image).any():
         raise EngineError("The VAE produced NaN values while decoding the image.",
                           "Start with --no-half-vae, or use precision fp32 (--precision fp32).")
@@ -243,12 +248,28 @@ def _prompt_plan(loaded: LoadedModel, request: GenerationRequest, embeddings: Ma
     raise out_of_memory
 
 
+def _hires_pass(loaded: LoadedModel, request: GenerationRequest, second: Any, latents: Any, generators: list[Any],
+                callback: Callable[..., Any], control: RunControl, warnings: list[str]) -> tuple[Any, Any]:
+    """(latents, None) after hires fix's second pass, or (None, pictures) when strength 0 leaves pictures;
+    (None, None) when the run was interrupted while upscaling."""
+    from sdlocal.engine import hires
+
+    if control.interrupted:
+        return None, None
+    latents, pictures = hires.upscaled_latents(loaded, second, latents, generators, warnings)
+    if pictures is not None or not second.denoises:
+        return latents, pictures
+    return hires.second_pass(loaded, request, second, latents, generators, callback), None
+
+
 def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: Any, control: RunControl,
                    model_name: str, model_hash: str | None,
                    on_progress: Callable[[Progress], None] | None = None,
                    embeddings: Mapping[str, Any] | None = None,
                    texts: tuple[str, str] | None = None,
-                   infotext_extra: Mapping[str, str | None] | None = None) -> RunOutput:
+                   infotext_extra: Mapping[str, str | None] | None = None,
+                   hires_scheduler: Any = None,
+                   upscale: Callable[[Any, str, int, int], Any] | None = None) -> RunOutput:
     """Generate batch_count batches of batch_size images; stops early on interrupt, skips a batch on skip.
 
     A skip pressed between two batches (or before the first) is still pending at the next batch's start,
@@ -257,6 +278,9 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
     (prompt, negative prompt) the text encoder reads when they differ from the request's (the ``<lora:...>``
     tags taken out); the infotext keeps the request's own, so "Reuse all parameters" gets the tags back.
     ``infotext_extra`` adds keys of the caller's (the LoRAs' and the VAE's) to every image's infotext.
+    With ``request.hires``, each batch gets hires fix's second pass (``hires.py``) on ``hires_scheduler`` (the
+    first pass's when None), pictures upscaled by ``upscale(image, name, width, height)``; progress counts the
+    steps of both passes as one run.
     """
     pipe = loaded.pipe
     _check_clip_skip(loaded, request.clip_skip)
@@ -275,11 +299,17 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
 
         prepared = img2img.prepare_all(request)
         extra = img2img.infotext_extra(request, loaded.inpainting)
-    extra = {**(extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used]),
-             **(infotext_extra or {})}
-
     images: list[GeneratedImage] = []
     warnings: list[str] = []
+    second = None
+    if request.hires is not None:
+        from sdlocal.engine import hires
+
+        second = hires.prepare(loaded, request, encoder, plan, texts or (request.prompt, request.negative_prompt),
+                               hires_scheduler if hires_scheduler is not None else scheduler, upscale, warnings)
+        extra = hires_infotext(request.hires, request.prompt, request.negative_prompt)
+    extra = {**(extra or {}), "TI hashes": ti_hashes([encoder.embeddings[name] for name in encoder.used]),
+             **(infotext_extra or {})}
     started = time.perf_counter()
     last_preview = 0.0
 
@@ -292,12 +322,23 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
         batch_started = time.perf_counter()
         stopped = {"flag": False}
 
-        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any],
-                        batch_index: int = batch_index, batch_started: float = batch_started,
-                        stopped: dict = stopped) -> dict[str, Any]:
+        def callback(offset: int, step_plan: PromptPlan, batch_index: int = batch_index,
+                     batch_started: float = batch_started, stopped: dict = stopped) -> Callable[..., Any]:
+            """The step callback of one pass; ``offset`` steps of the run came before it (hires fix's first)."""
+
+            def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                return _step(pipeline, step, tensors, offset, step_plan, batch_index, batch_started, stopped)
+
+            return on_step_end
+
+        def _step(pipeline: Any, step: int, tensors: dict[str, Any], offset: int, step_plan: PromptPlan,
+                  batch_index: int, batch_started: float, stopped: dict) -> dict[str, Any]:
             nonlocal last_preview
-            total_steps = int(getattr(pipeline, "_num_timesteps", 0) or request.denoising_steps())
-            done = step + 1
+            if second is not None:
+                total_steps = request.denoising_steps()
+            else:
+                total_steps = int(getattr(pipeline, "_num_timesteps", 0) or request.denoising_steps())
+            done = offset + step + 1
             if not stopped["flag"] and (control.interrupted or control.take_skip()):
                 pipeline._interrupt = True
                 stopped["flag"] = True
@@ -315,7 +356,7 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
                                          preview=preview))
                 except Exception:  # noqa: BLE001 - a broken progress listener must not kill the run
                     log.exception("progress callback failed")
-            tensors.update(plan.step_tensors(pipeline, done, request.batch_size))  # prompt editing: next step's
+            tensors.update(step_plan.step_tensors(pipeline, step + 1, request.batch_size))  # prompt editing
             return tensors
 
         out_of_memory: EngineError | None = None
@@ -324,11 +365,18 @@ def run_generation(loaded: LoadedModel, request: GenerationRequest, scheduler: A
             call = _batch_call(loaded, request, batch_seeds, batch_index * request.batch_size, shape, prepared,
                                warnings, plan)
             call.pipe.scheduler = scheduler
-            latents = call.pipe(**call.kwargs, generator=call.generators, callback_on_step_end=on_step_end,
+            latents = call.pipe(**call.kwargs, generator=call.generators, callback_on_step_end=callback(0, plan),
                                 callback_on_step_end_tensor_inputs=["latents", *plan.tensor_inputs()]).images
             if stopped["flag"]:
                 continue  # interrupted or skipped mid-batch: its latents are half-denoised, not images
-            decoded = decode(loaded, latents, warnings)
+            decoded = None
+            if second is not None:
+                latents, decoded = _hires_pass(loaded, request, second, latents, call.generators,
+                                               callback(request.steps, second.plan), control, warnings)
+                if stopped["flag"] or latents is None and decoded is None:
+                    continue
+            if decoded is None:
+                decoded = decode(loaded, latents, warnings)
             if call.finishers is not None:
                 decoded = [finish(image) for finish, image in zip(call.finishers, decoded, strict=True)]
         except (EngineError, RequestError):

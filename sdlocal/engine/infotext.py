@@ -236,3 +236,65 @@ def infotext_to_source_fields(params: dict[str, str]) -> dict[str, Any]:
     if content in MASKED_CONTENT:
         fields["content"] = content
     return fields
+
+
+# The keys whose presence means the image was made with hires fix (A1111 writes at least one of them).
+HIRES_MARKERS = ("Hires upscale", "Hires resize", "Hires upscaler")
+
+
+def hires_infotext(hires: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
+    """A1111's hires fix keys for a ``HiresSpec`` (None drops a key, as in ``format_infotext``'s ``extra``).
+
+    "Hires upscale" when the scale sets the size, else "Hires resize" as ``WxH``; "Hires steps" only when set;
+    the sampler and schedule only when not "Use same"; the prompts only when given and unlike the first pass's,
+    so a text from A1111 and one from sdlocal read back the same way.
+    """
+    from sdlocal.engine.request import USE_SAME
+
+    by_scale = hires.resize_x == 0 and hires.resize_y == 0
+    return {
+        "Denoising strength": _number(float(hires.denoising_strength)),
+        "Hires upscale": _number(float(hires.scale)) if by_scale else None,
+        "Hires resize": None if by_scale else f"{hires.resize_x}x{hires.resize_y}",
+        "Hires steps": hires.steps or None,
+        "Hires upscaler": hires.upscaler,
+        "Hires sampler": None if hires.sampler == USE_SAME else hires.sampler,
+        "Hires schedule type": None if hires.schedule == USE_SAME else hires.schedule,
+        "Hires prompt": hires.prompt if hires.prompt and hires.prompt != prompt else None,
+        "Hires negative prompt": (hires.negative_prompt if hires.negative_prompt
+                                  and hires.negative_prompt != negative_prompt else None),
+    }
+
+
+def infotext_to_hires_fields(params: dict[str, str]) -> dict[str, Any]:
+    """The ``HiresSpec`` fields a parsed parameters text names; {} when it has no hires fix keys.
+
+    Only the keys present (and parseable) are returned, so the caller keeps its defaults for the rest; the UI's
+    "Reuse" and PNG Info tick "Hires fix" when the result is not empty. Old texts' "Hires sampler" with the
+    schedule in the name ("DPM++ 2M Karras") are split as the first pass's sampler is.
+    """
+    if not any(key in params for key in HIRES_MARKERS):
+        return {}
+    fields: dict[str, Any] = {}
+    for key, name, convert in (("Hires upscale", "scale", _float), ("Hires steps", "steps", _int),
+                               ("Denoising strength", "denoising_strength", _float)):
+        value = convert(params[key]) if key in params else None
+        if value is not None:
+            fields[name] = value
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", params.get("Hires resize", ""))
+    if match:
+        fields["resize_x"], fields["resize_y"] = int(match.group(1)), int(match.group(2))
+    for key, name in (("Hires upscaler", "upscaler"), ("Hires prompt", "prompt"),
+                      ("Hires negative prompt", "negative_prompt")):
+        if params.get(key, "").strip():
+            fields[name] = params[key].strip()
+    schedule = params.get("Hires schedule type", "").strip()
+    if params.get("Hires sampler", "").strip():
+        from sdlocal.engine.samplers import split_legacy_name
+
+        fields["sampler"], split = split_legacy_name(params["Hires sampler"].strip(), schedule or "Automatic")
+        if schedule or split != "Automatic":
+            fields["schedule"] = split
+    elif schedule:
+        fields["schedule"] = schedule
+    return fields

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
-    "cpu": [], "memory": [], "img2img": [], "loras": [], "upscalers": [],
+    "cpu": [], "memory": [], "img2img": [], "loras": [], "hires": [], "vae_tiling": [], "upscalers": [],
 }
 
 
@@ -182,6 +182,24 @@ def test_loras(tiny_runs: dict) -> None:
                                            "add a second", "back to none"]
     assert len(data["changes"]["runs"]) == data["settings"]["changes"] == 6
     assert all(size > 0 for size in data["lora_file_mib"]) and data["rss_mib"]["with"] > 0
+
+
+def test_hires(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "hires")
+    assert set(data["seconds"]) == {"diffusers", "engine"}
+    for stats in data["seconds"].values():
+        assert_stats(stats)
+    assert data["setup"]["final_size"] == 2 * data["setup"]["first_size"]
+    assert data["image_difference"]["max"] == 0  # the engine's hires fix is the two diffusers calls
+    assert data["targets"] == {"engine_vs_diffusers_median": 1.03}
+
+
+def test_vae_tiling(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "vae_tiling")
+    cases = data["cases"]
+    assert [(c["side"], c["tiled"]) for c in cases] == [(64, False), (64, True), (128, False), (128, True)]
+    assert all(c["peak_bytes"] >= 0 and c["shape"] == [1, 3, c["side"], c["side"]] for c in cases)
+    assert data["untiled_bytes_per_pixel_max"] == max(c["bytes_per_pixel"] for c in cases if not c["tiled"])
 
 
 def test_upscalers(tiny_runs: dict) -> None:

@@ -1,149 +1,180 @@
-"""RRDBNet: the network of ESRGAN and Real-ESRGAN (x4plus, the 6-block anime model, x2plus, 4x-UltraSharp...).
+"""RRDBNet, the network of ESRGAN and Real-ESRGAN, written from its published definition (see NOTICE).
 
-Written from the published definition (ESRGAN, Wang et al. 2018; Real-ESRGAN, Wang et al. 2021): a 3x3 conv to
-``features`` channels, ``blocks`` residual-in-residual dense blocks (three dense blocks of five 3x3 convs each,
-the k-th conv seeing the input plus ``growth`` new channels per earlier conv, LeakyReLU 0.2, residuals scaled by
-0.2), a 3x3 conv added back to the first features, then per 2x step a nearest-neighbour 2x resize and a 3x3 conv,
-then two 3x3 convs to the output. Real-ESRGAN's x2 and x1 models first fold 2x2 (4x4) pixels into channels
-(pixel-unshuffle), so the same 4x body gives 2x (1x).
+Two key layouts exist in the wild and both are read here:
 
-Two key styles exist: Real-ESRGAN's (``conv_first``, ``body.N.rdb1.conv1``, ``conv_body``, ``conv_up1``,
-``conv_hr``, ``conv_last``) and the original ESRGAN's (``model.0``, ``model.1.sub.N.RDB1.conv1.0``,
-``model.1.sub.<blocks>``, then the upsample convs, the HR conv and the last conv at growing ``model.K``).
-``old_to_new`` maps the second onto the first; the shapes say everything else.
+* the Real-ESRGAN/BasicSR layout (``conv_first``, ``body.N.rdb1.conv1``, ``conv_body``, ``conv_up1``,
+  ``conv_up2``, ``conv_hr``, ``conv_last``): RealESRGAN_x4plus (23 blocks), the 6-block anime model, x2plus;
+* the original ESRGAN layout (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ...), which most community models
+  (4x-UltraSharp, 4x_foolhardy_Remacri, ...) use: the upsampling convs sit at ``model.3``, ``model.6``... and the
+  number of them gives the scale.
+
+Both are mapped onto one module whose shape (blocks, features, growth, channels, upsampling steps, input
+pixel-unshuffle) is read from the state dict, never from the file name.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sdlocal.engine.upscalers.detection import NotThisArchitecture
+import torch
+from torch import nn
+from torch.nn import functional
 
-_OLD_RDB = re.compile(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$")
-_OLD_TOP = re.compile(r"^model\.(\d+)\.(weight|bias)$")
-_NEW_BLOCK = re.compile(r"^body\.(\d+)\.rdb1\.conv1\.weight$")
+NEW_BLOCK = re.compile(r"^body\.(\d+)\.rdb([123])\.conv([1-5])\.(weight|bias)$")
+OLD_BLOCK = re.compile(r"^model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)$")
+OLD_TOP = re.compile(r"^model\.(\d+)\.(weight|bias)$")
 
 
 @dataclass(frozen=True)
-class RRDBConfig:
-    """What the shapes say: channels in/out, features, growth, blocks, 2x upsample steps, pixel-unshuffle."""
+class RrdbShape:
+    """What an RRDBNet state dict says about its network."""
 
     in_channels: int
     out_channels: int
     features: int
     growth: int
     blocks: int
-    upsamples: int
-    unshuffle: int  # 1: none; 2 or 4: Real-ESRGAN's x2 / x1 input folding
+    upsamples: int  # x2 nearest-neighbour + conv steps
+    unshuffle: int  # the input is pixel-unshuffled by this (Real-ESRGAN's x2plus: 2, x1: 4)
 
     @property
-    def scale(self) -> int:
-        return (2 ** self.upsamples) // self.unshuffle
-
-    @property
-    def label(self) -> str:
-        return f"ESRGAN (RRDBNet, {self.blocks} blocks, {self.features} features)"
+    def scale(self) -> float:
+        return 2 ** self.upsamples / self.unshuffle
 
 
-def old_to_new(keys: Sequence[str]) -> dict[str, str]:
-    """Original ESRGAN key -> Real-ESRGAN key, for a state dict in the ``model.N`` style."""
-    blocks = {int(m.group(1)) for k in keys if (m := _OLD_RDB.match(k))}
-    tops = sorted({int(m.group(1)) for k in keys if (m := _OLD_TOP.match(k))} - {0})
-    mapping: dict[str, str] = {}
-    for key in keys:
-        if m := _OLD_RDB.match(key):
-            mapping[key] = f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"
-        elif key.startswith(f"model.1.sub.{len(blocks)}."):
-            mapping[key] = "conv_body." + key.rsplit(".", 1)[1]
-    names = {0: "conv_first"}
-    if len(tops) >= 2:
-        *ups, hr, last = tops
-        names.update({index: f"conv_up{i + 1}" for i, index in enumerate(ups)})
-        names.update({hr: "conv_hr", last: "conv_last"})
-    for key in keys:
-        if (m := _OLD_TOP.match(key)) and int(m.group(1)) in names:
-            mapping[key] = f"{names[int(m.group(1))]}.{m.group(2)}"
-    return mapping
+class DenseBlock(nn.Module):
+    """Five 3x3 convs, each seeing the input and every earlier output; the result is scaled by 0.2 and added."""
+
+    def __init__(self, features: int, growth: int) -> None:
+        super().__init__()
+        for i in range(1, 5):
+            setattr(self, f"conv{i}", nn.Conv2d(features + (i - 1) * growth, growth, 3, 1, 1))
+        self.conv5 = nn.Conv2d(features + 4 * growth, features, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = [x]
+        for i in range(1, 5):
+            conv = getattr(self, f"conv{i}")
+            outputs.append(functional.leaky_relu(conv(torch.cat(outputs, 1)), 0.2))
+        return self.conv5(torch.cat(outputs, 1)) * 0.2 + x
 
 
-def detect(shapes: Mapping[str, Sequence[int]]) -> tuple[RRDBConfig, dict[str, str] | None]:
-    """The config of an RRDBNet state dict (either key style) and the old->new key map (None: already new);
-    ``NotThisArchitecture`` when it is not one."""
-    mapping: dict[str, str] | None = None
-    if "model.0.weight" in shapes and any(_OLD_RDB.match(k) for k in shapes):
-        mapping = old_to_new(list(shapes))
-        shapes = {mapping[k]: v for k, v in shapes.items() if k in mapping}
-    needed = ("conv_first.weight", "body.0.rdb1.conv1.weight", "conv_body.weight", "conv_hr.weight",
-              "conv_last.weight")
-    if not all(k in shapes for k in needed):
-        raise NotThisArchitecture("not an RRDBNet (no conv_first/body/conv_hr/conv_last weights)")
-    first, last = list(shapes["conv_first.weight"]), list(shapes["conv_last.weight"])
-    blocks = len({m.group(1) for k in shapes if (m := _NEW_BLOCK.match(k))})
-    upsamples = len({k for k in shapes if re.match(r"^conv_up\d+\.weight$", k)})
-    out_channels, in_channels = int(last[0]), int(first[1])
-    folded = in_channels // max(out_channels, 1)
-    unshuffle = math.isqrt(folded) if in_channels % max(out_channels, 1) == 0 else 0
-    if unshuffle < 1 or unshuffle * unshuffle != folded or (2 ** upsamples) % unshuffle:
-        raise NotThisArchitecture(f"an RRDBNet with {in_channels} input and {out_channels} output channels, "
-                                  "which no known variant has")
-    config = RRDBConfig(in_channels // (unshuffle * unshuffle), out_channels, int(first[0]),
-                        int(shapes["body.0.rdb1.conv1.weight"][0]), blocks, upsamples, unshuffle)
-    return config, mapping
+class Rrdb(nn.Module):
+    """Three dense blocks in a row with a scaled residual around them (residual-in-residual)."""
+
+    def __init__(self, features: int, growth: int) -> None:
+        super().__init__()
+        self.rdb1 = DenseBlock(features, growth)
+        self.rdb2 = DenseBlock(features, growth)
+        self.rdb3 = DenseBlock(features, growth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
 
 
-def build(config: RRDBConfig) -> Any:
-    """An ``RRDBNet`` module for ``config`` (torch imported here, not at discovery)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional
+class RRDBNet(nn.Module):
+    """The generator: features, a trunk of RRDBs, nearest-neighbour x2 steps, two convs to RGB."""
 
-    def conv(cin: int, cout: int) -> nn.Conv2d:
-        return nn.Conv2d(cin, cout, 3, 1, 1)
+    def __init__(self, shape: RrdbShape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.conv_first = nn.Conv2d(shape.in_channels * shape.unshuffle ** 2, shape.features, 3, 1, 1)
+        self.body = nn.Sequential(*(Rrdb(shape.features, shape.growth) for _ in range(shape.blocks)))
+        self.conv_body = nn.Conv2d(shape.features, shape.features, 3, 1, 1)
+        self.upconvs = nn.ModuleList(nn.Conv2d(shape.features, shape.features, 3, 1, 1)
+                                     for _ in range(shape.upsamples))
+        self.conv_hr = nn.Conv2d(shape.features, shape.features, 3, 1, 1)
+        self.conv_last = nn.Conv2d(shape.features, shape.out_channels, 3, 1, 1)
 
-    class DenseBlock(nn.Module):
-        def __init__(self, nf: int, gc: int) -> None:
-            super().__init__()
-            self.conv1, self.conv2, self.conv3 = conv(nf, gc), conv(nf + gc, gc), conv(nf + 2 * gc, gc)
-            self.conv4, self.conv5 = conv(nf + 3 * gc, gc), conv(nf + 4 * gc, nf)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shape.unshuffle > 1:
+            x = functional.pixel_unshuffle(x, self.shape.unshuffle)
+        features = self.conv_first(x)
+        features = features + self.conv_body(self.body(features))
+        for conv in self.upconvs:
+            features = functional.leaky_relu(conv(functional.interpolate(features, scale_factor=2, mode="nearest")),
+                                             0.2)
+        return self.conv_last(functional.leaky_relu(self.conv_hr(features), 0.2))
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            seen = [x]
-            for layer in (self.conv1, self.conv2, self.conv3, self.conv4):
-                seen.append(functional.leaky_relu(layer(torch.cat(seen, 1)), 0.2))
-            return self.conv5(torch.cat(seen, 1)) * 0.2 + x
 
-    class RRDB(nn.Module):
-        def __init__(self, nf: int, gc: int) -> None:
-            super().__init__()
-            self.rdb1, self.rdb2, self.rdb3 = DenseBlock(nf, gc), DenseBlock(nf, gc), DenseBlock(nf, gc)
+def _blocks(shapes: dict[str, Any], pattern: re.Pattern[str]) -> int:
+    found = {int(m.group(1)) for m in map(pattern.match, shapes) if m}
+    return max(found) + 1 if found else 0
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
 
-    class RRDBNet(nn.Module):
-        def __init__(self, c: RRDBConfig) -> None:
-            super().__init__()
-            nf = c.features
-            self.config = c
-            self.conv_first = conv(c.in_channels * c.unshuffle ** 2, nf)
-            self.body = nn.Sequential(*(RRDB(nf, c.growth) for _ in range(c.blocks)))
-            self.conv_body = conv(nf, nf)
-            for i in range(c.upsamples):
-                setattr(self, f"conv_up{i + 1}", conv(nf, nf))
-            self.conv_hr, self.conv_last = conv(nf, nf), conv(nf, c.out_channels)
+def new_layout_shape(shapes: dict[str, list[int]]) -> RrdbShape:
+    """The network a Real-ESRGAN/BasicSR-layout state dict describes (``conv_up3`` makes an x8)."""
+    first, last = shapes["conv_first.weight"], shapes["conv_last.weight"]
+    upsamples = sum(1 for i in range(1, 5) if f"conv_up{i}.weight" in shapes)
+    out_channels = last[0]
+    packed = first[1]
+    unshuffle = next((u for u in (1, 2, 4) if packed == out_channels * u * u), 0)
+    if not unshuffle:
+        unshuffle, in_channels = 1, packed
+    else:
+        in_channels = packed // (unshuffle * unshuffle)
+    return RrdbShape(in_channels=in_channels, out_channels=out_channels, features=first[0],
+                     growth=shapes["body.0.rdb1.conv1.weight"][0], blocks=_blocks(shapes, NEW_BLOCK),
+                     upsamples=upsamples, unshuffle=unshuffle)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.config.unshuffle > 1:
-                x = functional.pixel_unshuffle(x, self.config.unshuffle)
-            feat = self.conv_first(x)
-            feat = feat + self.conv_body(self.body(feat))
-            for i in range(self.config.upsamples):
-                up = getattr(self, f"conv_up{i + 1}")
-                feat = functional.leaky_relu(up(functional.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
-            return self.conv_last(functional.leaky_relu(self.conv_hr(feat), 0.2))
 
-    return RRDBNet(config)
+def old_layout_indices(shapes: dict[str, list[int]]) -> list[int]:
+    """The ``model.N`` indices of the top-level convs (the first conv, the upsampling convs, HR and last)."""
+    return sorted({int(m.group(1)) for m in map(OLD_TOP.match, shapes) if m and m.group(2) == "weight"})
+
+
+def old_layout_shape(shapes: dict[str, list[int]]) -> RrdbShape:
+    """The network an original-ESRGAN-layout state dict describes: convs at 0, 3, 6, ..., HR at 3n+2, last 3n+4."""
+    indices = old_layout_indices(shapes)
+    last = indices[-1]
+    upsamples = (last - 4) // 3
+    if upsamples < 0 or (last - 4) % 3 or indices != [0, *(3 * (i + 1) for i in range(upsamples)), last - 2, last]:
+        raise ValueError(f"an ESRGAN layout with convs at model.{indices} is not one this reader knows")
+    blocks = _blocks(shapes, OLD_BLOCK)
+    first = shapes["model.0.weight"]
+    return RrdbShape(in_channels=first[1], out_channels=shapes[f"model.{last}.weight"][0], features=first[0],
+                     growth=shapes["model.1.sub.0.RDB1.conv1.0.weight"][0], blocks=blocks, upsamples=upsamples,
+                     unshuffle=1)
+
+
+def convert_old_layout(state: dict[str, Any], shape: RrdbShape) -> dict[str, Any]:
+    """Original-ESRGAN keys -> this module's keys."""
+    last = 3 * shape.upsamples + 4
+    top = {0: "conv_first", last - 2: "conv_hr", last: "conv_last"}
+    top.update({3 * (i + 1): f"upconvs.{i}" for i in range(shape.upsamples)})
+    converted: dict[str, Any] = {}
+    for key, value in state.items():
+        block = OLD_BLOCK.match(key)
+        if block:
+            index, rdb, conv, kind = block.groups()
+            converted[f"body.{index}.rdb{rdb}.conv{conv}.{kind}"] = value
+            continue
+        if key.startswith(f"model.1.sub.{shape.blocks}."):
+            converted[f"conv_body.{key.rsplit('.', 1)[1]}"] = value
+            continue
+        match = OLD_TOP.match(key)
+        if match and int(match.group(1)) in top:
+            converted[f"{top[int(match.group(1))]}.{match.group(2)}"] = value
+    return converted
+
+
+def convert_new_layout(state: dict[str, Any]) -> dict[str, Any]:
+    """Real-ESRGAN/BasicSR keys -> this module's keys (only the upsampling convs are renamed)."""
+    converted = {}
+    for key, value in state.items():
+        match = re.match(r"^conv_up(\d)\.(weight|bias)$", key)
+        converted[f"upconvs.{int(match.group(1)) - 1}.{match.group(2)}" if match else key] = value
+    return converted
+
+
+def describe(shape: RrdbShape) -> str:
+    scale = shape.scale
+    shown = int(scale) if float(scale).is_integer() else scale
+    return f"ESRGAN (RRDBNet, {shape.blocks} blocks, {shape.features} features, x{shown})"
+
+
+def is_power_of_two(value: float) -> bool:
+    return value >= 1 and math.log2(value).is_integer()

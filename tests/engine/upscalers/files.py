@@ -1,5 +1,4 @@
-"""Tiny random-weight upscaler files in the layouts people download: Real-ESRGAN's RRDBNet keys (wrapped in
-``params_ema`` as its releases are), the original ESRGAN ``model.N`` keys, x2plus, and the compact model."""
+"""Tiny upscaler files with random weights, in the key layouts real files use."""
 
 from __future__ import annotations
 
@@ -8,45 +7,61 @@ from typing import Any
 
 import torch
 
-from sdlocal.engine.upscalers import rrdbnet, srvgg
-from sdlocal.engine.upscalers.rrdbnet import RRDBConfig
-from sdlocal.engine.upscalers.srvgg import SRVGGConfig
+from sdlocal.engine.upscalers.rrdbnet import RRDBNet, RrdbShape
+from sdlocal.engine.upscalers.srvgg import CompactShape, SRVGGNetCompact
 
 
 def tiny_rrdb(blocks: int = 2, features: int = 8, growth: int = 4, upsamples: int = 2, unshuffle: int = 1,
-              seed: int = 0) -> Any:
+              seed: int = 0) -> RRDBNet:
     torch.manual_seed(seed)
-    return rrdbnet.build(RRDBConfig(3, 3, features, growth, blocks, upsamples, unshuffle)).eval()
+    return RRDBNet(RrdbShape(in_channels=3, out_channels=3, features=features, growth=growth, blocks=blocks,
+                             upsamples=upsamples, unshuffle=unshuffle)).eval()
 
 
-def tiny_compact(convs: int = 2, features: int = 8, scale: int = 4, seed: int = 0) -> Any:
-    torch.manual_seed(seed)
-    return srvgg.build(SRVGGConfig(3, 3, features, convs, scale)).eval()
+def new_layout(model: RRDBNet) -> dict[str, Any]:
+    """Real-ESRGAN/BasicSR key names (``conv_up1``...)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("upconvs."):
+            index, kind = key.split(".")[1:]
+            key = f"conv_up{int(index) + 1}.{kind}"
+        state[key] = value.clone()
+    return state
 
 
-def new_to_old(state: dict[str, Any], blocks: int, upsamples: int) -> dict[str, Any]:
-    """Real-ESRGAN key names -> the original ESRGAN ``model.N`` names (upsample convs at 3, 6, ...)."""
-    tops = {"conv_first": 0, **{f"conv_up{i + 1}": 3 + 3 * i for i in range(upsamples)}}
-    tops["conv_hr"] = 3 + 3 * upsamples - 1 if upsamples else 3
-    tops["conv_last"] = tops["conv_hr"] + 2
-    old: dict[str, Any] = {}
-    for key, value in state.items():
+def old_layout(model: RRDBNet) -> dict[str, Any]:
+    """Original ESRGAN key names (``model.0``, ``model.1.sub.N.RDB1.conv1.0``...)."""
+    shape = model.shape
+    last = 3 * shape.upsamples + 4
+    top = {"conv_first": 0, "conv_hr": last - 2, "conv_last": last}
+    state = {}
+    for key, value in model.state_dict().items():
         parts = key.split(".")
         if parts[0] == "body":
-            old[f"model.1.sub.{parts[1]}.{parts[2].upper()}.{parts[3]}.0.{parts[4]}"] = value
+            key = f"model.1.sub.{parts[1]}.RDB{parts[2][-1]}.{parts[3]}.0.{parts[4]}"
         elif parts[0] == "conv_body":
-            old[f"model.1.sub.{blocks}.{parts[1]}"] = value
+            key = f"model.1.sub.{shape.blocks}.{parts[1]}"
+        elif parts[0] == "upconvs":
+            key = f"model.{3 * (int(parts[1]) + 1)}.{parts[2]}"
         else:
-            old[f"model.{tops[parts[0]]}.{parts[1]}"] = value
-    return old
+            key = f"model.{top[parts[0]]}.{parts[1]}"
+        state[key] = value.clone()
+    return state
 
 
-def save(state: dict[str, Any], path: Path) -> Path:
+def tiny_compact(convs: int = 2, features: int = 8, scale: int = 4, seed: int = 0) -> SRVGGNetCompact:
+    torch.manual_seed(seed)
+    return SRVGGNetCompact(CompactShape(in_channels=3, out_channels=3, features=features, convs=convs,
+                                        scale=scale)).eval()
+
+
+def save(state: dict[str, Any], path: Path, wrap: str | None = None) -> Path:
+    """As a ``.safetensors`` or a ``.pth`` (optionally inside ``{"params_ema": ...}``, as Real-ESRGAN ships)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        save_file({key: value.contiguous() for key, value in state.items()}, str(path))
     else:
-        torch.save(state, path)
+        torch.save({wrap: state} if wrap else state, str(path))
     return path
