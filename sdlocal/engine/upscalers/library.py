@@ -19,7 +19,7 @@ from typing import Any
 from sdlocal.engine.config import EngineConfig
 from sdlocal.engine.request import RequestError, RunControl
 from sdlocal.engine.upscalers import BUILTIN_UPSCALERS
-from sdlocal.engine.upscalers.detect import SUFFIXES, Detected, NotAnUpscaler
+from sdlocal.engine.upscalers.detect import LISTED_SUFFIXES, Detected, NotAnUpscaler
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class UpscalerSet:
         known: dict[Path, _Known] = {}
         with self._lock:
             for folder in self.folders():
-                for listing in walk(folder, SUFFIXES):
+                for listing in walk(folder, LISTED_SUFFIXES):
                     if listing.error:
                         continue
                     item = self._read(listing.path, known)
