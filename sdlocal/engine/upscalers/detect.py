@@ -126,7 +126,12 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def _load_reason(exc: BaseException) -> str:
     text = str(exc)
-    if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+    if "GLOBAL" in text:  # the refusal names what the file needs: say it
+        from sdlocal.engine.networks.library import pickle_reason
+
+        return pickle_reason(text, "a .pth file", "a .safetensors version or a plain state-dict .pth",
+                             "an upscaler model")
+    if "weights_only" in text or "Unsupported global" in text:
         return ("contains code, refused: it cannot be opened with weights only; use a .safetensors version or a "
                 "plain state-dict .pth")
     return f"cannot be read ({type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}): download it again"

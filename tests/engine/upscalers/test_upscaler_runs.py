@@ -59,3 +59,20 @@ def test_the_engines_interrupt_reaches_an_upscale_between_tiles(tmp_path: Path) 
     with pytest.raises(UpscaleInterrupted):
         engine.upscale(picture(400, 20), "4x", 1600, 80, on_progress=progress)
     assert seen == [1] and not engine.busy
+
+
+def test_a_pickle_that_needs_code_is_refused_naming_what_it_needs(tmp_path: Path) -> None:
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run",))
+
+    folder = tmp_path / "models" / "ESRGAN"
+    folder.mkdir(parents=True)
+    (folder / "code.pth").write_bytes(pickle.dumps({"weight": Payload()}))
+    torch.save({"params_ema": {"weight": Payload()}}, str(folder / "zipped.pth"))
+    found = {info.name: info for info in UpscalerSet(EngineConfig(data_dir=tmp_path)).scan()}
+    assert not found["code"].usable and "contains code, refused" in found["code"].reason
+    assert not found["zipped"].usable
+    assert "it names print" in found["zipped"].reason and "was not opened" in found["zipped"].reason
