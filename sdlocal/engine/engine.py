@@ -358,14 +358,21 @@ class Engine:
     def upscale(self, image: Any, name: str, width: int, height: int, control: RunControl | None = None,
                 on_progress: Callable[[int, int], None] | None = None, field: str = "upscaler_1") -> Any:
         """``image`` at ``width`` x ``height`` with the upscaler ``name``, on this engine's device (fp16 on CUDA,
-        fp32 elsewhere). Holds the run lock: an upscaler model shares the device with the checkpoint."""
+        fp32 elsewhere). Holds the run lock: an upscaler model shares the device with the checkpoint. Called on
+        its own (not inside a run), ``interrupt()`` reaches it between tiles (``UpscaleInterrupted``)."""
         import torch
 
         device = str(self._runtime_now().device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        control = control if control is not None else self._control or RunControl()
         with self._run_lock:
-            return self.upscaler_set().upscale(image, name, width, height, device=device, dtype=dtype,
-                                               control=control, on_progress=on_progress, field=field)
+            outer = self._control  # inside a run (hires fix) the run's control stays the one interrupt() reaches
+            self._control = outer or control
+            try:
+                return self.upscaler_set().upscale(image, name, width, height, device=device, dtype=dtype,
+                                                   control=control, on_progress=on_progress, field=field)
+            finally:
+                self._control = outer
 
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:

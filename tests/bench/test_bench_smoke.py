@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
-    "cpu": [], "memory": [], "img2img": [], "loras": [], "hires": [], "vae_tiling": [],
+    "cpu": [], "memory": [], "img2img": [], "loras": [], "hires": [], "vae_tiling": [], "upscalers": [],
 }
 
 
@@ -200,3 +200,12 @@ def test_vae_tiling(tiny_runs: dict) -> None:
     assert [(c["side"], c["tiled"]) for c in cases] == [(64, False), (64, True), (128, False), (128, True)]
     assert all(c["peak_bytes"] >= 0 and c["shape"] == [1, 3, c["side"], c["side"]] for c in cases)
     assert data["untiled_bytes_per_pixel_max"] == max(c["bytes_per_pixel"] for c in cases if not c["tiled"])
+
+
+def test_upscalers(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "upscalers")
+    assert [r["input"] for r in data["results"]] == ["32x32", "64x64"]
+    assert [r["output"] for r in data["results"]] == ["128x128", "256x256"]  # behaviour: 4x
+    for row in data["results"]:
+        assert row["seconds"] > 0 and row["model_mib"] > 0 and "peak_rss_above_mib" in row
+    assert data["seam"]["tiles"] == 4 and data["seam"]["max_levels"] <= 1  # tiled equals untiled

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 SUFFIXES = (".pth", ".pt", ".safetensors")
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")  # PyTorch files, opened with weights_only
+# Listed, so a model in a format sdlocal does not read shows up with the reason instead of missing silently.
+LISTED_SUFFIXES = (*SUFFIXES, ".ckpt", ".bin", ".onnx")
 WRAPPERS = ("params_ema", "params", "state_dict", "model", "net_g")
 
 
@@ -105,7 +108,9 @@ def read_state(path: Path) -> dict[str, Any]:
             return unwrap(load_file(str(path), device="cpu"))
         except Exception as exc:  # noqa: BLE001 - a damaged file is listed with its reason
             raise NotAnUpscaler(f"cannot be read as safetensors ({str(exc)[:120]}): download it again") from None
-    if suffix not in (".pth", ".pt"):
+    if suffix == ".onnx":
+        raise NotAnUpscaler("an ONNX model: sdlocal runs PyTorch upscalers; use the .pth or .safetensors version")
+    if suffix not in TORCH_SUFFIXES:
         raise NotAnUpscaler(f"{suffix or 'no suffix'} files are not read; upscalers are .pth or .safetensors")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -121,7 +126,12 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def _load_reason(exc: BaseException) -> str:
     text = str(exc)
-    if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+    if "GLOBAL" in text:  # the refusal names what the file needs: say it
+        from sdlocal.engine.networks.library import pickle_reason
+
+        return pickle_reason(text, "a .pth file", "a .safetensors version or a plain state-dict .pth",
+                             "an upscaler model")
+    if "weights_only" in text or "Unsupported global" in text:
         return ("contains code, refused: it cannot be opened with weights only; use a .safetensors version or a "
                 "plain state-dict .pth")
     return f"cannot be read ({type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}): download it again"

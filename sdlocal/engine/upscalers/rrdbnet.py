@@ -90,6 +90,19 @@ class RRDBNet(nn.Module):
         self.conv_last = nn.Conv2d(shape.features, shape.out_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fold = self.shape.unshuffle
+        if fold > 1:
+            # x2plus/x1 fold 2x2 (4x4) pixels into channels: a side that is not a multiple (a 1023-pixel
+            # picture, an edge tile) is padded by repeating its last pixels, and the extra output cut off.
+            height, width = x.shape[-2:]
+            pad_y, pad_x = -height % fold, -width % fold
+            if pad_y or pad_x:
+                x = functional.pad(x, (0, pad_x, 0, pad_y), mode="replicate")
+                scale = int(self.shape.scale)
+                return self._run(x)[..., : height * scale, : width * scale]
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.shape.unshuffle > 1:
             x = functional.pixel_unshuffle(x, self.shape.unshuffle)
         features = self.conv_first(x)
