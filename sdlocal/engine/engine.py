@@ -225,9 +225,12 @@ class Engine:
         return loaded, time.perf_counter() - started
 
     def unload_all(self) -> None:
+        """Every checkpoint and the upscaler model out of memory (A1111's "Unload checkpoint")."""
         with self._run_lock:
             if self._cache is not None:
                 self._cache.clear()
+            if self._upscaler_set is not None:
+                self._upscaler_set.release()
             self._current = None
 
     # ------------------------------------------------------------------------------------------ embeddings

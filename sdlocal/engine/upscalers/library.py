@@ -200,6 +200,16 @@ class UpscalerSet:
         array = out[0].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
         return Image.fromarray(array, "RGB")
 
+    def release(self) -> None:
+        """Drop the kept model (the engine's unload): its weights go back to the device's free memory."""
+        with self._lock:
+            had = self._model is not None
+            self._model = None
+        if had:
+            from sdlocal.engine.loader import free_memory
+
+            free_memory()
+
     def _load(self, info: UpscalerInfo, device: str, dtype: Any) -> tuple[Any, int]:
         """The module for ``info`` on ``device``/``dtype``, loaded once and kept until another one is asked for."""
         from sdlocal.engine.networks.library import stamp_of

@@ -174,3 +174,15 @@ def test_the_engine_lists_and_runs_upscalers(tmp_path):
 def test_not_an_upscaler_is_explained():
     with pytest.raises(NotAnUpscaler, match="Stable Diffusion checkpoint"):
         detect({"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]})
+
+
+def test_unloading_the_engine_drops_the_upscaler_model(tmp_path):
+    from sdlocal.engine import Engine
+
+    save(new_layout(tiny_rrdb()), tmp_path / "models" / "ESRGAN" / "4x.pth")
+    engine = Engine(EngineConfig(data_dir=tmp_path, device="cpu"))
+    engine.upscale(picture(), "4x", 96, 64)
+    assert engine.upscaler_set()._model is not None
+    engine.unload_all()
+    assert engine.upscaler_set()._model is None
+    assert engine.upscale(picture(), "4x", 96, 64).size == (96, 64)  # loaded again when used
