@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sdlocal.cli_hires import HIRES_KEYS, add_hires_flags, hires_flag, hires_part
 from sdlocal.cli_img2img import SOURCE_KEYS, add_img2img_flags, flag_message, image_source
 from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS
 from sdlocal.engine.request import EMPHASIS_MODES, RequestError
@@ -181,6 +182,7 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--out", type=Path, required=True, metavar="DIR",
                      help="outputs folder (txt2img/DATE/ or img2img/DATE/ inside)")
     add_img2img_flags(parser)
+    add_hires_flags(parser)
 
 
 def build_parser() -> FlagParser:
@@ -222,8 +224,8 @@ def parse_command(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser = build_parser()
     values = vars(parser.parse_args(argv))
     command = values.pop("command", None) or "serve"
-    options = {k: values.pop(k) for k in (*GENERATE_KEYS, "styles", "out", "init_image", "mask", *SOURCE_KEYS)
-               if k in values}
+    options = {k: values.pop(k) for k in (*GENERATE_KEYS, "styles", "out", "init_image", "mask", *SOURCE_KEYS,
+                                          "hires", *HIRES_KEYS) if k in values}
     launcher = {k: values.pop(k) for k in LAUNCHER_KEYS if k in values}
     if launcher.get("doctor"):
         command = "doctor"
@@ -312,9 +314,13 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
             library = StyleLibrary(settings.data_dir, settings.models_dirs)
             fields["prompt"], fields["negative_prompt"] = apply_styles(
                 fields.get("prompt", ""), fields.get("negative_prompt", ""), options["styles"], library)
-        request = GenerationRequest.build(**fields, emphasis=settings.emphasis, source=image_source(options))
+        hires = hires_part(options)
+        # Without an init image, --denoising-strength is hires fix's strength (A1111 shares the one control).
+        img2img = {k: v for k, v in options.items() if not (hires is not None and k == "denoising_strength")}
+        request = GenerationRequest.build(**fields, emphasis=settings.emphasis, source=image_source(img2img),
+                                          hires=hires)
     except RequestError as exc:
-        print(f"sdlocal generate: {flag_message(exc)}", file=err)
+        print(f"sdlocal generate: {_message(exc)}", file=err)
         return 2
     from sdlocal.engine import Engine
     from sdlocal.outputs import OutputStore
@@ -323,7 +329,7 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     try:
         result = engine.generate(request)
     except RequestError as exc:
-        print(f"sdlocal generate: {flag_message(exc)}", file=err)
+        print(f"sdlocal generate: {_message(exc)}", file=err)
         return 2
     except EngineError as exc:
         print(f"sdlocal generate: {exc}", file=err)
@@ -335,6 +341,12 @@ def run_generate(settings: Settings, options: dict[str, Any], out: Any = None, e
     for warning in result.warnings:
         print(f"warning: {warning}", file=err)
     return 0
+
+
+def _message(exc: RequestError) -> str:
+    """The error with the flag that sets its field (img2img's or hires fix's)."""
+    flag = hires_flag(exc.field)
+    return f"{exc} (set with {flag})" if flag else flag_message(exc)
 
 
 def run_selftest(settings: Settings, out: Any = None) -> int:

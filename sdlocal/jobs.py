@@ -74,7 +74,7 @@ class ProgressState:
     job_count: int = 0  # running + queued
     queued: int = 0
     job_id: str | None = None
-    job_kind: str = ""  # "generate" or "call"
+    job_kind: str = ""  # "generate", "extras" or "call"
     job_no: int = 0  # A1111's job_no: batch index of the running job
     job_timestamp: str = ""  # A1111 style: YYYYmmddHHMMSS when the running job started
     state: str = "idle"  # idle / running
@@ -98,19 +98,21 @@ class ProgressState:
 
 
 class Job:
-    """One unit of work on the worker: a generation (``request``) or a call (``fn``, e.g. a model load)."""
+    """One unit of work on the worker: a generation (``request``), an Extras upscale (``extras``, an
+    ``ExtrasRequest``) or a call (``fn``, e.g. a model load)."""
 
     def __init__(self, kind: str, request: GenerationRequest | None = None, fn: Callable[[], Any] | None = None,
-                 save: bool = True, source: str = "ui", label: str = "") -> None:
+                 save: bool = True, source: str = "ui", label: str = "", extras: Any = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.kind = kind
         self.request = request
+        self.extras = extras
         self.fn = fn
         self.save = save
         self.source = source
         self.label = label
         self.state = QUEUED
-        self.result: Any = None  # GenerationResult for generations, fn's return value for calls
+        self.result: Any = None  # GenerationResult for generations, ExtrasResult for extras, fn's value for calls
         self.error: BaseException | None = None
         self.saved_paths: list[Path] = []
         self.created = time.time()
@@ -225,6 +227,16 @@ class JobQueue:
             request.validate()
         return self._enqueue(Job("generate", request=request, save=save, source=source))
 
+    def submit_extras(self, request: Any, save: bool = True, source: str = "ui") -> Job:
+        """Validate an ``ExtrasRequest`` now (``RequestError`` to the caller: a bad size, an unknown upscaler) and
+        queue it; each output is saved to ``extras-images`` (A1111's folder) when ``save``."""
+        validate = getattr(self.engine, "validate_extras", None)
+        if callable(validate):
+            validate(request)
+        else:
+            request.validate()
+        return self._enqueue(Job("extras", extras=request, save=save, source=source))
+
     def submit_call(self, fn: Callable[[], Any], label: str = "", source: str = "ui", force: bool = False) -> Job:
         """Run ``fn()`` on the worker, after the jobs already queued (model loads, runtime changes).
 
@@ -303,7 +315,7 @@ class JobQueue:
         The press goes to the running job's own control, so it counts even while that job is still starting.
         """
         job = self._running
-        if job is None or job.kind != "generate":
+        if job is None or job.kind not in ("generate", "extras"):
             return False
         job.interrupted = True
         job.control.interrupt()
@@ -349,7 +361,7 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         job.state, job.started = RUNNING, time.time()
-        kind_text = "Generating…" if job.kind == "generate" else f"{job.label or 'Working'}…"
+        kind_text = {"generate": "Generating…", "extras": "Upscaling…"}.get(job.kind, f"{job.label or 'Working'}…")
         total_steps = job.request.denoising_steps() if job.request is not None else 0
         batch_count = job.request.batch_count if job.request is not None else 0
         with self._progress_lock:
@@ -364,6 +376,9 @@ class JobQueue:
                 assert job.fn is not None
                 value = job.fn()
                 job._finish(DONE, result=value)
+                return
+            if job.kind == "extras":
+                self._run_extras(job)
                 return
             assert job.request is not None
             result: GenerationResult = self.engine.generate(job.request, on_progress=self._on_progress,
@@ -380,6 +395,42 @@ class JobQueue:
             else:
                 log.exception("job %s (%s) failed", job.id, job.source)
             job._finish(FAILED, error=exc)
+
+    def _run_extras(self, job: Job) -> None:
+        """The Extras upscale on the engine; the outputs done before an interrupt are saved and kept."""
+        result = self.engine.postprocess(job.extras, on_progress=self._on_extras_progress, control=job.control)
+        if job.save and self.store is not None:
+            self._save_extras(job, result)
+        self._recent_seconds.append(time.time() - (job.started or time.time()))
+        job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
+
+    def _save_extras(self, job: Job, result: Any) -> None:
+        """Each output as ``extras-images/YYYY-MM-DD/NNNNN.png`` (A1111's folder and names): the source's own
+        ``parameters`` unchanged, plus the Postprocessing text as A1111 writes it (``postprocessing`` and
+        ``extras`` chunks). A failed save adds a warning; the picture stays in the result."""
+        for index, output in enumerate(result.images):
+            extra = {"postprocessing": output.infotext, "extras": output.infotext}
+            try:
+                job.saved_paths.append(Path(self.store.save(output.image, output.parameters or "", None,
+                                                            kind="extras-images", extra_text=extra)))
+            except Exception as exc:  # noqa: BLE001 - a full disk must not lose the pictures already made
+                log.exception("could not save extras image %d", index + 1)
+                result.warnings.append(f"Could not save image {index + 1} ({output.name or 'unnamed'}): {exc}")
+
+    def _on_extras_progress(self, index: int, total: int, tiles_done: int, tiles_total: int) -> None:
+        """Extras progress: "Upscaling image i/n" and the fraction across images and their tiles."""
+        try:
+            with self._progress_lock:
+                state = self._progress
+                shown = min(index + 1, total)
+                state.text = f"Upscaling image {shown}/{total}"
+                state.textinfo = state.text + (f", tile {tiles_done}/{tiles_total}" if tiles_total else "")
+                state.job_no, state.batch_index, state.batch_count = index, index, total
+                state.step, state.total_steps = tiles_done, tiles_total
+                part = tiles_done / tiles_total if tiles_total else 0.0
+                state.fraction = min(1.0, (index + part) / total) if total else 1.0
+        except Exception:  # noqa: BLE001 - progress is cosmetic
+            log.exception("progress update failed")
 
     def recent_runs(self) -> list[RunTiming]:
         """The last finished generations' timings, oldest first (interrupted runs are left out: partial)."""

@@ -1,6 +1,7 @@
 """The output store: every generated image as a PNG with its A1111 ``parameters`` chunk, and the gallery listing.
 
-Layout: ``<root>/<kind>/YYYY-MM-DD/NNNNN-SEED.png`` (A1111's layout, so people's scripts and other tools read it).
+Layout: ``<root>/<kind>/YYYY-MM-DD/NNNNN-SEED.png`` (A1111's layout, so people's scripts and other tools read it);
+pictures with no seed of their own (the Extras tab's, in ``extras-images``) are ``NNNNN.png``, as in A1111.
 Guarantees, because losing or corrupting an image the user waited a minute for is the worst thing a UI can do:
 
 * atomic writes: the PNG is written to a hidden temporary file in the same folder, fsynced, then hard-linked to
@@ -30,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-_NAME_RE = re.compile(r"^(\d{5,})-(\d+)(?:-.*)?\.png$")
+_NAME_RE = re.compile(r"^(\d{5,})(?:-(\d+))?(?:-.*)?\.png$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 THUMBNAIL_DIR = ".thumbnails"
@@ -74,16 +75,21 @@ class OutputStore:
         self,
         image: Any,
         parameters: str,
-        seed: int,
+        seed: int | None,
         kind: str = "txt2img",
         when: datetime | None = None,
+        extra_text: dict[str, str] | None = None,
     ) -> Path:
-        """Write ``image`` (a PIL image) as a new PNG with the ``parameters`` text chunk; return its final path."""
+        """Write ``image`` (a PIL image) as a new PNG with the ``parameters`` text chunk; return its final path.
+
+        ``seed`` None names the file ``NNNNN.png`` (a picture that was not generated, such as an upscaled one);
+        ``extra_text`` adds more text chunks after ``parameters`` (the Extras tab's ``postprocessing``/``extras``).
+        """
         from PIL.PngImagePlugin import PngInfo
 
         if not _KIND_RE.match(kind):
             raise OutputError(f"kind: {kind!r} is not a valid folder name; use lower-case letters, e.g. 'txt2img'")
-        if not isinstance(seed, int) or seed < 0:
+        if seed is not None and (not isinstance(seed, int) or seed < 0):
             raise OutputError(f"seed: {seed!r} must be the image's actual seed (a whole number >= 0)")
         folder = self.root / kind / (when or datetime.now()).strftime("%Y-%m-%d")
         folder.mkdir(parents=True, exist_ok=True)
@@ -92,6 +98,9 @@ class OutputStore:
         info = PngInfo()
         if parameters:
             info.add_text("parameters", parameters)
+        for key, value in (extra_text or {}).items():
+            if value:
+                info.add_text(key, value)
         temp = folder / f".{secrets.token_hex(6)}.tmp"
         try:
             with open(temp, "xb") as handle:
@@ -109,12 +118,12 @@ class OutputStore:
         self._folder_rows.pop(str(folder), None)  # a folder's mtime may not tick between two quick saves
         return final
 
-    def _publish(self, temp: Path, folder: Path, seed: int) -> Path:
+    def _publish(self, temp: Path, folder: Path, seed: int | None) -> Path:
         """Give the finished temporary file its numbered name without ever replacing an existing image."""
         with self._lock:
             number = self._first_free_number(folder)
             for _ in range(10_000):
-                final = folder / f"{number:05d}-{seed}.png"
+                final = folder / (f"{number:05d}.png" if seed is None else f"{number:05d}-{seed}.png")
                 try:
                     _link_no_replace(temp, final)
                 except FileExistsError:
@@ -206,7 +215,7 @@ class OutputStore:
         except OSError:  # deleted since the listing: still listed until the next scan notices
             mtime = 0.0
         return GalleryItem(path=path, relpath=f"{kind}/{date}/{name}", kind=kind, date=date, number=number,
-                           seed=seed, mtime=mtime)
+                           seed=seed if seed >= 0 else None, mtime=mtime)
 
     def _all_rows(self) -> list[tuple[str, int, str, str, int]]:
         """(date, number, kind, file name, seed) of every image, newest first.
@@ -228,7 +237,7 @@ class OutputStore:
                 kind, date = folder.parent.name, folder.name
                 try:
                     with os.scandir(folder) as entries:
-                        found = [(date, int(match.group(1)), kind, entry.name, int(match.group(2)))
+                        found = [(date, int(match.group(1)), kind, entry.name, int(match.group(2) or -1))
                                  for entry in entries
                                  if (match := _NAME_RE.match(entry.name)) and entry.is_file()]
                 except OSError:

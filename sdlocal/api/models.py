@@ -56,12 +56,21 @@ class GenerationFields(BaseModel):
 
 
 class Txt2ImgRequest(GenerationFields):
-    """``POST /sdapi/v1/txt2img``: the shared fields plus hires fix (accepted, not implemented)."""
+    """``POST /sdapi/v1/txt2img``: the shared fields plus hires fix, with A1111's names and API defaults (the
+    strength ``denoising_strength`` 0.75 when not sent; ``hr_upscaler`` "Latent"; "Use same" sampler and
+    schedule). ``hr_checkpoint_name`` is accepted and named in ``info.warnings``: the second pass uses the model."""
 
     enable_hr: bool = False
     hr_scale: float = 2.0
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_checkpoint_name: str | None = None
 
 
 class Img2ImgRequest(GenerationFields):
@@ -219,3 +228,65 @@ class SdVae(BaseModel):
     filename: str
     family: str | None = None
     reason: str = ""
+
+
+class ExtrasFields(BaseModel):
+    """A1111's Extras fields and API defaults (``resize_mode`` 0 = "Scale by", 1 = "Scale to"). The face
+    restoration fields are accepted so clients work unchanged; sdlocal has no face restorer, so a non-zero
+    visibility is named in ``warnings``. Ranges are checked by the engine (422 naming the field)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    resize_mode: int | str = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasFields):
+    image: str = Field(default="", description="A base64 image, with or without a data: URL prefix")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="A base64 image, with or without a data: URL prefix")
+    name: str = ""
+
+
+class ExtrasBatchImagesRequest(ExtrasFields):
+    imageList: list[FileData] = Field(default_factory=list)  # noqa: N815 - A1111's field name
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="The Postprocessing text as HTML, as A1111 sends it")
+    image: str = Field(description="Raw base64 PNG with the source's `parameters` and a `postprocessing` chunk")
+    warnings: list[str] = Field(default_factory=list, description="sdlocal's addition: what was not done")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class UpscalerRecord(BaseModel):
+    """One entry of ``GET /sdapi/v1/upscalers`` in A1111's shape, plus ``architecture`` (read from the file)."""
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+    architecture: str = ""
+
+
+class LatentUpscaleMode(BaseModel):
+    name: str

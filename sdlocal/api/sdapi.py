@@ -34,7 +34,15 @@ from sdlocal.api.models import (
 )
 from sdlocal.api.ops import gpu_memory, ram_figures
 from sdlocal.api.options import MODEL, WRITABLE, ApiOptions, log_ignored
-from sdlocal.api.translate import build_info, encode_images, png_base64, schedule_name, to_generation_request
+from sdlocal.api.translate import (
+    build_info,
+    encode_images,
+    hires_info,
+    png_base64,
+    schedule_name,
+    to_generation_request,
+    to_hires_spec,
+)
 from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
 from sdlocal.engine.samplers import SAMPLER_ALIASES
 from sdlocal.jobs import Job
@@ -53,6 +61,8 @@ A1111_FIELDS = {
     "emphasis": "override_settings.emphasis",
     "model": "override_settings.sd_model_checkpoint",
     "vae": "override_settings.sd_vae",
+    "hr_sampler": "hr_sampler_name",
+    "hr_schedule": "hr_scheduler",
 }
 
 
@@ -231,6 +241,7 @@ class Runner:
 def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
                  errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
     """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
+    from sdlocal.api.extras import add_extras_routes
     from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
     from sdlocal.api.networks import add_network_routes
 
@@ -246,15 +257,17 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         params = body.model_dump()
         refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
         overrides = dict(body.override_settings or {})
-        generation = runner.build(lambda: to_generation_request(body, options.snapshot(), overrides, runner.styles))
+        generation = runner.build(lambda: with_hires(
+            to_generation_request(body, options.snapshot(), overrides, runner.styles), body))
         job, notes = await runner.run(body, generation, request, overrides)
         result: GenerationResult = job.result
         images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
-        info = build_info(body, result, job)
+        info = hires_info(build_info(body, result, job), result)
         info["warnings"] += notes
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
 
     add_img2img_route(router, runner)
+    add_extras_routes(router, runner)
     add_network_routes(router, engine)
 
     # ------------------------------------------------------------------------------------------ models
@@ -367,6 +380,12 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         return {"ram": ram_figures(), "cuda": cuda}
 
     return router
+
+
+def with_hires(generation: GenerationRequest, body: Txt2ImgRequest) -> GenerationRequest:
+    """txt2img's request with its hires fix part (``enable_hr``), built from the ``hr_*`` fields."""
+    generation.hires = to_hires_spec(body)
+    return generation
 
 
 def model_record(entry: Any) -> dict[str, Any]:

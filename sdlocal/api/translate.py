@@ -9,8 +9,8 @@ import io
 from datetime import datetime
 from typing import Any
 
-from sdlocal.api.models import GenerationFields
-from sdlocal.engine.request import GenerationRequest, GenerationResult
+from sdlocal.api.models import GenerationFields, Txt2ImgRequest
+from sdlocal.engine.request import USE_SAME, GenerationRequest, GenerationResult, HiresSpec
 from sdlocal.engine.samplers import resolve_alias
 from sdlocal.jobs import Job
 from sdlocal.styles import StyleLibrary, apply_styles
@@ -20,9 +20,18 @@ from sdlocal.styles import StyleLibrary, apply_styles
 # send ``restore_faces: false`` with every request; that asks for nothing. (``styles`` is honoured: see
 # ``to_generation_request``.)
 UNSUPPORTED: dict[str, Any] = {
-    "enable_hr": False, "restore_faces": False, "tiling": False, "script_name": (None, ""), "alwayson_scripts": {},
+    "restore_faces": False, "tiling": False, "script_name": (None, ""), "alwayson_scripts": {},
     "refiner_checkpoint": (None, "", "None"), "subseed_strength": 0.0,
+    "hr_checkpoint_name": (None, "", "Use same checkpoint"),
 }
+
+# A1111's API default for hires fix's strength (its UI's is 0.7), used when a txt2img body sends none.
+HIRES_DENOISING_DEFAULT = 0.75
+DEFAULT_LATENT_UPSCALER = "Latent"  # what A1111 uses when hr_upscaler is not sent
+
+# Infotext keys of hires fix: A1111 reports them in ``info.extra_generation_params`` too.
+HIRES_INFOTEXT_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires sampler",
+                       "Hires schedule type", "Hires prompt", "Hires negative prompt")
 
 
 def schedule_name(label: str) -> str:
@@ -39,10 +48,7 @@ def to_generation_request(body: GenerationFields, current_options: dict[str, Any
     The ``emphasis`` and ``sd_vae`` options come from ``override_settings`` or the current options, like clip skip.
     """
     sampler = resolve_alias(body.sampler_name or body.sampler_index or "Euler")
-    schedule = body.scheduler or "Automatic"
-    for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
-        if schedule.strip().lower() in (label.lower(), schedule_name(label)):
-            schedule = label
+    schedule = _schedule_label(body.scheduler or "Automatic")
     clip_skip = overrides.get("CLIP_stop_at_last_layers", current_options.get("CLIP_stop_at_last_layers", 1))
     tome = overrides.get("token_merging_ratio", current_options.get("token_merging_ratio", 0.0))
     emphasis = overrides.get("emphasis", current_options.get("emphasis", "Original"))
@@ -55,6 +61,61 @@ def to_generation_request(body: GenerationFields, current_options: dict[str, Any
         seed=body.seed, batch_size=body.batch_size, batch_count=body.n_iter, clip_skip=clip_skip,
         token_merging_ratio=tome, vae=vae,
     )
+
+
+def _schedule_label(value: str) -> str:
+    """A1111's scheduler name ("karras", "sgm_uniform") or label as sdlocal's label; others unchanged."""
+    for label in ("Automatic", "Karras", "Exponential", "SGM Uniform"):
+        if value.strip().lower() in (label.lower(), schedule_name(label)):
+            return label
+    return value
+
+
+def _same_or(value: str | None, resolve: Any) -> str:
+    """A1111's "Use same sampler"/"Use same scheduler" (and None or "") as ``USE_SAME``; else ``resolve(value)``."""
+    text = (value or "").strip()
+    if not text or text.lower().startswith(USE_SAME.lower()):
+        return USE_SAME
+    return resolve(text)
+
+
+def to_hires_spec(body: Txt2ImgRequest) -> HiresSpec | None:
+    """txt2img's ``hr_*`` fields as the engine's ``HiresSpec`` (None without ``enable_hr``), A1111's API defaults
+    applied: strength 0.75, upscaler "Latent", "Use same" sampler and schedule. Checked at submit."""
+    if not body.enable_hr:
+        return None
+    strength = body.denoising_strength if body.denoising_strength is not None else HIRES_DENOISING_DEFAULT
+    return HiresSpec(
+        scale=body.hr_scale, resize_x=body.hr_resize_x, resize_y=body.hr_resize_y,
+        upscaler=body.hr_upscaler if body.hr_upscaler is not None else DEFAULT_LATENT_UPSCALER,
+        steps=body.hr_second_pass_steps, denoising_strength=strength,
+        sampler=_same_or(body.hr_sampler_name, resolve_alias), schedule=_same_or(body.hr_scheduler, _schedule_label),
+        prompt=body.hr_prompt, negative_prompt=body.hr_negative_prompt,
+    )
+
+
+def hires_info(info: dict[str, Any], result: GenerationResult) -> dict[str, Any]:
+    """``info`` with hires fix as used: its strength, and its infotext keys in ``extra_generation_params``
+    (numbers as numbers), as A1111 reports them."""
+    from sdlocal.engine.infotext import parse_infotext
+
+    hires = getattr(result.request, "hires", None)
+    if hires is None:
+        return info
+    info["denoising_strength"] = hires.denoising_strength
+    written = parse_infotext(info["infotexts"][0]) if info["infotexts"] else {}
+    extra = {key: _typed(written[key]) for key in HIRES_INFOTEXT_KEYS if key in written}
+    info["extra_generation_params"] = {**info["extra_generation_params"], **extra}
+    return info
+
+
+def _typed(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def png_base64(image: Any, parameters: str | None) -> str:

@@ -338,6 +338,35 @@ class Engine:
                 short = ""
         return vae.VaeUse(choice, short, warnings)
 
+    # ------------------------------------------------------------------------------------------ upscalers
+    _upscaler_set: Any = None  # made at first use
+
+    def upscaler_set(self) -> Any:
+        """The ``UpscalerSet`` over the upscaler folders, made once (it keeps what it read per file version)."""
+        with self._state_lock:
+            if self._upscaler_set is None:
+                from sdlocal.engine.upscalers import UpscalerSet
+
+                self._upscaler_set = UpscalerSet(self.config)
+            return self._upscaler_set
+
+    def upscalers(self, refresh: bool = False) -> list[Any]:
+        """Every upscaler (``UpscalerInfo``): the resamplers, then each file found, usable or not, with the reason."""
+        upscalers = self.upscaler_set()
+        return upscalers.scan() if refresh else upscalers.entries()
+
+    def upscale(self, image: Any, name: str, width: int, height: int, control: RunControl | None = None,
+                on_progress: Callable[[int, int], None] | None = None, field: str = "upscaler_1") -> Any:
+        """``image`` at ``width`` x ``height`` with the upscaler ``name``, on this engine's device (fp16 on CUDA,
+        fp32 elsewhere). Holds the run lock: an upscaler model shares the device with the checkpoint."""
+        import torch
+
+        device = str(self._runtime_now().device)
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        with self._run_lock:
+            return self.upscaler_set().upscale(image, name, width, height, device=device, dtype=dtype,
+                                               control=control, on_progress=on_progress, field=field)
+
     # ------------------------------------------------------------------------------------------ generation
     def samplers(self) -> list[str]:
         from sdlocal.engine.samplers import sampler_names
@@ -368,8 +397,7 @@ class Engine:
             from sdlocal.engine import hires
 
             hires.check_sampler(request)
-            upscaler_set = getattr(self, "upscaler_set", None)  # UP's upscaler library, where it is in
-            hires.check_upscaler(request.hires, upscaler_set().find if upscaler_set is not None else None)
+            hires.check_upscaler(request.hires, self.upscaler_set().find)
         return request
 
     def generate(self, request: GenerationRequest, on_progress: Callable[[Progress], None] | None = None,
@@ -417,6 +445,26 @@ class Engine:
                      "total": round(time.perf_counter() - started, 3)},
         )
 
+    # ------------------------------------------------------------------------------------------ extras
+    def validate_extras(self, request: Any) -> Any:
+        """An ``extras.ExtrasRequest``'s own checks, then its upscaler names against the upscalers found (a latent
+        mode or an unknown name is refused naming ``upscaler_1``/``upscaler_2``, with the known names)."""
+        request.validate()
+        for field_name in ("upscaler_1", "upscaler_2"):
+            name = getattr(request, field_name)
+            if name != "None":
+                setattr(request, field_name, self.upscaler_set().find(name, field_name).name)
+        return request
+
+    def postprocess(self, request: Any, on_progress: Callable[[int, int, int, int], None] | None = None,
+                    control: RunControl | None = None) -> Any:
+        """The Extras tab's upscale of ``request.images`` (``extras.run_extras`` over ``self.upscale``, which holds
+        the run lock per picture): an ``ExtrasResult``, the images done before an interrupt kept."""
+        from sdlocal.engine.extras import run_extras
+
+        self.validate_extras(request)
+        return run_extras(request, self.upscale, on_progress=on_progress, control=control)
+
     def _hires_arguments(self, loaded: Any, request: GenerationRequest, control: RunControl) -> dict[str, Any]:
         """run_generation's hires fix arguments: the second pass's scheduler and the picture upscaler."""
         if request.hires is None:
@@ -425,11 +473,9 @@ class Engine:
 
         sampler, schedule = effective_sampler(request)
         scheduler = self._scheduler_cache().get(loaded.key, sampler, schedule, loaded.scheduler_config)
-        upscale = getattr(self, "upscale", None)  # UP's Engine.upscale (it takes the re-entrant run lock)
-        if upscale is None:
-            return {"hires_scheduler": scheduler}
-        return {"hires_scheduler": scheduler,
-                "upscale": lambda image, name, width, height: upscale(image, name, width, height, control=control)}
+        return {"hires_scheduler": scheduler,  # self.upscale takes the run lock again: it is re-entrant
+                "upscale": lambda image, name, width, height: self.upscale(image, name, width, height, control=control,
+                                                                           field="hr_upscaler")}
 
     def interrupt(self) -> None:
         """Stop the running generation after its current step; generate() returns the images already finished.

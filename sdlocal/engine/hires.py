@@ -90,7 +90,11 @@ def check_upscaler(spec: HiresSpec, find: Callable[[str, str], Any] | None) -> N
             spec.upscaler = name
             return
     if find is not None:
-        spec.upscaler = find(spec.upscaler, "hr_upscaler").name
+        try:
+            spec.upscaler = find(spec.upscaler, "hr_upscaler").name
+        except RequestError as exc:
+            raise RequestError("hr_upscaler", spec.upscaler,
+                               f"{exc.allowed}; or a latent mode: {', '.join(LATENT_MODES)}") from None
         return
     for name in BUILTIN_UPSCALERS:
         if name.lower() == spec.upscaler.lower():

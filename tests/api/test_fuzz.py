@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdlocal.api.models import Img2ImgRequest, Txt2ImgRequest
+from sdlocal.api.models import ExtrasBatchImagesRequest, ExtrasSingleImageRequest, Img2ImgRequest, Txt2ImgRequest
 from tests.api.conftest import Server
 
 CASES_PER_ROUTE = 150
@@ -32,9 +32,12 @@ ROUTES = {
     "/sdapi/v1/options": ["sd_model_checkpoint", "sd_checkpoint_hash", "CLIP_stop_at_last_layers",
                           "token_merging_ratio", "emphasis", "sd_vae", "samples_save", "unknown_option"],
     "/sdapi/v1/png-info": ["image", "other"],
+    "/sdapi/v1/extra-single-image": sorted(ExtrasSingleImageRequest.model_fields) + ["unknown_field"],
+    "/sdapi/v1/extra-batch-images": sorted(ExtrasBatchImagesRequest.model_fields) + ["unknown_field"],
 }
 SAFE_TXT2IMG = {"prompt": "fuzz", "steps": 1, "width": 64, "height": 64, "send_images": False}
-IMAGE_FIELDS = ("image", "init_images", "mask", "latent_mask")  # fuzzed with broken images more often than not
+# fuzzed with broken images more often than not
+IMAGE_FIELDS = ("image", "init_images", "mask", "latent_mask", "imageList")
 
 
 def _png(size: tuple[int, int] = (64, 64)) -> str:
@@ -44,6 +47,8 @@ def _png(size: tuple[int, int] = (64, 64)) -> str:
 
 
 SAFE_IMG2IMG = {**SAFE_TXT2IMG, "init_images": [_png()]}
+SAFE_EXTRAS = {"image": _png((16, 16)), "upscaler_1": "Lanczos", "upscaling_resize": 2}
+SAFE_BATCH = {"imageList": [{"data": _png((16, 16)), "name": "a.png"}], "upscaler_1": "Lanczos"}
 
 
 def strict_json(text: str) -> Any:
@@ -80,7 +85,8 @@ def _value(rng: random.Random, depth: int = 0) -> str:
 def fuzz_bodies(route: str, rng: random.Random) -> list[bytes]:
     """``CASES_PER_ROUTE`` raw bodies: mostly objects with hostile fields, plus non-objects and broken bytes."""
     fields = ROUTES[route]
-    base = {"txt2img": SAFE_TXT2IMG, "img2img": SAFE_IMG2IMG}.get(route.rsplit("/", 1)[-1], {})
+    base = {"txt2img": SAFE_TXT2IMG, "img2img": SAFE_IMG2IMG, "extra-single-image": SAFE_EXTRAS,
+            "extra-batch-images": SAFE_BATCH}.get(route.rsplit("/", 1)[-1], {})
     images = _images(rng)
     bodies: list[bytes] = [b"", b"{", b"[]", b"null", b"NaN", b'{"prompt": "\xff\xfe"}', b"\xff" * 10,
                            b'"' + b"a" * 1000 + b'"', b"{" * 5000 + b"}" * 5000]
@@ -92,7 +98,11 @@ def fuzz_bodies(route: str, rng: random.Random) -> list[bytes]:
         values = {key: json.dumps(value) for key, value in base.items()}
         for key in rng.sample(fields, rng.randrange(1, min(5, len(fields)) + 1)):
             value = rng.choice(images) if key in IMAGE_FIELDS and rng.random() < 0.6 else _value(rng)
-            values[key] = f"[{value}]" if key == "init_images" and value in images else value
+            if key == "init_images" and value in images:
+                value = f"[{value}]"
+            elif key == "imageList" and value in images:
+                value = f'[{{"data": {value}, "name": "f.png"}}]'
+            values[key] = value
         text = "{" + ",".join(f"{json.dumps(key)}:{value}" for key, value in values.items()) + "}"
         if roll < 0.15:
             text = text[: rng.randrange(0, len(text))]
@@ -160,6 +170,8 @@ def test_hostile_bodies_get_4xx_with_strict_json_and_the_server_goes_on(route: s
     ("/sdapi/v1/options", '{"emphasis": NaN}', "emphasis"),
     ("/sdapi/v1/txt2img", '{"override_settings": {"emphasis": -Infinity}}', "override_settings.emphasis"),
     ("/sdapi/v1/txt2img", '{"styles": ["x", NaN]}', "styles.1"),
+    ("/sdapi/v1/extra-single-image", '{"upscaling_resize": NaN}', "upscaling_resize"),
+    ("/sdapi/v1/extra-batch-images", '{"extras_upscaler_2_visibility": Infinity}', "extras_upscaler_2_visibility"),
 ])
 def test_non_finite_numbers_are_422_naming_the_field(client: httpx.Client, route: str, text: str,
                                                      field: str) -> None:

@@ -27,6 +27,8 @@ OWN_LORAS = "Lora"
 ROOT_LORA_DIRS = ("Lora", "LyCORIS", "loras")
 OWN_VAES = "VAE"
 ROOT_VAE_DIRS = ("VAE", "vae")
+OWN_UPSCALERS = "ESRGAN"
+ROOT_UPSCALER_DIRS = ("ESRGAN", "RealESRGAN", "upscale_models")  # A1111/Forge, then ComfyUI
 OWN_EMBEDDINGS = "embeddings"  # <data dir>/embeddings, as A1111's <install>/embeddings
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -69,6 +71,16 @@ def vae_dirs(config: EngineConfig) -> list[Path]:
     ``models/vae`` (ComfyUI), then ``vae:`` of the YAML files."""
     return _kind_dirs(config, config.own_models_dir / OWN_VAES,
                       lambda root: model_subdirs_of_root(root, ROOT_VAE_DIRS), "vae")
+
+
+def upscaler_dirs(config: EngineConfig) -> list[Path]:
+    """Every existing upscaler folder: ``<data dir>/models/ESRGAN`` and ``models/RealESRGAN``, each root's
+    ``models/ESRGAN``, ``models/RealESRGAN`` (A1111/Forge) and ``models/upscale_models`` (ComfyUI), then
+    ``upscale_models:`` of the YAML files."""
+    own = config.own_models_dir
+    found = _kind_dirs(config, own / OWN_UPSCALERS, lambda root: model_subdirs_of_root(root, ROOT_UPSCALER_DIRS),
+                       "upscale_models")
+    return _existing_once([own / OWN_UPSCALERS, own / "RealESRGAN", *found])
 
 
 def _kind_dirs(config: EngineConfig, own: Path, of_root: Callable[[Path], list[Path]], yaml_key: str) -> list[Path]:

@@ -25,3 +25,8 @@ def latent_mode(name: str) -> tuple[str, bool] | None:
     """The interpolation for a latent mode's name (any case), or None when ``name`` is not a latent mode."""
     wanted = (name or "").strip().lower()
     return next((mode for key, mode in LATENT_MODES.items() if key.lower() == wanted), None)
+
+
+from sdlocal.engine.upscalers.library import UpscaleInterrupted, UpscalerInfo, UpscalerSet  # noqa: E402
+
+__all__ = ["BUILTIN_UPSCALERS", "LATENT_MODES", "UpscaleInterrupted", "UpscalerInfo", "UpscalerSet", "latent_mode"]
