@@ -1,5 +1,5 @@
-"""Hires fix with an upscaler model, through the engine's upscaler hooks (UP's ``Engine.upscaler_set`` and
-``Engine.upscale`` as the contract gives them), faked here so the engine side is tested on its own."""
+"""Hires fix with an upscaler model: through the engine's upscaler hooks (``Engine.upscaler_set`` and
+``Engine.upscale``) faked, so the hires side is tested on its own, and with a real tiny RRDBNet file."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Interrupted(Exception):
 def hooked(engine, monkeypatch):
     calls = []
 
-    def upscale(image, name, width, height, control=None, on_progress=None):
+    def upscale(image, name, width, height, control=None, on_progress=None, field="upscaler_1"):
         calls.append((name, image.size, width, height, control is not None))
         if name == "4x-Stop":
             raise Interrupted()
@@ -66,3 +66,16 @@ def test_an_upscaler_interrupted_between_tiles_drops_the_batch(engine, request_f
     monkeypatch.setattr(FakeSet, "find", lambda self, name, field="": SimpleNamespace(name=name, usable=True))
     result = engine.generate(request_for(hires=_hires("4x-Stop")))
     assert result.images == [] and len(hooked) == 1
+
+
+def test_a_real_tiny_esrgan_file_upscales_the_first_pass(engine, request_for):
+    from .upscalers.files import new_layout, save, tiny_rrdb
+
+    save(new_layout(tiny_rrdb()), engine.config.own_models_dir / "ESRGAN" / "4x-TinyHires.safetensors")
+    assert "4x-TinyHires" in [info.name for info in engine.upscalers(refresh=True)]
+    seen = []
+    result = engine.generate(request_for(steps=2, hires=_hires("4x-tinyhires")), on_progress=seen.append)
+    assert result.images[0].image.size == (128, 128) and len(seen) == 4
+    assert "Hires upscaler: 4x-TinyHires" in result.images[0].infotext
+    lanczos = engine.generate(request_for(steps=2, hires=_hires("Lanczos"))).images[0].image
+    assert lanczos.tobytes() != result.images[0].image.tobytes()  # the network's picture, not a resize
