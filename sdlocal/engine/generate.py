@@ -257,8 +257,8 @@ def _hires_pass(loaded: LoadedModel, request: GenerationRequest, second: Any, la
     if control.interrupted:
         return None, None
     latents, pictures = hires.upscaled_latents(loaded, second, latents, generators, warnings)
-    if pictures is not None or not second.denoises:
-        return latents, pictures
+    if latents is None or not second.denoises:
+        return latents, pictures  # pictures (strength 0), or (None, None): interrupted while upscaling
     return hires.second_pass(loaded, request, second, latents, generators, callback), None
 
 

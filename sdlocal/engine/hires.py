@@ -44,9 +44,15 @@ class HiresPass:
         return self.steps > 0
 
 
-def schedule_for(steps: int, strength: float) -> tuple[int, float]:
-    """(T, diffusers strength) so that the last ``steps`` of a T-step schedule run, as A1111's hires pass does."""
+def schedule_for(steps: int, strength: float, limit: int | None = None) -> tuple[int, float]:
+    """(T, diffusers strength) so that the last ``steps`` of a T-step schedule run, as A1111's hires pass does.
+
+    ``limit`` caps T at the model's training timesteps (a very low strength asks for more schedule steps than
+    diffusers' schedulers can space out); the same ``steps`` still run, from a little higher noise.
+    """
     total = max(steps, int(steps / min(strength, 0.999)))
+    if limit is not None:
+        total = max(steps, min(total, limit))
     return total, min(1.0, (steps + 0.5) / total)
 
 
@@ -127,7 +133,8 @@ def prepare(loaded: LoadedModel, request: GenerationRequest, encoder: PromptEnco
         raise RequestError("enable_hr", True, "hires fix needs a normal (4-channel) model; this is an inpainting "
                                               "model: choose another model, or upscale on the Extras tab")
     steps = spec.second_pass_steps(request.steps)
-    total, strength = schedule_for(steps, spec.denoising_strength) if steps else (0, 0.0)
+    limit = int(getattr(scheduler.config, "num_train_timesteps", 1000) or 1000)
+    total, strength = schedule_for(steps, spec.denoising_strength, limit) if steps else (0, 0.0)
     second_texts = hires_texts(request, texts, warnings)
     if second_texts == texts and steps == request.steps:
         plan = first_plan  # the same conditioning, already encoded

@@ -26,6 +26,14 @@ def test_the_schedule_is_a1111s_and_diffusers_runs_exactly_n_steps(steps, streng
     assert given <= 1.0 and min(int(total * given), total) == steps  # diffusers' get_timesteps cut
 
 
+def test_a_very_low_strength_caps_the_schedule_at_the_training_timesteps(engine, request_for):
+    assert schedule_for(150, 0.01, 1000) == (1000, 150.5 / 1000)
+    seen = []
+    result = engine.generate(request_for(steps=2, hires=_hires(steps=12, denoising_strength=0.01)),
+                             on_progress=seen.append)
+    assert len(seen) == 14 and result.images[0].image.size == (128, 128)
+
+
 def test_crop_box_is_centred_as_a1111_rounds_it():
     assert crop_box(HiresSizes(1024, 1536, 1024, 1024), 8) == (32, 160, 0, 128)
     assert crop_box(HiresSizes(1048, 1024, 1024, 1024), 8) == (0, 128, 1, 129)  # 3 cells: 1 left, 2 right
