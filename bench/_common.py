@@ -185,3 +185,27 @@ def realsize_sd15(seed: int = 0, folder: Path | None = None) -> Path:
         print(f"building {path} (2.1 GB of random fp16 weights at SD 1.5 shapes, once)...", flush=True)
         build_realsize_sd15_file(path, seed=seed)
     return path
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter to the current RSS (Linux ``clear_refs``), so the peak measured next is
+    that step's own; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def prepare_sd15(realsize: bool, scratch: Path) -> tuple[Path, Path, Path]:
+    """(model file, diffusers config folder, sdlocal data dir) for the SD 1.5-shaped benches: the cached real-size
+    file, or the tiny model made in ``scratch``."""
+    setup()
+    if realsize:
+        return realsize_sd15(0, cache_dir() / "models"), SD1_CONFIG, cache_dir() / "data"
+    from sdlocal.engine.families import sidecar_config_dir
+    from sdlocal.engine.synthetic import save_tiny_model
+
+    model = save_tiny_model(scratch / "models" / "tiny-sd15.safetensors", "sd1", "safetensors")
+    return model, sidecar_config_dir(model), scratch / "data"

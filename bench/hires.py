@@ -20,14 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    SD1_CONFIG,
-    cache_dir,
     interleave,
     machine,
     parser,
+    prepare_sd15,
     ratio,
-    realsize_sd15,
-    setup,
     summary,
     table,
     write_json,
@@ -38,17 +35,6 @@ PROMPT = "a lighthouse on a cliff at dusk"
 STRENGTH = 0.7
 TARGET = 1.03
 
-
-def prepare_model(realsize: bool, scratch: Path) -> tuple[Path, Path, Path]:
-    """(model file, diffusers config folder, sdlocal data dir); the tiny model is made here."""
-    setup()
-    if realsize:
-        return realsize_sd15(0, cache_dir() / "models"), SD1_CONFIG, cache_dir() / "data"
-    from sdlocal.engine.families import sidecar_config_dir
-    from sdlocal.engine.synthetic import save_tiny_model
-
-    model = save_tiny_model(scratch / "models" / "tiny-sd15.safetensors", "sd1", "safetensors")
-    return model, sidecar_config_dir(model), scratch / "data"
 
 
 def by_hand(base: Any, img2img: Any, size: int, steps: int) -> tuple[Any, float]:
@@ -81,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     runs, size, steps = (1, 64, 2) if args.tiny else (args.runs, args.size, args.steps)
     with tempfile.TemporaryDirectory() as scratch:
-        model, config, data_dir = prepare_model(args.realsize and not args.tiny, Path(scratch))
+        model, config, data_dir = prepare_sd15(args.realsize and not args.tiny, Path(scratch))
         import numpy as np
         import torch
         from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline

@@ -40,13 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    SD1_CONFIG,
-    cache_dir,
     interleave,
     machine,
     parser,
+    prepare_sd15,
     ratio,
-    realsize_sd15,
     rss_mib,
     setup,
     summary,
@@ -121,17 +119,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
-
-def prepare_model(realsize: bool, scratch: Path) -> tuple[Path, Path, Path]:
-    """(model file, diffusers config folder, sdlocal data dir); the tiny model is made here."""
-    setup()
-    if realsize:
-        return realsize_sd15(0, cache_dir() / "models"), SD1_CONFIG, cache_dir() / "data"
-    from sdlocal.engine.families import sidecar_config_dir
-    from sdlocal.engine.synthetic import save_tiny_model
-
-    model = save_tiny_model(scratch / "models" / "tiny-sd15.safetensors", "sd1", "safetensors")
-    return model, sidecar_config_dir(model), scratch / "data"
 
 
 def wait_for_hashes(engine: Any) -> None:
@@ -314,7 +301,7 @@ def main() -> int:
     if args.tiny:
         runs, args.size, args.steps = 2, 64, 4
     with tempfile.TemporaryDirectory() as scratch:
-        model, config, data_dir = prepare_model(args.realsize, Path(scratch))
+        model, config, data_dir = prepare_sd15(args.realsize, Path(scratch))
         measured = speed(model, config, data_dir, args.size, args.steps, runs, warmup=1)
         memory = run_memory_child(model, data_dir, args.size, args.steps)
     report(args, runs, measured, memory)

@@ -36,6 +36,7 @@ from _common import (  # noqa: E402 - the folder has no package; _common also pu
     parser,
     peak_rss_mib,
     realsize_sd15,
+    reset_peak,
     setup,
     table,
     write_json,
@@ -61,15 +62,6 @@ def _status() -> dict[str, int]:
     except OSError:
         return {}
 
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter to the current RSS, so the peak measured is the load's own."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _rss_now() -> int:
@@ -149,7 +141,7 @@ def child(loader_name: str, path: Path, family: str, precision: str) -> dict[str
     with tempfile.TemporaryDirectory() as scratch:
         gc.collect()
         before = _status().get("VmRSS") or _rss_now()
-        reset = _reset_peak()
+        reset = reset_peak()
         started = time.perf_counter()
         pipe = _load(loader_name, path, family, precision, Path(scratch))
         seconds = time.perf_counter() - started

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, parser, peak_rss_mib, rss_mib, setup, table, write_json
+from _common import machine, parser, peak_rss_mib, reset_peak, rss_mib, setup, table, write_json
 
 MARK = "UPSCALERS-RESULT "
 BOUND_MIB = 1024
@@ -34,14 +34,6 @@ def _vm(field: str) -> int | None:
     except OSError:
         return None
 
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def write_model(folder: Path, tiny: bool, blocks: int | None = None) -> Path:
@@ -89,7 +81,7 @@ def child(data_dir: Path, size: int, device: str) -> dict[str, Any]:
     source = _picture(size)
     gc.collect()
     before = _vm("VmRSS") or int(rss_mib() * 2**20)
-    reset = _reset_peak()
+    reset = reset_peak()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

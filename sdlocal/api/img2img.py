@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from sdlocal.api.models import Img2ImgRequest, Img2ImgResponse
 from sdlocal.api.sdapi import Runner, refuse_bad_values, request_error
-from sdlocal.api.translate import UNSUPPORTED, build_info, encode_images, to_generation_request
+from sdlocal.api.translate import UNSUPPORTED, build_info, encode_images, infotext_value, to_generation_request
 from sdlocal.engine.request import (
     INPAINT_AREAS,
     MASKED_CONTENT,
@@ -152,17 +152,8 @@ def img2img_info(body: Img2ImgRequest, result: GenerationResult, job: Job) -> di
                     inpainting_fill=MASKED_CONTENT.index(mask.content), inpaint_full_res=mask.area == INPAINT_AREAS[1],
                     inpaint_full_res_padding=mask.padding, inpainting_mask_invert=int(mask.invert))
         written = parse_infotext(info["infotexts"][0]) if info["infotexts"] else {}
-        extra = {key: _typed(written[key]) for key in MASK_INFOTEXT_KEYS if key in written}
+        extra = {key: infotext_value(written[key]) for key in MASK_INFOTEXT_KEYS if key in written}
         info["extra_generation_params"] = {**info["extra_generation_params"], **extra}
         info["is_using_inpainting_conditioning"] = "Conditional mask weight" in written
     return info
 
-
-def _typed(text: str) -> Any:
-    """An infotext value as A1111 keeps it in ``extra_generation_params``: numbers as numbers."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text

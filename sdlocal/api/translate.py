@@ -104,12 +104,13 @@ def hires_info(info: dict[str, Any], result: GenerationResult) -> dict[str, Any]
         return info
     info["denoising_strength"] = hires.denoising_strength
     written = parse_infotext(info["infotexts"][0]) if info["infotexts"] else {}
-    extra = {key: _typed(written[key]) for key in HIRES_INFOTEXT_KEYS if key in written}
+    extra = {key: infotext_value(written[key]) for key in HIRES_INFOTEXT_KEYS if key in written}
     info["extra_generation_params"] = {**info["extra_generation_params"], **extra}
     return info
 
 
-def _typed(text: str) -> Any:
+def infotext_value(text: str) -> Any:
+    """An infotext value as A1111 keeps it in ``extra_generation_params``: numbers as numbers."""
     for kind in (int, float):
         try:
             return kind(text)
