@@ -102,8 +102,10 @@ class Job:
     ``ExtrasRequest``) or a call (``fn``, e.g. a model load)."""
 
     def __init__(self, kind: str, request: GenerationRequest | None = None, fn: Callable[[], Any] | None = None,
-                 save: bool = True, source: str = "ui", label: str = "", extras: Any = None) -> None:
+                 save: bool = True, source: str = "ui", label: str = "", extras: Any = None,
+                 store: Any = None) -> None:
         self.id = uuid.uuid4().hex[:16]
+        self.store = store  # where this job's pictures are saved, when not the queue's own store
         self.kind = kind
         self.request = request
         self.extras = extras
@@ -227,15 +229,17 @@ class JobQueue:
             request.validate()
         return self._enqueue(Job("generate", request=request, save=save, source=source))
 
-    def submit_extras(self, request: Any, save: bool = True, source: str = "ui") -> Job:
+    def submit_extras(self, request: Any, save: bool = True, source: str = "ui", store: Any = None) -> Job:
         """Validate an ``ExtrasRequest`` now (``RequestError`` to the caller: a bad size, an unknown upscaler) and
-        queue it; each output is saved to ``extras-images`` (A1111's folder) when ``save``."""
+        queue it; each output is saved to ``extras-images`` (A1111's folder) when ``save``, in ``store`` (an
+        ``OutputStore``: "Batch from Directory"'s output folder) or else the queue's own. The worker saves, so the
+        pictures are kept even when the page that asked for them is closed."""
         validate = getattr(self.engine, "validate_extras", None)
         if callable(validate):
             validate(request)
         else:
             request.validate()
-        return self._enqueue(Job("extras", extras=request, save=save, source=source))
+        return self._enqueue(Job("extras", extras=request, save=save, source=source, store=store))
 
     def submit_call(self, fn: Callable[[], Any], label: str = "", source: str = "ui", force: bool = False) -> Job:
         """Run ``fn()`` on the worker, after the jobs already queued (model loads, runtime changes).
@@ -399,7 +403,7 @@ class JobQueue:
     def _run_extras(self, job: Job) -> None:
         """The Extras upscale on the engine; the outputs done before an interrupt are saved and kept."""
         result = self.engine.postprocess(job.extras, on_progress=self._on_extras_progress, control=job.control)
-        if job.save and self.store is not None:
+        if job.save and (job.store or self.store) is not None:
             self._save_extras(job, result)
         self._recent_seconds.append(time.time() - (job.started or time.time()))
         job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
@@ -411,8 +415,9 @@ class JobQueue:
         for index, output in enumerate(result.images):
             extra = {"postprocessing": output.infotext, "extras": output.infotext}
             try:
-                job.saved_paths.append(Path(self.store.save(output.image, output.parameters or "", None,
-                                                            kind="extras-images", extra_text=extra)))
+                store = job.store or self.store
+                job.saved_paths.append(Path(store.save(output.image, output.parameters or "", None,
+                                                       kind="extras-images", extra_text=extra)))
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the pictures already made
                 log.exception("could not save extras image %d", index + 1)
                 result.warnings.append(f"Could not save image {index + 1} ({output.name or 'unnamed'}): {exc}")

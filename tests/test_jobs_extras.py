@@ -147,3 +147,30 @@ def test_a_full_disk_keeps_the_pictures_and_warns(engine: ExtrasEngine) -> None:
     finally:
         jobs.close()
     assert len(result.images) == 1 and "No space left" in result.warnings[0]
+
+
+def test_an_extras_job_saves_into_the_store_it_was_given(tmp_path):
+    """Batch from Directory's output folder: the worker saves there, not in the queue's own outputs."""
+    from PIL import Image
+
+    from sdlocal.engine.extras import ExtrasImage, ExtrasRequest
+    from sdlocal.jobs import JobQueue
+    from sdlocal.outputs import OutputStore
+
+    class Engine:
+        def postprocess(self, request, on_progress=None, control=None):
+            from sdlocal.engine.extras import run_extras
+
+            return run_extras(request, lambda image, name, w, h, **_: image.resize((w, h)), control=control)
+
+    own, chosen = OutputStore(tmp_path / "outputs"), OutputStore(tmp_path / "chosen")
+    queue = JobQueue(Engine(), own)
+    try:
+        request = ExtrasRequest(images=[ExtrasImage(Image.new("RGB", (16, 16)), "a.png", "a cat\nSteps: 4")],
+                                upscaler_1="Lanczos")
+        job = queue.submit_extras(request, store=chosen)
+        job.wait(60)
+        assert [path.parent.parent for path in job.saved_paths] == [tmp_path / "chosen" / "extras-images"]
+        assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.png"))
+    finally:
+        queue.close()

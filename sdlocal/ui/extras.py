@@ -111,7 +111,7 @@ def run(services: Any, source: str, image: Any, files: Any, input_dir: str, outp
         store = output_store(output_dir) if source == SOURCES[2] else None
         request = build_request(source, image, files, input_dir, resize_mode, scale, width, height, crop,
                                 upscaler_1, upscaler_2, visibility)
-        job = services.queue.submit_extras(request, save=store is None, source="ui")
+        job = services.queue.submit_extras(request, source="ui", store=store)
     except Exception as exc:  # noqa: BLE001 - RequestError, FormError, QueueFullError...: a message
         message = error_text(exc)
         gr.Warning(message)
@@ -135,7 +135,7 @@ def finish(job: Any, store: Any = None) -> tuple:
     paths = [str(path) for path in getattr(job, "saved_paths", None) or []]
     saved = paths
     if store is not None:  # the chosen output folder: the page does not serve it, so show the pictures
-        saved, paths = _save_all(store, result, warnings), []
+        paths = []
     images = []
     for index, output in enumerate(result.images):
         # a saved file under the outputs folder (the page may serve it, with its parameters); else the picture
@@ -145,18 +145,6 @@ def finish(job: Any, store: Any = None) -> tuple:
         gr.Warning(warning)
     return (done_html(result, len(images)), "", images, info_html(result, saved))
 
-
-def _save_all(store: Any, result: Any, warnings: list[str]) -> list[str]:
-    """Each picture into the chosen output folder, as the queue saves into the outputs folder."""
-    saved = []
-    for index, output in enumerate(result.images):
-        chunks = {"postprocessing": output.infotext, "extras": output.infotext}
-        try:
-            saved.append(str(store.save(output.image, output.parameters or "", None, kind="extras-images",
-                                        extra_text=chunks)))
-        except Exception as exc:  # noqa: BLE001 - one failed save must not lose the other pictures
-            warnings.append(f"Could not save image {index + 1} ({output.name or 'unnamed'}): {exc}")
-    return saved
 
 
 def info_html(result: Any, saved: list[str]) -> str:

@@ -84,9 +84,9 @@ class RunningQueue:
     """Runs the request with Pillow's Lanczos as the upscaler, saving as the queue does when asked to."""
 
     def __init__(self, store: Any) -> None:
-        self.store, self.saves = store, []
+        self.store, self.saves, self.stores = store, [], []
 
-    def submit_extras(self, request: Any, save: bool = True, source: str = "ui") -> DoneJob:
+    def submit_extras(self, request: Any, save: bool = True, source: str = "ui", store: Any = None) -> DoneJob:
         from sdlocal.engine.extras import run_extras
 
         if request.upscaler_1 not in ("None", "Lanczos"):
@@ -98,7 +98,8 @@ class RunningQueue:
 
         result = run_extras(request, upscale)
         self.saves.append(save)
-        paths = [self.store.save(out.image, out.parameters or "", None, kind="extras-images",
+        self.stores.append(store)
+        paths = [(store or self.store).save(out.image, out.parameters or "", None, kind="extras-images",
                                  extra_text={"postprocessing": out.infotext}) for out in result.images] if save else []
         return DoneJob(result, paths)
 
@@ -134,7 +135,8 @@ def test_a_folder_run_saves_into_the_output_folder_given(tmp_path: Path) -> None
     out = tmp_path / "out"
     *_, (progress, error, gallery, info) = list(run(services, *form(SOURCES[2], input_dir=str(folder),
                                                                      output_dir=str(out), scale=3)))
-    assert error == "" and queue.saves == [False]  # the queue did not save: the tab saved into ``out``
+    # the worker saves into ``out`` (the tab hands it the folder's store), so a closed page loses nothing
+    assert error == "" and queue.saves == [True] and Path(queue.stores[0].root) == out
     [saved] = sorted(out.rglob("*.png"))
     assert saved.parent.parent.name == "extras-images" and Image.open(saved).size == (48, 48)
     text, chunks = read_image_info(saved)
