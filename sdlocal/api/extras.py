@@ -8,9 +8,7 @@ the shared job queue (one GPU job at a time, interruptible with ``POST /interrup
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import Any
 
 import anyio
@@ -27,6 +25,7 @@ from sdlocal.api.models import (
     UpscalerRecord,
 )
 from sdlocal.api.sdapi import ApiError, Runner, refuse_bad_values, request_error, wait_for_job
+from sdlocal.api.translate import png_base64
 from sdlocal.engine.request import RequestError
 
 FACE_FIELDS = ("gfpgan_visibility", "codeformer_visibility")  # a visibility above 0 asks for face restoration
@@ -129,24 +128,11 @@ async def _run(runner: Runner, body: ExtrasFields, sources: list[Any],
     if not job.done() or job.result is None:
         raise ApiError(499, "Client Closed Request", "the client disconnected before the job finished")
     result = job.result
-    encoded = await anyio.to_thread.run_sync(lambda: [(png_with_postprocessing(out.image, out.parameters,
-                                                                                out.infotext), to_html(out.infotext))
-                                                       for out in result.images])
+    encoded = await anyio.to_thread.run_sync(
+        lambda: [(png_base64(out.image, out.parameters, {"postprocessing": out.infotext}), to_html(out.infotext))
+                 for out in result.images])
     return encoded, result
 
-
-def png_with_postprocessing(image: Any, parameters: str | None, postprocessing: str) -> str:
-    """A raw base64 PNG (no data: prefix, as A1111 sends it) with the source's ``parameters`` and the
-    ``postprocessing`` text chunk, as A1111's API writes an Extras image."""
-    from PIL.PngImagePlugin import PngInfo
-
-    meta = PngInfo()
-    for key, value in (("parameters", parameters), ("postprocessing", postprocessing)):
-        if value:
-            meta.add_text(key, value)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=meta)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def to_html(text: str) -> str:

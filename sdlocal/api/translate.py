@@ -119,14 +119,15 @@ def infotext_value(text: str) -> Any:
     return text
 
 
-def png_base64(image: Any, parameters: str | None) -> str:
-    """A PNG as raw base64 (A1111 sends no ``data:`` prefix), with the ``parameters`` text chunk when given."""
+def png_base64(image: Any, parameters: str | None, extra: dict[str, str] | None = None) -> str:
+    """A PNG as raw base64 (A1111 sends no ``data:`` prefix), with the ``parameters`` text chunk when given and
+    the ``extra`` chunks (an Extras image's ``postprocessing``)."""
     from PIL.PngImagePlugin import PngInfo
 
-    meta = None
-    if parameters:
-        meta = PngInfo()
-        meta.add_text("parameters", parameters)
+    meta = PngInfo()
+    for key, value in {"parameters": parameters, **(extra or {})}.items():
+        if value:
+            meta.add_text(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=meta)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
