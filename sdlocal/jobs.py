@@ -99,22 +99,24 @@ class ProgressState:
 
 class Job:
     """One unit of work on the worker: a generation (``request``), an Extras upscale (``extras``, an
-    ``ExtrasRequest``) or a call (``fn``, e.g. a model load)."""
+    ``ExtrasRequest``), a script (``script``, a ``ScriptPlan``: many generations and a grid) or a call (``fn``,
+    e.g. a model load)."""
 
     def __init__(self, kind: str, request: GenerationRequest | None = None, fn: Callable[[], Any] | None = None,
                  save: bool = True, source: str = "ui", label: str = "", extras: Any = None,
-                 store: Any = None) -> None:
+                 store: Any = None, script: Any = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.store = store  # where this job's pictures are saved, when not the queue's own store
         self.kind = kind
         self.request = request
         self.extras = extras
+        self.script = script
         self.fn = fn
         self.save = save
         self.source = source
         self.label = label
         self.state = QUEUED
-        self.result: Any = None  # GenerationResult for generations, ExtrasResult for extras, fn's value for calls
+        self.result: Any = None  # GenerationResult, ExtrasResult, ScriptResult, or a call's value
         self.error: BaseException | None = None
         self.saved_paths: list[Path] = []
         self.created = time.time()
@@ -241,6 +243,12 @@ class JobQueue:
             request.validate()
         return self._enqueue(Job("extras", extras=request, save=save, source=source, store=store))
 
+    def submit_script(self, plan: Any, save: bool = True, source: str = "ui") -> Job:
+        """Queue a ``ScriptPlan`` (already validated cell by cell when it was planned) as one job: one place in
+        the queue, one Interrupt for the whole grid. With ``save`` the worker saves the grids (and the cells,
+        when the plan keeps them) as they are made."""
+        return self._enqueue(Job("script", script=plan, save=save, source=source, label=plan.title))
+
     def submit_call(self, fn: Callable[[], Any], label: str = "", source: str = "ui", force: bool = False) -> Job:
         """Run ``fn()`` on the worker, after the jobs already queued (model loads, runtime changes).
 
@@ -319,7 +327,7 @@ class JobQueue:
         The press goes to the running job's own control, so it counts even while that job is still starting.
         """
         job = self._running
-        if job is None or job.kind not in ("generate", "extras"):
+        if job is None or job.kind not in ("generate", "extras", "script"):
             return False
         job.interrupted = True
         job.control.interrupt()
@@ -334,7 +342,7 @@ class JobQueue:
         Pressed between two batches, it skips the next one.
         """
         job = self._running
-        if job is None or job.kind != "generate":
+        if job is None or job.kind not in ("generate", "script"):
             return False
         job.skipped = True
         job.control.skip()
@@ -366,8 +374,11 @@ class JobQueue:
     def _run(self, job: Job) -> None:
         job.state, job.started = RUNNING, time.time()
         kind_text = {"generate": "Generating…", "extras": "Upscaling…"}.get(job.kind, f"{job.label or 'Working'}…")
-        total_steps = job.request.denoising_steps() if job.request is not None else 0
-        batch_count = job.request.batch_count if job.request is not None else 0
+        if job.kind == "script":
+            total_steps, batch_count = 0, len(job.script.cells)
+        else:
+            total_steps = job.request.denoising_steps() if job.request is not None else 0
+            batch_count = job.request.batch_count if job.request is not None else 0
         with self._progress_lock:
             self._progress = ProgressState(
                 job_id=job.id, job_kind=job.kind, state="running", text=kind_text,
@@ -383,6 +394,9 @@ class JobQueue:
                 return
             if job.kind == "extras":
                 self._run_extras(job)
+                return
+            if job.kind == "script":
+                self._run_script(job)
                 return
             assert job.request is not None
             result: GenerationResult = self.engine.generate(job.request, on_progress=self._on_progress,
@@ -407,6 +421,49 @@ class JobQueue:
             self._save_extras(job, result)
         self._recent_seconds.append(time.time() - (job.started or time.time()))
         job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
+
+    def _run_script(self, job: Job) -> None:
+        """A script's cells on the engine, then its grid; the worker saves as it goes (see ``scripts.runner``)."""
+        from sdlocal.scripts.runner import run_plan
+
+        def save(picture: Any, parameters: str, seed: int | None, kind: str) -> Path:
+            path = Path(self.store.save(picture, parameters, seed, kind=kind))
+            job.saved_paths.append(path)
+            return path
+
+        saver = save if job.save and self.store is not None else None
+        result = run_plan(self.engine, job.script, control=job.control, on_progress=self._on_script_progress,
+                          save=saver)
+        for cell in result.cells:
+            if cell is not None:
+                self.images_generated += len(cell.images)
+                self._record_timing(cell)
+        self._recent_seconds.append(time.time() - (job.started or time.time()))
+        job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
+
+    def _on_script_progress(self, done: int, total: int, update: Progress | None) -> None:
+        """Script progress: "Cell i/n" and the fraction across cells and the running cell's steps."""
+        try:
+            with self._progress_lock:
+                state = self._progress
+                shown = min(done + 1, total)
+                state.text = f"Cell {shown}/{total}"
+                state.job_no, state.batch_index, state.batch_count = done, done, total
+                part = 0.0
+                if update is not None:
+                    state.step, state.total_steps = update.step, update.total_steps
+                    part = update.fraction
+                    if update.preview is not None:
+                        state.preview = update.preview
+                        state.preview_id = next(self._previews)
+                state.textinfo = state.text + (f", step {state.step}/{state.total_steps}" if update else "")
+                state.fraction = min(1.0, (done + part) / total) if total else 1.0
+                started = self._running.started if self._running is not None else None
+                if started and state.fraction > 0:
+                    elapsed = time.time() - started
+                    state.eta_seconds = elapsed / state.fraction * (1 - state.fraction)
+        except Exception:  # noqa: BLE001 - progress is cosmetic
+            log.exception("progress update failed")
 
     def _save_extras(self, job: Job, result: Any) -> None:
         """Each output as ``extras-images/YYYY-MM-DD/NNNNN.png`` (A1111's folder and names): the source's own
