@@ -87,6 +87,17 @@ LABELS: dict[str, str] = {
     "hr_schedule": "Hires schedule type",
     "hr_prompt": "Hires prompt",
     "hr_negative_prompt": "Hires negative prompt",
+    # the Script section's, by A1111's script argument names (the API's script_args)
+    "script_name": "Script",
+    "script_args": "Script arguments",
+    **{f"{letter}_{part}": f"{letter.upper()} {label}" for letter in "xyz"
+       for part, label in (("type", "type"), ("values", "values"), ("values_dropdown", "values"))},
+    "margin_size": "Grid margins (px)",
+    "draw_legend": "Draw legend",
+    "no_fixed_seeds": "Keep -1 for seeds",
+    "include_lone_images": "Include Sub Images",
+    "include_sub_grids": "Include Sub Grids",
+    "csv_mode": "Use text inputs instead of dropdowns",
 }
 
 

@@ -56,6 +56,7 @@ class FormParts:
     save_style: Any = None
     style_status: Any = None
     loras: Any = None  # the LoRA panel under the prompts (sdlocal.ui.lora_panel.LoraPanel)
+    scripts: Any = None  # the Script dropdown and its groups (sdlocal.ui.scripts.ScriptSection)
     # A1111's token counters ("23/75") under the prompt boxes
     prompt_tokens: Any = None
     negative_tokens: Any = None

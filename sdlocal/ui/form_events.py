@@ -83,12 +83,12 @@ def stream_job(queue: Any, submit: Callable[[], Any]) -> Iterator[tuple]:
         yield ("", error_box(error_text(exc)), gr.update(visible=False), *_KEEP_REST)
         return []
     yield (progress_html(Waiting()), "", gr.update(visible=True, value=None), *_KEEP_REST)
-    yield from _follow(queue, job)
+    yield from follow_job(queue, job)
     return (yield from _finish(job))
 
 
-def _follow(queue: Any, job: Any) -> Iterator[tuple]:
-    """Stream the job's progress, sending each preview image once, until it ends."""
+def follow_job(queue: Any, job: Any) -> Iterator[tuple]:
+    """Stream the job's progress, sending each preview image once, until it ends (a script job's too)."""
     shown_preview = None
     while not job_done(job):
         state = safe_progress(queue, job)
@@ -124,11 +124,12 @@ def _finish(job: Any):
 
 
 def wire_run(ui: FormParts, queue: Any, handler: Callable[..., Any], inputs: list[Any],
-             names: dict[str, str | None]) -> list[Any]:
+             names: dict[str, str | None], extra_outputs: list[Any] | None = None) -> list[Any]:
     """Generate (button and the prompt's Enter), Interrupt and Skip; returns the two generate events.
 
     ``names`` gives the API names of "generate", "interrupt" and "skip" (None: private). Interrupt and Skip act
-    on the queue's running job whichever tab started it, as in A1111.
+    on the queue's running job whichever tab started it, as in A1111. ``extra_outputs`` follow ``run_outputs``
+    (the Script section's confirmation state), so the handler yields those too.
     """
     def do_interrupt() -> str:
         queue.interrupt()
@@ -138,7 +139,7 @@ def wire_run(ui: FormParts, queue: Any, handler: Callable[..., Any], inputs: lis
         queue.skip()
         return "Skipping the current batch…"
 
-    outputs = run_outputs(ui)
+    outputs = run_outputs(ui) + list(extra_outputs or [])
     event = ui.generate.click(handler, inputs=inputs, outputs=outputs, concurrency_limit=None,
                               **_api(names.get("generate")))
     submitted = ui.fields["prompt"].submit(handler, inputs=inputs, outputs=outputs, api_visibility="private")

@@ -25,7 +25,8 @@ from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
 SHOW_ALL = "All"
-FILTERS = (SHOW_ALL, "txt2img", "img2img", "extras-images")  # everything, or one outputs folder
+# everything, or one outputs folder (the X/Y/Z plot and prompt matrix grids have folders of their own, as in A1111)
+FILTERS = (SHOW_ALL, "txt2img", "img2img", "extras-images", "txt2img-grids", "img2img-grids")
 
 
 @dataclass

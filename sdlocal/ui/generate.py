@@ -31,6 +31,7 @@ from sdlocal.ui.model_list import (
     model_choices,
     starter_dir,
 )
+from sdlocal.ui.script_run import run_script, wire_scripts
 from sdlocal.ui.styles_events import styled_form, wire_styles
 from sdlocal.ui.vae_select import page_vae, request_vae, wire_reuse_vae, wire_vae
 
@@ -135,13 +136,8 @@ def _wire_presets(ui: GenerateTab, services: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- generate
-def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
-    """Submit the txt2img request to the queue and stream its progress; errors become a message, never a crash.
-
-    ``values`` are the FORM_FIELDS controls, then the styles picked (applied to the prompts here; the saved
-    form keeps the prompts as typed), then the page's VAE, then the Hires fix section (``HIRES_FIELDS``; the
-    saved form leaves it out). Yields (progress, error, preview, gallery, results, selected, info).
-    """
+def txt2img_request(services: Any, model_name: str | None, *values: Any) -> tuple[GenerationRequest, dict, str]:
+    """(the validated request, the form as saved, the VAE) from the tab's values (see ``run``)."""
     n = len(FORM_FIELDS)
     form = coerce_fields(dict(zip(FORM_FIELDS, values[:n], strict=True)))
     styles = values[n] if len(values) > n else []
@@ -149,28 +145,53 @@ def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
     hires = hires_spec(values[n + 2:n + 2 + len(HIRES_FIELDS)])
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
+    request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles), vae=vae,
+                                      hires=hires)
+    return request, form, vae
+
+
+def run(services: Any, ui_state: UiState, model_name: str | None, *values: Any):
+    """Submit the txt2img request to the queue and stream its progress; errors become a message, never a crash.
+
+    ``values`` are the FORM_FIELDS controls, then the styles picked (applied to the prompts here; the saved
+    form keeps the prompts as typed), then the page's VAE, then the Hires fix section (``HIRES_FIELDS``; the
+    saved form leaves it out). Yields (progress, error, preview, gallery, results, selected, info).
+    """
+    saved: dict[str, Any] = {}
 
     def submit() -> Any:
-        request = GenerationRequest.build(model=model_name or "", **styled_form(services, form, styles), vae=vae,
-                                          hires=hires)
-        ui_state.save({"model": model_name or "", "form": form, "vae": vae})
+        request, form, vae = txt2img_request(services, model_name, *values)
+        unsupported = not model_name or model_name.startswith(UNSUPPORTED_PREFIX)
+        saved.update({"model": "" if unsupported else model_name, "form": form, "vae": vae})
+        ui_state.save(saved)
         return services.queue.submit(request, save=True, source="ui")
 
     rows = yield from stream_job(services.queue, submit)
-    if rows:
-        ui_state.save({"model": model_name or "", "form": {**form, "seed": form.get("seed", -1)},
-                       "last_seed": rows[0][0], "vae": vae})
+    if rows and saved:
+        ui_state.save({**saved, "last_seed": rows[0][0]})
 
 
 def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
-    def generate(model_name: str | None, *values: Any):
-        yield from run(services, ui_state, model_name, *values)
+    base_inputs = [ui.model, *ui.controls, ui.styles, ui.vae, *ui.hires.controls]
+    n = len(base_inputs)
+
+    def build(values: tuple[Any, ...]) -> GenerationRequest:
+        return txt2img_request(services, *values)[0]
+
+    def generate(*values: Any):
+        name, args = ui.scripts.read(values[n:-1])
+        if name is None:
+            for update in run(services, ui_state, *values[:n]):
+                yield (*update, gr.update())
+            return
+        yield from run_script(services, lambda: build(values[:n]), name, args, values[-1])
 
     names = {"generate": "generate", "interrupt": "interrupt", "skip": "skip"}
-    inputs = [ui.model, *ui.controls, ui.styles, ui.vae, *ui.hires.controls]
-    events = wire_run(ui, services.queue, generate, inputs, names)
+    inputs = [*base_inputs, *ui.scripts.inputs, ui.scripts.pending]
+    events = wire_run(ui, services.queue, generate, inputs, names, extra_outputs=[ui.scripts.pending])
     for finished in events:
         finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
+    wire_scripts(ui.scripts, services, base_inputs, build)
 
 
 # ---------------------------------------------------------------------------- starter download

@@ -27,6 +27,7 @@ from sdlocal.ui.components import (
 from sdlocal.ui.hires import HiresSection, hires_section
 from sdlocal.ui.lora_panel import lora_panel
 from sdlocal.ui.model_list import empty_state_markdown
+from sdlocal.ui.scripts import script_section
 from sdlocal.ui.vae_select import vae_controls
 
 __all__ = ["NO_PRESET", "GenerateTab", "build_layout", "low_memory_mode", "pick", "size_choices"]
@@ -87,6 +88,7 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Ge
                 ui.hires = hires_section(ui.prefix, samplers, schedules)
                 with gr.Accordion("Advanced", open=False, elem_id="sd-advanced"):
                     _advanced(ui, services)
+                ui.scripts = script_section(ui.prefix, False, services)
             with gr.Column(scale=6, min_width=360):
                 results_column(ui)
         ui.finish()

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from sdlocal.engine.request import GenerationRequest
 from sdlocal.forms import fill_from_infotext
 from sdlocal.ui.common import FORM_FIELDS, coerce_fields, infotext_updates
 from sdlocal.ui.form_events import on_preset, preset_choices, stream_job, wire_results, wire_run, wire_seeds
@@ -28,6 +29,7 @@ from sdlocal.ui.img2img_request import (
 )
 from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, find_entry
+from sdlocal.ui.script_run import run_script, wire_scripts
 from sdlocal.ui.send import SendTarget, result_pick
 from sdlocal.ui.styles_events import styled_form, wire_styles
 from sdlocal.ui.vae_select import request_vae, wire_reuse_vae
@@ -138,33 +140,49 @@ def split_values(values: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any
     return images, form, settings
 
 
-def run(services: Any, model_name: str | None, *values: Any):
-    """Build the img2img request from the tab, queue it and stream it (see ``form_events.stream_job``).
-
-    ``values`` are the image components, FORM_FIELDS, the img2img settings, then the styles picked and the
-    page's VAE.
-    """
+def img2img_request(services: Any, model_name: str | None, *values: Any) -> GenerationRequest:
+    """The tab's validated request from its values (see ``run``); a missing image is a ``FormError``."""
     expected = len(IMAGE_FIELDS) + len(FORM_FIELDS) + len(SOURCE_FIELDS)
     styles = values[expected] if len(values) > expected else []
     vae = request_vae(values[expected + 1] if len(values) > expected + 1 else None)
     images, form, settings = split_values(values[:expected])
     if model_name and model_name.startswith(UNSUPPORTED_PREFIX):
         model_name = ""
+    return build_request(model_name or "", {**styled_form(services, form, styles), "vae": vae}, settings,
+                         source_images(images["mode"], images))
 
+
+def run(services: Any, model_name: str | None, *values: Any):
+    """Build the img2img request from the tab, queue it and stream it (see ``form_events.stream_job``).
+
+    ``values`` are the image components, FORM_FIELDS, the img2img settings, then the styles picked and the
+    page's VAE.
+    """
     def submit() -> Any:
-        request = build_request(model_name or "", {**styled_form(services, form, styles), "vae": vae}, settings,
-                                source_images(images["mode"], images))
-        return services.queue.submit(request, save=True, source="ui")
+        return services.queue.submit(img2img_request(services, model_name, *values), save=True, source="ui")
 
     yield from stream_job(services.queue, submit)
 
 
 def _wire_run(ui: Img2ImgTab, services: Any, model: Any, vae: Any = None) -> None:
-    def generate(model_name: str | None, *values: Any):
-        yield from run(services, model_name, *values)
+    # without the page's VAE the request gets "Automatic" (an app built without one, in tests)
+    base_inputs = [model, *ui.image_inputs, *ui.controls, *ui.setting_controls, ui.styles, *([vae] if vae else [])]
+    n = len(base_inputs)
 
-    inputs = [model, *ui.image_inputs, *ui.controls, *ui.setting_controls, ui.styles, *([vae] if vae else [])]
-    wire_run(ui, services.queue, generate, inputs, {"generate": "img2img"})
+    def build(values: tuple[Any, ...]) -> GenerationRequest:
+        return img2img_request(services, *values)
+
+    def generate(*values: Any):
+        name, args = ui.scripts.read(values[n:-1])
+        if name is None:
+            for update in run(services, *values[:n]):
+                yield (*update, gr.update())
+            return
+        yield from run_script(services, lambda: build(values[:n]), name, args, values[-1])
+
+    inputs = [*base_inputs, *ui.scripts.inputs, ui.scripts.pending]
+    wire_run(ui, services.queue, generate, inputs, {"generate": "img2img"}, extra_outputs=[ui.scripts.pending])
+    wire_scripts(ui.scripts, services, base_inputs, build)
 
 
 # ---------------------------------------------------------------------------- sends from other tabs

@@ -33,6 +33,7 @@ from sdlocal.ui.components import (
 )
 from sdlocal.ui.img2img_request import IMAGE_FIELDS, MASK_MODES, MODES, SIZE_MODES, SOURCE_DEFAULTS, SOURCE_FIELDS
 from sdlocal.ui.lora_panel import lora_panel
+from sdlocal.ui.scripts import script_section
 
 # The sub-tabs' ids, by mode (ids of their own: the page's tabs already use "img2img").
 MODE_TABS = {"img2img": "i2i-upload", "sketch": "i2i-sketch", "inpaint": "i2i-inpaint",
@@ -86,6 +87,7 @@ def build_layout(services: Any, samplers: list[str], schedules: list[str]) -> Im
                     settings = services.settings
                     request_options(ui, float(getattr(settings, "token_merging_ratio", 0.0) or 0.0),
                                     getattr(settings, "emphasis", "Original"))
+                ui.scripts = script_section(ui.prefix, True, services)
             with gr.Column(scale=6, min_width=360):
                 results_column(ui)
         ui.finish()

@@ -31,7 +31,7 @@ def progress_html(state: Any) -> str:
     if total:
         parts.append(f"step {step}/{total}")
     batch_count = getattr(state, "batch_count", 0) or 0
-    if batch_count > 1:
+    if batch_count > 1 and getattr(state, "job_kind", "") != "script":  # a script's text says "Cell i/n"
         parts.append(f"batch {(getattr(state, 'batch_index', 0) or 0) + 1}/{batch_count}")
     eta = getattr(state, "eta_seconds", None)
     if eta is not None and total:

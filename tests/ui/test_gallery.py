@@ -59,9 +59,17 @@ def test_a_filter_with_more_than_one_page_pages_within_its_kind(tmp_path: Path) 
 
 def test_an_unknown_filter_is_refused_with_the_choices(store: OutputStore) -> None:
     with pytest.raises(gr.Error, match="Show: 'extras' is not a choice; use one of All, txt2img, img2img, "
-                                       "extras-images"):
+                                       "extras-images, txt2img-grids, img2img-grids"):
         gallery_page(store, 0, "extras")
-    assert FILTERS == ("All", "txt2img", "img2img", "extras-images")
+    assert FILTERS == ("All", "txt2img", "img2img", "extras-images", "txt2img-grids", "img2img-grids")
+
+
+def test_grids_have_their_own_filters(store: OutputStore) -> None:
+    store.save(Image.new("RGB", (16, 16)), "p\nSeed: 3", seed=3, kind="txt2img-grids", when=DAY)
+    store.save(Image.new("RGB", (16, 16)), "p\nSeed: 4", seed=4, kind="img2img-grids", when=DAY)
+    for kind in ("txt2img-grids", "img2img-grids"):
+        _number, _shown, rels, _where, _label = gallery_page(store, 0, kind)
+        assert len(rels) == 1 and rels[0].startswith(f"{kind}/2026-12-01/"), kind
 
 
 def test_the_tab_wires_the_filter_into_paging_and_delete(tmp_path: Path) -> None:
