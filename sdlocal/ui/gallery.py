@@ -21,6 +21,7 @@ from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
 from sdlocal.ui.hires import wire_reuse_hires
+from sdlocal.ui.script_run import wire_reuse_script
 from sdlocal.ui.send import SendTarget
 
 PER_PAGE = 48
@@ -195,6 +196,9 @@ def _wire_selection(ui: GalleryTab, services: Any, generate: GenerateTab, tabs: 
     if generate.hires is not None:  # and the Hires fix section, from the text's Hires keys
         wire_reuse_hires(ui.reuse, [ui.params], generate.hires,
                          pick=lambda text: "" if (text or "").startswith("(this image") else text)
+    if generate.scripts is not None:  # and an X/Y/Z grid's axes
+        wire_reuse_script(ui.reuse, [ui.params], generate.scripts, services,
+                          lambda text: "" if (text or "").startswith("(this image") else text)
 
 
 def _wire_send(ui: GalleryTab, store: Any, send: SendTarget) -> None:

@@ -31,7 +31,7 @@ from sdlocal.ui.model_list import (
     model_choices,
     starter_dir,
 )
-from sdlocal.ui.script_run import run_script, wire_scripts
+from sdlocal.ui.script_run import row_text, run_script, wire_reuse_script, wire_scripts
 from sdlocal.ui.styles_events import styled_form, wire_styles
 from sdlocal.ui.vae_select import page_vae, request_vae, wire_reuse_vae, wire_vae
 
@@ -49,6 +49,7 @@ def build_generate_tab(services: Any, ui_state: UiState) -> GenerateTab:
     wire_reuse_vae(ui, services, ui.vae)
     wire_hires(ui.hires, ui.fields["width"], ui.fields["height"])
     wire_reuse_hires(ui.reuse_all, [ui.results, ui.selected], ui.hires)
+    wire_reuse_script(ui.reuse_all, [ui.results, ui.selected], ui.scripts, services, row_text)
     runtime.wire(ui, services)
     wire_styles(ui, services)
     wire_lora_panel(ui.loras, services, ui.fields["prompt"])

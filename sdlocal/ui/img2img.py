@@ -29,7 +29,7 @@ from sdlocal.ui.img2img_request import (
 )
 from sdlocal.ui.lora_panel import wire_lora_panel
 from sdlocal.ui.model_list import UNSUPPORTED_PREFIX, find_entry
-from sdlocal.ui.script_run import run_script, wire_scripts
+from sdlocal.ui.script_run import row_text, run_script, wire_reuse_script, wire_scripts
 from sdlocal.ui.send import SendTarget, result_pick
 from sdlocal.ui.styles_events import styled_form, wire_styles
 from sdlocal.ui.vae_select import request_vae, wire_reuse_vae
@@ -47,6 +47,7 @@ def build_img2img_tab(services: Any, model: Any, tabs: Any, vae: Any = None) -> 
     _wire_presets(ui, services.presets)
     _wire_run(ui, services, model, vae)
     wire_results(ui, services.engine, model)
+    wire_reuse_script(ui.reuse_all, [ui.results, ui.selected], ui.scripts, services, row_text)
     if vae is not None:
         wire_reuse_vae(ui, services, vae)
     _wire_model(ui, services, model)
@@ -232,5 +233,8 @@ def _size_of(path: str | None) -> tuple[int, int] | None:
 
 
 def send_target(ui: Img2ImgTab, services: Any, model: Any, tabs: Any) -> SendTarget:
+    def also(button: Any, text_of: Any, inputs: list[Any]) -> None:
+        wire_reuse_script(button, inputs, ui.scripts, services, text_of)
+
     return SendTarget(outputs=send_outputs(ui, model, tabs),
-                      fill=lambda path, target, text: send_updates(services.engine, path, target, text))
+                      fill=lambda path, target, text: send_updates(services.engine, path, target, text), also=also)

@@ -18,6 +18,7 @@ from sdlocal.ui.common import infotext_updates
 from sdlocal.ui.components import send_buttons_row
 from sdlocal.ui.generate_layout import GenerateTab
 from sdlocal.ui.hires import wire_reuse_hires
+from sdlocal.ui.script_run import wire_reuse_script
 from sdlocal.ui.send import SendTarget
 from sdlocal.ui.vae_select import vae_from_infotext
 
@@ -92,6 +93,8 @@ def build_pnginfo_tab(services: Any, generate: GenerateTab, tabs: Any, send: Sen
                           api_visibility="private")
     if generate.hires is not None:  # and the Hires fix section, from the text's Hires keys
         wire_reuse_hires(to_generate, [text], generate.hires, pick=lambda params: params)
+    if generate.scripts is not None:  # and an X/Y/Z grid's axes, from its Script keys
+        wire_reuse_script(to_generate, [text], generate.scripts, services, lambda params: params)
     if extras_send is not None:  # the dropped file itself, parameters and all
         extras_send.connect(to_extras, lambda path, params: (path, params), [upload, text])
     if send is not None:

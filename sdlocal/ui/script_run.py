@@ -238,6 +238,27 @@ def infotext_script_updates(services: Any, part: ScriptSection, text: str) -> li
     return updates
 
 
+def wire_reuse_script(button: Any, inputs: list[Any], part: ScriptSection, services: Any,
+                      pick: Callable[..., str]) -> None:
+    """``button`` (Reuse all parameters, PNG Info's and the Gallery's sends) also sets the X/Y/Z plot up again
+    from a grid's parameters; ``pick(*inputs)`` gives the text."""
+    outputs = script_restore_outputs(part)
+    if not outputs:
+        return
+
+    def reuse(*values: Any) -> list[Any]:
+        return infotext_script_updates(services, part, pick(*values) or "")
+
+    button.click(reuse, inputs=inputs, outputs=outputs, api_visibility="private")
+
+
+def row_text(rows: list, index: int) -> str:
+    """The parameters of the image selected in a tab's results (rows of (seed, infotext, path))."""
+    if not rows:
+        return ""
+    return rows[min(max(int(index or 0), 0), len(rows) - 1)][1]
+
+
 def script_restore_outputs(part: ScriptSection) -> list[Any]:
     """What ``infotext_script_updates`` fills, in its order."""
     if XYZ not in part.args:

@@ -24,6 +24,8 @@ class SendTarget:
 
     outputs: list[Any]
     fill: Callable[[str | None, str, str], list[Any]]
+    # also(button, text_of, inputs): more the send fills from the parameters text (the Script section)
+    also: Callable[[Any, Callable[..., str], list[Any]], None] | None = None
 
     def connect(self, button: Any, pick: Pick, inputs: list[Any], target: str) -> None:
         """Clicking ``button`` sends what ``pick`` picks from ``inputs`` to the img2img tab's ``target`` sub-tab."""
@@ -35,6 +37,8 @@ class SendTarget:
             return self.fill(path, target, text or "")
 
         button.click(send, inputs=inputs, outputs=self.outputs, api_visibility="private")
+        if self.also is not None:
+            self.also(button, lambda *values: pick(*values)[1] or "", inputs)
 
     def keep(self) -> list[Any]:
         """Updates that change nothing (a send with no image)."""

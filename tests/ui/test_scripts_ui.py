@@ -16,7 +16,7 @@ from sdlocal.outputs import OutputStore
 from sdlocal.scripts import xyz
 from sdlocal.scripts.axes import axes_for
 from sdlocal.scripts.plan import CONFIRM_IMAGES
-from sdlocal.ui.script_run import run_script, summary_text
+from sdlocal.ui.script_run import infotext_script_updates, run_script, script_restore_outputs, summary_text
 from sdlocal.ui.scripts import (
     ScriptSection,
     axis_updates,
@@ -190,6 +190,16 @@ def test_an_xyz_plot_through_the_handler_shows_the_grid_then_the_cells(engine, r
     assert [caption for _picture, caption in gallery] == ["Grid", "Seed 77", "Seed 77"]
     assert "Script: X/Y/Z plot" in rows[0][1] and "X Type: Steps" in rows[0][1] and info == rows[0][1]
     assert "Steps: 1," in rows[1][1] and "Steps: 2," in rows[2][1]  # each cell has its own parameters
+
+    # PNG Info / Reuse all parameters of the grid choose the plot again and fill its axes; a cell's text does not
+    part = section(services=services)
+    updates = dict(zip(script_restore_outputs(part), infotext_script_updates(services, part, rows[0][1]),
+                       strict=True))
+    assert updates[part.choice]["value"] == "X/Y/Z plot" and updates[part.groups[xyz.NAME]]["visible"] is True
+    x_axis = part.axes[0]
+    assert updates[x_axis.type]["value"] == "Steps" and updates[x_axis.text]["value"] == "1,2"
+    assert updates[part.axes[1].type]["value"] == "Nothing"
+    assert all("value" not in update for update in infotext_script_updates(services, part, rows[1][1]))
 
 
 def test_the_section_sits_in_both_tabs_of_the_app(tmp_path: Path) -> None:
