@@ -217,3 +217,30 @@ def test_the_section_sits_in_both_tabs_of_the_app(tmp_path: Path) -> None:
             assert any(getattr(block, "elem_id", None) == f"{prefix}script" for block in named[api_name].inputs)
     finally:
         services.close()
+
+
+def test_a_registered_script_without_a_layout_gets_controls_from_its_args(monkeypatch, tmp_path: Path) -> None:
+    """Prompts from file (A1111's argument names): checkboxes, a radio, the text box and its upload, in order."""
+    import sys
+    import types
+
+    from sdlocal.scripts import SCRIPT_MODULES
+
+    fake = types.ModuleType("fake_prompts_file")
+    fake.NAME, fake.TITLE = "prompts from file or textbox", "Prompts from file or textbox"
+    fake.ARGS = (("checkbox_iterate", False), ("checkbox_iterate_batch", False), ("prompt_position", "start"),
+                 ("prompt_txt", ""))
+    fake.describe = lambda img2img, ctx: []
+    monkeypatch.setitem(sys.modules, "fake_prompts_file", fake)
+    monkeypatch.setitem(SCRIPT_MODULES, fake.NAME, "fake_prompts_file")
+    part = section()
+    controls = part.args[fake.NAME]
+    assert [type(c).__name__ for c in controls] == ["Checkbox", "Checkbox", "Radio", "Textbox"]
+    assert [c.label for c in controls] == ["Iterate seed every line", "Use same random seed for all lines",
+                                          "Insert prompts at the", "List of prompt inputs"]
+    assert [value for _label, value in controls[2].choices] == ["start", "end"]
+    assert part.upload is not None and part.prompt_text is controls[3]
+    values = [c.value for c in part.inputs]
+    start = part.inputs.index(controls[0])
+    values[0], values[start:start + 4] = fake.TITLE, [True, False, "end", "a cat\na dog"]
+    assert part.read(values) == (fake.NAME, [True, False, "end", "a cat\na dog"])
