@@ -57,7 +57,8 @@ def make_plan(services: Any, build: Build, name: str, args: list[Any]) -> tuple[
 
 
 def confirm_text(plan: ScriptPlan) -> str:
-    return f"This grid makes {plan.images} images; press Generate again to start."
+    what = "grid" if plan.grid is not None else f"{plan.title} run"
+    return f"This {what} makes {plan.images} images; press Generate again to start."
 
 
 def notice_box(message: str) -> str:
