@@ -192,7 +192,8 @@ def _wire_run(ui: GenerateTab, services: Any, ui_state: UiState) -> None:
     events = wire_run(ui, services.queue, generate, inputs, names, extra_outputs=[ui.scripts.pending])
     for finished in events:
         finished.then(lambda: cpu_banner_update(services), outputs=ui.cpu_warning, api_visibility="private")
-    wire_scripts(ui.scripts, services, base_inputs, build)
+    counted = [ui.fields[name] for name in ("prompt", "steps", "batch_count", "batch_size", "width", "height")]
+    wire_scripts(ui.scripts, services, base_inputs, build, also=[*counted, ui.hires.fields["enabled"]])
 
 
 # ---------------------------------------------------------------------------- starter download

@@ -183,7 +183,8 @@ def _wire_run(ui: Img2ImgTab, services: Any, model: Any, vae: Any = None) -> Non
 
     inputs = [*base_inputs, *ui.scripts.inputs, ui.scripts.pending]
     wire_run(ui, services.queue, generate, inputs, {"generate": "img2img"}, extra_outputs=[ui.scripts.pending])
-    wire_scripts(ui.scripts, services, base_inputs, build)
+    counted = [ui.fields[name] for name in ("prompt", "steps", "batch_count", "batch_size", "width", "height")]
+    wire_scripts(ui.scripts, services, base_inputs, build, also=[*counted])
 
 
 # ---------------------------------------------------------------------------- sends from other tabs

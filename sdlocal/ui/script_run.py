@@ -18,10 +18,11 @@ import gradio as gr
 from sdlocal.engine.request import GenerationRequest, RequestError
 from sdlocal.scripts import plan_script
 from sdlocal.scripts.plan import CONFIRM_IMAGES, ScriptContext, ScriptPlan
-from sdlocal.ui.common import error_box, error_text
+from sdlocal.ui.common import LABELS, error_box, error_text
 from sdlocal.ui.form_events import follow_job
 from sdlocal.ui.progress import Waiting, done_html, progress_html
 from sdlocal.ui.scripts import (
+    ARG_LABELS,
     SWAPS,
     XYZ,
     ScriptSection,
@@ -41,6 +42,8 @@ Build = Callable[[], GenerationRequest]
 def script_error(name: str, exc: BaseException) -> str:
     """The error as a sentence naming the script and, by its label, the control (``X values``...)."""
     title = getattr(module(name), "TITLE", name) if name else "Script"
+    if isinstance(exc, RequestError) and exc.field in ARG_LABELS and exc.field not in LABELS:
+        return f"{title}: {ARG_LABELS[exc.field]}: {exc.value!r} is not allowed; {exc.allowed}."
     return f"{title}: {error_text(exc)}"
 
 
@@ -143,8 +146,9 @@ def summary_text(services: Any, build: Build, name: str | None, args: list[Any])
 
 # ---------------------------------------------------------------------------------------------- wiring
 def wire_scripts(part: ScriptSection, services: Any, base_inputs: list[Any],
-                 build_from: Callable[[tuple[Any, ...]], GenerationRequest]) -> None:
-    """The dropdown shows the chosen script's group; the summary follows the controls; the axes' events."""
+                 build_from: Callable[[tuple[Any, ...]], GenerationRequest], also: list[Any] | None = None) -> None:
+    """The dropdown shows the chosen script's group; the summary follows the script's controls and ``also``
+    (the tab's controls that change the count: prompt, steps, batch...); the axes' events."""
     def choose(title: str) -> list[Any]:
         name = script_for_title(title)
         return [gr.update(visible=name == known) for known in part.groups] + [gr.update(visible=name is not None)]
@@ -158,7 +162,7 @@ def wire_scripts(part: ScriptSection, services: Any, base_inputs: list[Any],
         return summary_text(services, lambda: build_from(values[:n]), name, args)
 
     inputs = [*base_inputs, *part.inputs]
-    for control in part.inputs:
+    for control in [*part.inputs, *(also or [])]:
         control.change(summary, inputs=inputs, outputs=part.summary, api_visibility="private",
                        trigger_mode="always_last", show_progress="hidden")
     if XYZ in part.args:
@@ -178,9 +182,10 @@ def _wire_axes(part: ScriptSection, services: Any) -> None:
             return fill_updates(services, label, bool(csv_mode), img2img)
 
         axis.type.input(on_type, inputs=[axis.type, axis.text, axis.dropdown, csv],
-                        outputs=[axis.text, axis.dropdown, axis.fill], api_visibility="private")
+                        outputs=[axis.text, axis.dropdown, axis.fill], api_visibility="private",
+                        queue=False)
         axis.fill.click(on_fill, inputs=[axis.type, csv], outputs=[axis.text, axis.dropdown],
-                        api_visibility="private")
+                        api_visibility="private", queue=False)
     by_letter = {axis.letter: axis for axis in part.axes}
 
     def on_csv(csv_mode: bool, *values: Any) -> list[Any]:
@@ -229,9 +234,11 @@ def infotext_script_updates(services: Any, part: ScriptSection, text: str) -> li
     csv_mode = bool(named["csv_mode"])
     for axis in part.axes:
         label = axis_label(named[f"{axis.letter}_type"], part.img2img)
+        text = str(named[f"{axis.letter}_values"] or "")
         text_update, dropdown_update, fill_update = axis_updates(
-            services, label, str(named[f"{axis.letter}_values"] or ""), list(named[f"{axis.letter}_values_dropdown"]
-                                                                             or []), csv_mode, part.img2img)
+            services, label, text, list(named[f"{axis.letter}_values_dropdown"] or []), csv_mode, part.img2img)
+        if text_update.get("visible") and "value" not in text_update:
+            text_update["value"] = text
         updates += [gr.update(value=label), text_update, dropdown_update, fill_update]
     for name in ("draw_legend", "no_fixed_seeds", "include_lone_images", "include_sub_grids", "vary_seeds_x",
                  "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode"):

@@ -250,17 +250,17 @@ def axis_updates(services: Any, label: str, text: str, picked: list[str] | None,
                  img2img: bool) -> list[Any]:
     """Updates for (values text, values dropdown, 📒) for an axis type: a list axis shows its choices as a
     multiselect (unless "Use text inputs" is ticked); values move between the two, keeping those that are
-    choices."""
+    choices. The text box is written only when values move into or out of it: an update that arrives after
+    the user typed must not put the old text back."""
     choices = axis_choices(services, label, img2img)
     if choices is None:
-        return [gr.update(visible=True, value=text or ""), gr.update(visible=False, choices=[], value=[]),
-                gr.update(visible=False)]
+        return [gr.update(visible=True), gr.update(visible=False, choices=[], value=[]), gr.update(visible=False)]
     picked = list(picked or [])
     if csv_mode:
+        text_update = gr.update(visible=True)
         if picked:
-            text = join_values([value for value in picked if value in choices])
-        return [gr.update(visible=True, value=text or ""), gr.update(visible=False, choices=choices, value=[]),
-                gr.update(visible=True)]
+            text_update["value"] = join_values([value for value in picked if value in choices])
+        return [text_update, gr.update(visible=False, choices=choices, value=[]), gr.update(visible=True)]
     if text:
         picked = [value for value in split_values(text) if value in choices]
     return [gr.update(visible=False, value=""), gr.update(visible=True, choices=choices, value=picked),
@@ -281,6 +281,8 @@ def swap_updates(services: Any, first: tuple[Any, Any, Any], second: tuple[Any, 
     out = []
     for label, text, picked in (second, first):
         text_update, dropdown_update, fill_update = axis_updates(services, label, text, picked, csv_mode, img2img)
+        if text_update.get("visible") and "value" not in text_update:
+            text_update["value"] = text or ""  # the other axis's text comes across
         if isinstance(picked, list) and not csv_mode:
             dropdown_update["value"] = picked if dropdown_update.get("visible") else []
         out += [gr.update(value=label), text_update, dropdown_update, fill_update]

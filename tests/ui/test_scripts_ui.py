@@ -82,7 +82,8 @@ def test_a_list_axis_shows_its_choices_with_a_fill_button_and_text_in_csv_mode()
     text, dropdown, fill = axis_updates(services, "Sampler", "", ["Euler a", "DDIM"], True, False)
     assert text["visible"] is True and text["value"] == "Euler a,DDIM" and dropdown["visible"] is False
     text, dropdown, fill = axis_updates(services, "Steps", "1-3", ["Euler"], False, False)
-    assert text == {"__type__": "update", "visible": True, "value": "1-3"} and fill["visible"] is False
+    # the text box is shown but not written: an update arriving after the user typed keeps what they typed
+    assert text == {"__type__": "update", "visible": True} and fill["visible"] is False
     assert dropdown["visible"] is False
     assert fill_updates(services, "Sampler", False, False)[1]["value"] == ["Euler a", "Euler", "DDIM"]
     assert fill_updates(services, "Sampler", True, False)[0]["value"] == "Euler a,Euler,DDIM"
@@ -244,3 +245,14 @@ def test_a_registered_script_without_a_layout_gets_controls_from_its_args(monkey
     start = part.inputs.index(controls[0])
     values[0], values[start:start + 4] = fake.TITLE, [True, False, "end", "a cat\na dog"]
     assert part.read(values) == (fake.NAME, [True, False, "end", "a cat\na dog"])
+
+
+def test_an_error_on_a_simpler_scripts_argument_names_its_control() -> None:
+    from sdlocal.engine.request import RequestError
+    from sdlocal.ui.script_run import script_error
+
+    error = RequestError("prompt_txt", "--steps x", "line 1: --steps needs a whole number, not 'x'")
+    assert script_error("x/y/z plot", error) == ("X/Y/Z plot: List of prompt inputs: '--steps x' is not allowed; "
+                                                 "line 1: --steps needs a whole number, not 'x'.")
+    assert script_error("x/y/z plot", RequestError("margin_size", 501, "must be at most 500")).startswith(
+        "X/Y/Z plot: Grid margins (px): 501 is not allowed")
