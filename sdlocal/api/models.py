@@ -290,3 +290,31 @@ class UpscalerRecord(BaseModel):
 
 class LatentUpscaleMode(BaseModel):
     name: str
+
+
+class ScriptsList(BaseModel):
+    """``GET /sdapi/v1/scripts``: the ``script_name`` values each route takes (A1111's lower-case names)."""
+
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class ScriptArgRecord(BaseModel):
+    """One positional argument of a script as A1111's ``/script-info`` lists it (``value`` is the default)."""
+
+    label: str
+    value: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: list[str] | None = None
+
+
+class ScriptInfoRecord(BaseModel):
+    """One entry of ``GET /sdapi/v1/script-info``: a script for txt2img or img2img, its ``args`` in
+    ``script_args`` order. sdlocal has no always-on scripts (``alwayson_scripts`` is named in ``warnings``)."""
+
+    name: str
+    is_alwayson: bool = False
+    is_img2img: bool
+    args: list[ScriptArgRecord]
