@@ -226,3 +226,10 @@ def test_the_webuiapi_client_drives_a_plot(api: Server) -> None:
     assert result.info["all_seeds"] == [5, 5, 5, 6, 6]
     assert parse_infotext(result.info["infotexts"][0])["Script"] == "X/Y/Z plot"
     assert result.info["infotexts"][1:] == [image.info["parameters"] for image in result.images[1:]]
+
+
+def test_alwayson_scripts_are_named_as_ignored_beside_a_plot(client: httpx.Client) -> None:
+    response = post(client, [STEPS, "1"], alwayson_scripts={"ADetailer": {"args": [True]}})
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["warnings"] == [
+        "alwayson_scripts is not supported by sdlocal and was ignored"]
