@@ -53,8 +53,8 @@ def _margin(value: Any) -> int:
 
 
 def split_parts(text: str, field: str) -> tuple[str, list[str]]:
-    """The base and the optional parts of ``text`` (the optional ones stripped of spaces and commas at the ends,
-    as A1111 does; the base is kept as written, so the prompts are A1111's to the character)."""
+    """The base and the optional parts of ``text``: the optional ones stripped of spaces and commas at their
+    ends (as A1111 strips them, so "red hat," joins as "red hat"), the base kept as written, as A1111 keeps it."""
     pieces = text.split("|")
     if len(pieces) < 2:
         raise RequestError(field, text, "needs optional parts after '|', e.g. 'a photo|red hat|blue background' "
