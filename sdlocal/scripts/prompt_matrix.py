@@ -159,16 +159,26 @@ def _grid_infotext(text: str, prompt_type: str, at_start: bool, different_seeds:
     return pairs
 
 
-def args_from_infotext(params: dict[str, str]) -> tuple[str, list[Any]] | None:
-    """A matrix grid's parameters (``parse_infotext``) back into (the ``|`` prompt, A1111's 5 arguments); None
-    when the text is not a prompt matrix grid's. The prompt goes to the negative box when the type says so."""
-    if params.get("Script") != TITLE or not params.get("Prompt matrix"):
+def args_from_infotext(params: dict[str, str], img2img: bool = False) -> list[Any] | None:
+    """A matrix grid's parameters (``parse_infotext`` of its PNG) back into A1111's 5 arguments, as
+    ``xyz.args_from_infotext`` does for a plot; None when the text is not a prompt matrix grid's. The grid's own
+    Prompt is its first cell's (the base alone): ``prompt_from_infotext`` gives the ``|`` prompt to put back."""
+    if params.get("Script", "").strip().lower() != TITLE.lower() or not params.get("Prompt matrix"):
         return None
     margin = params.get("Prompt matrix margin", "0")
-    args = [params.get("Prompt matrix at start") == "True", params.get("Prompt matrix different seeds") == "True",
-            params.get("Prompt matrix type", "positive"), params.get("Prompt matrix delimiter", "comma"),
-            int(margin) if margin.isdigit() else 0]
-    return params["Prompt matrix"], args
+    prompt_type = params.get("Prompt matrix type", "positive")
+    delimiter = params.get("Prompt matrix delimiter", "comma")
+    return [params.get("Prompt matrix at start") == "True", params.get("Prompt matrix different seeds") == "True",
+            prompt_type if prompt_type in PROMPT_TYPES else "positive", delimiter if delimiter in DELIMITERS
+            else "comma", min(int(margin), MAX_MARGIN) if margin.isdigit() else 0]
+
+
+def prompt_from_infotext(params: dict[str, str]) -> tuple[str, str] | None:
+    """(the field, the whole ``|`` prompt) of a matrix grid: ("prompt", ...) or ("negative_prompt", ...)."""
+    if args_from_infotext(params) is None:
+        return None
+    field = "negative_prompt" if params.get("Prompt matrix type") == "negative" else "prompt"
+    return field, params["Prompt matrix"]
 
 
 def describe(img2img: bool, ctx: ScriptContext) -> list[Any]:

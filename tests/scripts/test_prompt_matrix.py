@@ -14,8 +14,8 @@ from sdlocal.outputs import OutputStore, read_image_parameters
 from sdlocal.scripts import plan_script, script_info, script_names
 from sdlocal.scripts.grid import INACTIVE
 from sdlocal.scripts.plan import Label, ScriptContext
-from sdlocal.scripts.prompt_matrix import args_from_infotext
-from sdlocal.scripts.runner import run_plan
+from sdlocal.scripts.prompt_matrix import args_from_infotext, prompt_from_infotext
+from sdlocal.scripts.runner import add_pairs, run_plan
 
 MATRIX = "prompt matrix"
 
@@ -69,6 +69,9 @@ def test_a_negative_matrix_splits_the_negative_prompt_and_keeps_the_prompt(engin
     assert [cell.request.negative_prompt for cell in plan.cells] == [
         "blurry", "blurry, dark", "blurry, noisy", "blurry, dark, noisy"]
     assert {cell.request.prompt for cell in plan.cells} == {"a red cube"}
+    params = parse_infotext(add_pairs("a red cube\nNegative prompt: blurry\nSteps: 2, Seed: 1", plan.grid_infotext))
+    assert args_from_infotext(params, False) == matrix_args(prompt_type="negative")
+    assert prompt_from_infotext(params) == ("negative_prompt", "blurry|dark|noisy")
     with pytest.raises(RequestError) as caught:  # the positive prompt has no "|": fine, the negative one is split
         plan_script(MATRIX, request_for(prompt="a|b", negative_prompt="blurry"), matrix_args(prompt_type="negative"),
                     ctx_for(engine))
@@ -143,8 +146,9 @@ def test_the_grid_and_the_cells_are_saved_and_the_grid_reads_back(tmp_path: Path
     assert prompts == sorted(cell.request.prompt for cell in plan.cells)
     params = parse_infotext(read_image_parameters(result.grids[0].path))
     assert params["Script"] == "Prompt matrix" and params["Prompt matrix"] == prompt
-    assert args_from_infotext(params) == (prompt, matrix_args(different_seeds=True, delimiter="space"))
-    assert args_from_infotext({"Script": "X/Y/Z plot"}) is None
+    assert args_from_infotext(params, False) == matrix_args(different_seeds=True, delimiter="space")
+    assert prompt_from_infotext(params) == ("prompt", prompt)
+    assert args_from_infotext({"Script": "X/Y/Z plot"}, False) is None and prompt_from_infotext({}) is None
 
 
 def test_the_scripts_are_listed_in_a1111s_order_with_their_ui_labels(engine) -> None:
