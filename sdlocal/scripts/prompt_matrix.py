@@ -101,7 +101,7 @@ def plan(base: GenerationRequest, args: list[Any] | None, ctx: ScriptContext) ->
                                                                          combination // columns, 0)))
     split = (len(parts) + 1) // 2
     layout = GridLayout(columns=columns, rows=rows, x_labels=_legends(parts[:split], columns),
-                        y_labels=_legends(parts[split:], rows), margin=margin)
+                        y_labels=_legends(parts[split:], rows) if len(parts) > 1 else [], margin=margin)
     script_plan = ScriptPlan(script=NAME, title=TITLE, base=base, cells=cells, run_order=list(range(count)),
                              grid=layout, grid_infotext=_grid_infotext(text, prompt_type, at_start, different_seeds,
                                                                        delimiter_name, margin),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sdlocal.engine.infotext import parse_infotext
-from sdlocal.engine.request import RequestError
+from sdlocal.engine.request import ImageSource, RequestError
 from sdlocal.jobs import DONE, JobQueue
 from sdlocal.outputs import OutputStore, read_image_parameters
 from sdlocal.scripts import plan_script, script_info, script_names
@@ -163,3 +163,15 @@ def test_the_scripts_are_listed_in_a1111s_order_with_their_ui_labels(engine) -> 
     assert [arg["label"] for arg in lines] == ["Iterate seed every line", "Use same random seed for all lines",
                                                "Insert prompts at the", "List of prompt inputs"]
     assert lines[2]["choices"] == ["start", "end"]
+
+
+def test_an_img2img_matrix_keeps_the_source_in_every_cell(engine, request_for) -> None:
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), (200, 30, 30))
+    base = request_for(prompt="a cube|red", source=ImageSource(images=[picture], denoising_strength=0.5))
+    plan = plan_script(MATRIX, base, matrix_args(), ctx_for(engine))
+    assert plan.output_kind == "img2img" and plan.grid_kind == "img2img-grids"
+    assert all(cell.request.source.images[0] is picture for cell in plan.cells)
+    assert [cell.request.prompt for cell in plan.cells] == ["a cube", "a cube, red"]
+    assert (plan.grid.columns, plan.grid.rows, plan.grid.y_labels) == (2, 1, [])  # one part: no row legend

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sdlocal.engine.infotext import parse_infotext
-from sdlocal.engine.request import RequestError
+from sdlocal.engine.request import ImageSource, RequestError
 from sdlocal.jobs import DONE, JobQueue
 from sdlocal.outputs import OutputStore, read_image_parameters
 from sdlocal.scripts import plan_script
@@ -130,3 +130,14 @@ def test_a_run_on_the_queue_saves_every_picture_with_its_own_parameters(tmp_path
         ("", "dark", "1", "3")]
     assert [picture for picture, _, _ in result.outputs()] == [image.image for cell in result.cells
                                                                for image in cell.images]
+
+
+def test_img2img_lines_keep_the_source_and_go_to_img2img(engine, request_for) -> None:
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 64), (30, 30, 200))
+    base = request_for(source=ImageSource(images=[picture], denoising_strength=0.5))
+    plan = plan_script(LINES, base, lines_args("a cat\n--prompt a dog --steps 3"), ctx_for(engine))
+    assert plan.output_kind == "img2img" and plan.grid is None
+    assert all(cell.request.source.images[0] is picture for cell in plan.cells)
+    assert plan.cells[1].request.steps == 3
