@@ -197,18 +197,24 @@ def plan(base: GenerationRequest, args: list[Any] | None, ctx: ScriptContext) ->
         try:
             request = build_request(line_base, options, position, ctx)
         except RequestError as exc:
-            option = next((f"--{name}" for name, (target, _, _) in OPTIONS.items()
-                           if target == exc.field and name in options), exc.field)
-            raise RequestError(FIELD, _shown(lines_text[number - 1].strip()),
-                               f"line {number}: {option} {exc.value!r} is not allowed; {exc.allowed}") from None
+            raise _line_error(number, lines_text[number - 1].strip(), options, exc) from None
         cells.append(Cell(request=request, index=len(cells), position=(len(cells), 0, 0)))
-        if iterate:  # the next line starts after this line's pictures, as A1111 counts them
+        if iterate:  # the next line starts after this line's own pictures (A1111 adds the UI's batch x count)
             seed = (seed + request.batch_size * request.batch_count) % (MAX_SEED + 1)
     script_plan = ScriptPlan(script=NAME, title=TITLE, base=base, cells=cells, run_order=list(range(len(cells))),
                              grid=None, save_cells=True, return_cells=True)
     script_plan.summary = (f"Prompts from file will create {script_plan.images} images from {len(cells)} "
                            f"line{'s' if len(cells) > 1 else ''}. (Total steps to process: {script_plan.total_steps})")
     return script_plan
+
+
+def _line_error(number: int, line: str, options: dict[str, Any], exc: RequestError) -> RequestError:
+    """The request's complaint about line ``number``, in the line's terms: the option that set the field."""
+    option = exc.field
+    if line.startswith("--"):
+        option = next((f"--{name}" for name, (target, _, _) in OPTIONS.items()
+                       if target == exc.field and name in options), exc.field)
+    return RequestError(FIELD, _shown(line), f"line {number}: {option} {exc.value!r} is not allowed; {exc.allowed}")
 
 
 def describe(img2img: bool, ctx: ScriptContext) -> list[Any]:

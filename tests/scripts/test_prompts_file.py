@@ -97,6 +97,13 @@ def test_a_bad_line_is_an_error_naming_its_number_and_nothing_is_planned(engine,
     assert caught.value.allowed.startswith("line 4: ") and says in caught.value.allowed, caught.value.allowed
 
 
+def test_a_plain_line_the_request_refuses_is_named_as_the_prompt(engine, request_for) -> None:
+    with pytest.raises(RequestError) as caught:
+        plan_script(LINES, request_for(), lines_args("a cat\na dog <lora:x:abc>"), ctx_for(engine))
+    assert caught.value.field == "prompt_txt" and caught.value.value == "a dog <lora:x:abc>"
+    assert caught.value.allowed.startswith("line 2: prompt ") and "not a number" in caught.value.allowed
+
+
 def test_empty_text_and_bad_arguments_are_errors_naming_them(engine, request_for) -> None:
     for text in ("", "\n  \n"):
         with pytest.raises(RequestError) as caught:
