@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdlocal.scripts import ScriptArg
+
 
 class GenerationFields(BaseModel):
     """The fields A1111's txt2img and img2img share. Unknown fields are ignored, as A1111 does; NaN and Infinity
@@ -299,17 +301,6 @@ class ScriptsList(BaseModel):
     img2img: list[str]
 
 
-class ScriptArgRecord(BaseModel):
-    """One positional argument of a script as A1111's ``/script-info`` lists it (``value`` is the default)."""
-
-    label: str
-    value: Any = None
-    minimum: float | None = None
-    maximum: float | None = None
-    step: float | None = None
-    choices: list[str] | None = None
-
-
 class ScriptInfoRecord(BaseModel):
     """One entry of ``GET /sdapi/v1/script-info``: a script for txt2img or img2img, its ``args`` in
     ``script_args`` order. sdlocal has no always-on scripts (``alwayson_scripts`` is named in ``warnings``)."""
@@ -317,4 +308,4 @@ class ScriptInfoRecord(BaseModel):
     name: str
     is_alwayson: bool = False
     is_img2img: bool
-    args: list[ScriptArgRecord]
+    args: list[ScriptArg] = Field(description="label, value (the default), minimum, maximum, step, choices")

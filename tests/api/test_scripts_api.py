@@ -233,3 +233,41 @@ def test_alwayson_scripts_are_named_as_ignored_beside_a_plot(client: httpx.Clien
     assert response.status_code == 200, response.text
     assert json.loads(response.json()["info"])["warnings"] == [
         "alwayson_scripts is not supported by sdlocal and was ignored"]
+
+
+# ---------------------------------------------------------------------------------------------- the other scripts
+def test_a_prompt_matrix_returns_its_grid_then_every_combination(client: httpx.Client) -> None:
+    response = client.post("/sdapi/v1/txt2img", json=small(prompt="a red cube|blue sky|grass", steps=1,
+                                                           script_name="prompt matrix", script_args=[]))
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    images = [decode_png(data) for data in response.json()["images"]]
+    assert len(images) == 5 and info["index_of_first_image"] == 1 and images[0].width > 2 * 64
+    assert [image.info["parameters"] for image in images] == info["infotexts"]
+    assert parse_infotext(info["infotexts"][0])["Script"] == "Prompt matrix"
+    assert info["all_prompts"][1:] == ["a red cube", "a red cube, blue sky", "a red cube, grass",
+                                       "a red cube, blue sky, grass"]
+    no_parts = client.post("/sdapi/v1/txt2img", json=small(script_name="prompt matrix"))
+    assert no_parts.status_code == 422 and no_parts.json()["field"] == "prompt", no_parts.text
+    bad_type = client.post("/sdapi/v1/txt2img", json=small(prompt="a|b", script_name="prompt matrix",
+                                                           script_args=[False, False, "sideways"]))
+    assert bad_type.status_code == 422 and bad_type.json()["field"] == "script_args[2]", bad_type.text
+    assert "(prompt_type)" in bad_type.json()["detail"]
+
+
+def test_prompts_from_a_textbox_run_one_cell_per_line_and_a_bad_line_runs_nothing(api: Server,
+                                                                                  client: httpx.Client) -> None:
+    lines = 'a red cube\n--prompt "a blue ball" --steps 1 --seed 7'
+    response = client.post("/sdapi/v1/txt2img", json=small(prompt="", script_name="prompts from file or textbox",
+                                                           script_args=[False, False, "start", lines]))
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert len(response.json()["images"]) == 2 and info["index_of_first_image"] == 0
+    assert info["all_prompts"] == ["a red cube", "a blue ball"] and info["all_seeds"] == [1234, 7]
+    assert [parse_infotext(text)["Steps"] for text in info["infotexts"]] == ["2", "1"]
+    before = generated(api)
+    bad = client.post("/sdapi/v1/txt2img", json=small(prompt="", script_name="prompts from file or textbox",
+                                                      script_args=[False, False, "start", "a cube\n--steps 900"]))
+    assert bad.status_code == 422 and bad.json()["field"] == "script_args[3]", bad.text
+    assert bad.json()["detail"].startswith("script_args[3] (prompt_txt)") and "line 2" in bad.json()["detail"]
+    assert generated(api) == before
