@@ -73,7 +73,7 @@ def add_img2img_route(router: APIRouter, runner: Runner) -> None:
                                                              runner.styles))
         job, notes = await runner.run(body, generation, request, overrides, names=error_names(body),
                                       plan=script.plan if script else None)
-        encoded, info = await job_outputs(job, body.send_images, lambda result: img2img_info(body, result, job))
+        encoded, info = await job_outputs(job, body, lambda result: img2img_info(body, result, job))
         info["warnings"] += notes
         if not body.include_init_images:
             params["init_images"], params["mask"] = None, None

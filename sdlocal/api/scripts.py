@@ -69,13 +69,18 @@ def script_error(exc: RequestError, script: str, names: dict[str, str] | None = 
                        loc=["body", "script_args", index], field=f"script_args[{index}]", argument=exc.field)
 
 
-async def job_outputs(job: Job, send_images: bool, info_of: InfoOf) -> tuple[list[str], dict[str, Any]]:
-    """The response's ``images`` (when sent) and ``info`` for a finished job, a generation's or a script's."""
+async def job_outputs(job: Job, body: GenerationFields, info_of: InfoOf) -> tuple[list[str], dict[str, Any]]:
+    """The response's ``images`` (when ``body`` sends them) and ``info`` for a finished job, a generation's or a
+    script's."""
     result = job.result
-    if isinstance(result, ScriptResult):
-        images = await anyio.to_thread.run_sync(encode_outputs, result) if send_images else []
-        return images, script_result_info(result, info_of)
-    return (await anyio.to_thread.run_sync(encode_images, result) if send_images else []), info_of(result)
+    if not isinstance(result, ScriptResult):
+        return (await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []), info_of(result)
+    images = await anyio.to_thread.run_sync(encode_outputs, result) if body.send_images else []
+    info = script_result_info(result, info_of)
+    if job.save and body.do_not_save_grid and result.grids:
+        info["warnings"].append("do_not_save_grid is not supported by sdlocal: a script saves its grid whenever "
+                                "it saves its images (send save_images false to save nothing)")
+    return images, info
 
 
 def encode_outputs(result: ScriptResult) -> list[str]:

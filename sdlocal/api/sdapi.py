@@ -271,7 +271,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         generation = runner.build(lambda: with_hires(
             to_generation_request(body, options.snapshot(), overrides, runner.styles), body))
         job, notes = await runner.run(body, generation, request, overrides, plan=script.plan if script else None)
-        images, info = await job_outputs(job, body.send_images,
+        images, info = await job_outputs(job, body,
                                          lambda result: hires_info(build_info(body, result, job), result))
         info["warnings"] += notes
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})

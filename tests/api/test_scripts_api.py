@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -271,3 +272,16 @@ def test_prompts_from_a_textbox_run_one_cell_per_line_and_a_bad_line_runs_nothin
     assert bad.status_code == 422 and bad.json()["field"] == "script_args[3]", bad.text
     assert bad.json()["detail"].startswith("script_args[3] (prompt_txt)") and "line 2" in bad.json()["detail"]
     assert generated(api) == before
+
+
+def test_save_images_saves_the_grid_to_its_grids_folder_and_the_cells_as_single_runs(client: httpx.Client) -> None:
+    response = post(client, xyz_args(STEPS, "1, 2"), save_images=True)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    saved = [Path(path) for path in info["saved_paths"]]
+    assert [path.parent.parent.name for path in saved].count("txt2img-grids") == 1
+    assert [path.parent.parent.name for path in saved].count("txt2img") == 2
+    assert all(path.is_file() for path in saved) and info["warnings"] == []
+    asked_not_to = post(client, xyz_args(STEPS, "1, 2", lone=False), save_images=True, do_not_save_grid=True)
+    warnings = json.loads(asked_not_to.json()["info"])["warnings"]
+    assert any(warning.startswith("do_not_save_grid") for warning in warnings), warnings
