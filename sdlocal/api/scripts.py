@@ -76,11 +76,7 @@ async def job_outputs(job: Job, body: GenerationFields, info_of: InfoOf) -> tupl
     if not isinstance(result, ScriptResult):
         return (await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []), info_of(result)
     images = await anyio.to_thread.run_sync(encode_outputs, result) if body.send_images else []
-    info = script_result_info(result, info_of)
-    if job.save and body.do_not_save_grid and result.grids:
-        info["warnings"].append("do_not_save_grid is not supported by sdlocal: a script saves its grid whenever "
-                                "it saves its images (send save_images false to save nothing)")
-    return images, info
+    return images, script_result_info(result, info_of)
 
 
 def encode_outputs(result: ScriptResult) -> list[str]:
@@ -93,8 +89,9 @@ def script_result_info(result: ScriptResult, info_of: InfoOf) -> dict[str, Any]:
     ``images``; ``index_of_first_image`` is the number of grids before the cells, as A1111 sets it."""
     first = next((cell for cell in result.cells if cell is not None and cell.images), None)
     info = info_of(first if first is not None else _nothing_made(result.plan))
-    outputs = result.outputs()
-    requests = _output_requests(result, first)
+    items = result.output_items()
+    outputs = [(picture, parameters, seed) for picture, parameters, seed, _ in items]
+    requests = [request for *_, request in items]
     seeds = [seed if seed is not None else -1 for _, _, seed in outputs]
     notes = [note for note in info["warnings"] if note not in result.warnings]  # fields the body set, ignored
     info.update(
@@ -108,17 +105,6 @@ def script_result_info(result: ScriptResult, info_of: InfoOf) -> dict[str, Any]:
         interrupted=result.interrupted, warnings=list(result.warnings) + notes, timings=dict(result.timings),
     )
     return info
-
-
-def _output_requests(result: ScriptResult, first: GenerationResult | None) -> list[GenerationRequest]:
-    """The request behind each of ``result.outputs()``: a grid's is its first cell's (whose parameters it
-    carries), a cell picture's its cell's."""
-    requests = [first.request] * len(result.grids) if first is not None else []
-    if result.plan.return_cells or not result.grids:
-        for cell in result.cells:
-            if cell is not None:
-                requests += [cell.request] * len(cell.images)
-    return requests
 
 
 def _nothing_made(plan: ScriptPlan) -> GenerationResult:

@@ -212,7 +212,9 @@ class Runner:
             job = self.submit(lambda: queue.submit(generation, save=save, source="api"), names)
         else:
             script_plan = await plan(generation)
-            job = self.submit(lambda: queue.submit_script(script_plan, save=save, source="api"), names)
+            save_grid = bool(body.save_images) and not body.do_not_save_grid
+            job = self.submit(lambda: queue.submit_script(script_plan, save=save, source="api", save_grid=save_grid),
+                              names)
         switch_back = (entry is not None and body.override_settings_restore_afterwards and previous is not None
                        and previous.path != entry.path)
         restore = queue.submit_call(lambda: engine.load(previous.name), source="api", force=True,

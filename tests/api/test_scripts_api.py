@@ -282,6 +282,9 @@ def test_save_images_saves_the_grid_to_its_grids_folder_and_the_cells_as_single_
     assert [path.parent.parent.name for path in saved].count("txt2img-grids") == 1
     assert [path.parent.parent.name for path in saved].count("txt2img") == 2
     assert all(path.is_file() for path in saved) and info["warnings"] == []
-    asked_not_to = post(client, xyz_args(STEPS, "1, 2", lone=False), save_images=True, do_not_save_grid=True)
-    warnings = json.loads(asked_not_to.json()["info"])["warnings"]
-    assert any(warning.startswith("do_not_save_grid") for warning in warnings), warnings
+    no_grid = json.loads(post(client, xyz_args(STEPS, "1, 2"), save_images=True,
+                              do_not_save_grid=True).json()["info"])
+    assert [Path(path).parent.parent.name for path in no_grid["saved_paths"]] == ["txt2img", "txt2img"]
+    no_cells = json.loads(post(client, xyz_args(STEPS, "1, 2"), save_images=True,
+                               do_not_save_samples=True).json()["info"])
+    assert [Path(path).parent.parent.name for path in no_cells["saved_paths"]] == ["txt2img-grids"]
