@@ -82,9 +82,11 @@ def test_img2img_tab_has_its_modes_and_every_image_tab_can_send_to_it(built_ui) 
     for source in ("sd-", "sd-i2i-", "sd-gallery-", "sd-pnginfo-"):
         for button, target in ((f"{source}send-img2img", image), (f"{source}send-inpaint", editor)):
             trigger = by_id[button]._id
-            sends = [fn for fn in blocks.fns.values() if any(target_id == trigger for target_id, _ in fn.targets)]
-            assert len(sends) == 1, button
-            assert target in [block._id for block in sends[0].outputs], button
+            wired = [fn for fn in blocks.fns.values() if any(target_id == trigger for target_id, _ in fn.targets)]
+            # the send, then the img2img Script section set up again from an X/Y/Z grid's parameters
+            assert [fn.fn.__name__ for fn in wired] == ["send", "reuse"], button
+            assert target in [block._id for block in wired[0].outputs], button
+            assert by_id["sd-i2i-script"]._id in [block._id for block in wired[1].outputs], button
     img2img = next(fn for fn in blocks.fns.values() if fn.api_name == "img2img")
     inputs = {block._id for block in img2img.inputs}
     assert {editor, image, by_id["sd-i2i-denoising"]._id, by_id["sd-model"]._id} <= inputs
