@@ -20,81 +20,29 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sdlocal.engine.request import GenerationRequest, GenerationResult, Progress, RunControl
+from sdlocal.job_kinds import ScriptAndExtrasRuns
+from sdlocal.job_state import (  # noqa: F401 - re-exported: the adapters import them from here
+    CANCELLED,
+    DEFAULT_JOB_SECONDS,
+    DONE,
+    FAILED,
+    FINISHED_STATES,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    JobCancelledError,
+    ProgressState,
+    QueueFullError,
+    RunTiming,
+)
 
 log = logging.getLogger(__name__)
-
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-INTERRUPTED, CANCELLED = "interrupted", "cancelled"
-FINISHED_STATES = (DONE, FAILED, INTERRUPTED, CANCELLED)
-DEFAULT_JOB_SECONDS = 10.0  # the first Retry-After guess, before any job has been timed
-
-
-@dataclass(frozen=True)
-class RunTiming:
-    """One finished generation's measured time and size, from which the UI estimates the time per image here."""
-
-    model_name: str
-    seconds: float  # the engine's sampling + decoding time (``timings["generate"]``), without the model load
-    steps: int
-    width: int
-    height: int
-    images: int  # batch_size x batch_count
-
-
-class QueueFullError(RuntimeError):
-    """The queue already holds ``max_queue`` waiting jobs; ``retry_after`` is a whole-second estimate."""
-
-    def __init__(self, waiting: int, max_queue: int, retry_after: int) -> None:
-        self.waiting = waiting
-        self.max_queue = max_queue
-        self.retry_after = retry_after
-        super().__init__(f"{waiting} jobs are already waiting (the limit is {max_queue}); "
-                         f"try again in about {retry_after} s")
-
-
-class JobCancelledError(RuntimeError):
-    """The job was cancelled before it started."""
-
-
-@dataclass
-class ProgressState:
-    """A snapshot of what the worker is doing, safe to read from any thread (a copy, never shared).
-
-    ``eta_seconds``/``eta_relative`` are seconds left in the running job; ``fraction`` goes 0 to 1 across all
-    batches; ``preview`` is the engine's latest small PIL preview (or None); ``preview_id`` changes whenever it
-    does, so a poller can tell a new preview from the one it already has.
-    """
-
-    job_count: int = 0  # running + queued
-    queued: int = 0
-    job_id: str | None = None
-    job_kind: str = ""  # "generate", "extras" or "call"
-    job_no: int = 0  # A1111's job_no: batch index of the running job
-    job_timestamp: str = ""  # A1111 style: YYYYmmddHHMMSS when the running job started
-    state: str = "idle"  # idle / running
-    text: str = ""  # one line for people: "Generating…", "Loading model…"
-    textinfo: str = ""
-    step: int = 0
-    total_steps: int = 0
-    batch_index: int = 0
-    batch_count: int = 0
-    eta_seconds: float | None = None
-    fraction: float = 0.0
-    preview: Any = None
-    preview_id: int = 0
-    interrupted: bool = False
-    skipped: bool = False
-    queue_position: int = 0  # for progress(job): jobs ahead of it
-
-    @property
-    def eta_relative(self) -> float:
-        return float(self.eta_seconds or 0.0)
 
 
 class Job:
@@ -170,7 +118,7 @@ class Job:
         return f"Job({self.id}, {self.kind}, {self.state})"
 
 
-class JobQueue:
+class JobQueue(ScriptAndExtrasRuns):
     """FIFO of jobs run one at a time on a daemon worker thread; see the module docstring for why.
 
     ``store`` is an ``OutputStore`` (or None: nothing is saved). ``max_queue`` bounds the jobs *waiting*; the
@@ -413,86 +361,6 @@ class JobQueue:
             else:
                 log.exception("job %s (%s) failed", job.id, job.source)
             job._finish(FAILED, error=exc)
-
-    def _run_extras(self, job: Job) -> None:
-        """The Extras upscale on the engine; the outputs done before an interrupt are saved and kept."""
-        result = self.engine.postprocess(job.extras, on_progress=self._on_extras_progress, control=job.control)
-        if job.save and (job.store or self.store) is not None:
-            self._save_extras(job, result)
-        self._recent_seconds.append(time.time() - (job.started or time.time()))
-        job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
-
-    def _run_script(self, job: Job) -> None:
-        """A script's cells on the engine, then its grid; the worker saves as it goes (see ``scripts.runner``)."""
-        from sdlocal.scripts.runner import run_plan
-
-        def save(picture: Any, parameters: str, seed: int | None, kind: str) -> Path:
-            path = Path(self.store.save(picture, parameters, seed, kind=kind))
-            job.saved_paths.append(path)
-            return path
-
-        saver = save if job.save and self.store is not None else None
-        result = run_plan(self.engine, job.script, control=job.control, on_progress=self._on_script_progress,
-                          save=saver)
-        for cell in result.cells:
-            if cell is not None:
-                self.images_generated += len(cell.images)
-                self._record_timing(cell)
-        self._recent_seconds.append(time.time() - (job.started or time.time()))
-        job._finish(INTERRUPTED if result.interrupted else DONE, result=result)
-
-    def _on_script_progress(self, done: int, total: int, update: Progress | None) -> None:
-        """Script progress: "Cell i/n" and the fraction across cells and the running cell's steps."""
-        try:
-            with self._progress_lock:
-                state = self._progress
-                shown = min(done + 1, total)
-                state.text = f"Cell {shown}/{total}"
-                state.job_no, state.batch_index, state.batch_count = done, done, total
-                part = 0.0
-                if update is not None:
-                    state.step, state.total_steps = update.step, update.total_steps
-                    part = update.fraction
-                    if update.preview is not None:
-                        state.preview = update.preview
-                        state.preview_id = next(self._previews)
-                state.textinfo = state.text + (f", step {state.step}/{state.total_steps}" if update else "")
-                state.fraction = min(1.0, (done + part) / total) if total else 1.0
-                started = self._running.started if self._running is not None else None
-                if started and state.fraction > 0:
-                    elapsed = time.time() - started
-                    state.eta_seconds = elapsed / state.fraction * (1 - state.fraction)
-        except Exception:  # noqa: BLE001 - progress is cosmetic
-            log.exception("progress update failed")
-
-    def _save_extras(self, job: Job, result: Any) -> None:
-        """Each output as ``extras-images/YYYY-MM-DD/NNNNN.png`` (A1111's folder and names): the source's own
-        ``parameters`` unchanged, plus the Postprocessing text as A1111 writes it (``postprocessing`` and
-        ``extras`` chunks). A failed save adds a warning; the picture stays in the result."""
-        for index, output in enumerate(result.images):
-            extra = {"postprocessing": output.infotext, "extras": output.infotext}
-            try:
-                store = job.store or self.store
-                job.saved_paths.append(Path(store.save(output.image, output.parameters or "", None,
-                                                       kind="extras-images", extra_text=extra)))
-            except Exception as exc:  # noqa: BLE001 - a full disk must not lose the pictures already made
-                log.exception("could not save extras image %d", index + 1)
-                result.warnings.append(f"Could not save image {index + 1} ({output.name or 'unnamed'}): {exc}")
-
-    def _on_extras_progress(self, index: int, total: int, tiles_done: int, tiles_total: int) -> None:
-        """Extras progress: "Upscaling image i/n" and the fraction across images and their tiles."""
-        try:
-            with self._progress_lock:
-                state = self._progress
-                shown = min(index + 1, total)
-                state.text = f"Upscaling image {shown}/{total}"
-                state.textinfo = state.text + (f", tile {tiles_done}/{tiles_total}" if tiles_total else "")
-                state.job_no, state.batch_index, state.batch_count = index, index, total
-                state.step, state.total_steps = tiles_done, tiles_total
-                part = tiles_done / tiles_total if tiles_total else 0.0
-                state.fraction = min(1.0, (index + part) / total) if total else 1.0
-        except Exception:  # noqa: BLE001 - progress is cosmetic
-            log.exception("progress update failed")
 
     def recent_runs(self) -> list[RunTiming]:
         """The last finished generations' timings, oldest first (interrupted runs are left out: partial)."""

@@ -45,10 +45,15 @@ def run_plan(engine: Any, plan: ScriptPlan, control: RunControl | None = None,
             output: GenerationResult = engine.generate(
                 cell.request, on_progress=lambda update, done=done: _report(on_progress, done, total, update),
                 control=control)
-        except (RequestError, EngineError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the cells already made are kept and drawn
+            if not result.cells_done:
+                raise  # nothing to keep: the job fails with the reason, as a single generation would
+            if isinstance(exc, (RequestError, EngineError)):
+                log.info("%s stopped at cell %d: %s", plan.title, cell.index + 1, exc)
+            else:
+                log.exception("%s stopped at cell %d", plan.title, cell.index + 1)
             result.warnings.append(f"Cell {cell.index + 1} of {len(plan.cells)} failed, so the {plan.title} stopped "
                                    f"there (the cells done before it are kept): {exc}")
-            log.info("%s stopped at cell %d: %s", plan.title, cell.index + 1, exc)
             break
         generate_seconds += float(output.timings.get("total", 0.0))
         result.cells[cell.index] = output

@@ -282,3 +282,24 @@ def describe(img2img: bool, ctx: ScriptContext) -> list[Any]:
         else:
             described.append(ScriptArg(label, default))
     return described
+
+
+def args_from_infotext(params: dict[str, str], img2img: bool) -> list[Any] | None:
+    """A grid's parameters (``parse_infotext`` of its PNG) back into the 18 arguments, so PNG Info and "Send to"
+    set the plot up again; None when the text is not an X/Y/Z grid's. An axis this side cannot plot (an img2img
+    axis sent to txt2img, say) becomes Nothing rather than an error: the rest of the picture's settings still apply.
+    """
+    from sdlocal.scripts.axes import axes_for
+    from sdlocal.scripts.values import split_values
+
+    if params.get("Script", "").strip().lower() != TITLE.lower():
+        return None
+    values = dict(ARGS)
+    labels = {axis.label.lower(): axis for axis in axes_for(img2img) if axis.supported}
+    for letter in "xyz":
+        axis = labels.get(params.get(f"{letter.upper()} Type", "").strip().lower())
+        text = params.get(f"{letter.upper()} Values", "")
+        values[f"{letter}_type"] = axis.label if axis is not None else "Nothing"
+        values[f"{letter}_values"] = text if axis is not None else ""
+        values[f"{letter}_values_dropdown"] = split_values(text) if axis is not None and axis.choices else []
+    return [values[name] for name, _ in ARGS]

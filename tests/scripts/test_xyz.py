@@ -124,3 +124,25 @@ def test_the_queue_interrupt_stops_a_script_job(tmp_path: Path, engine, request_
     finally:
         queue.close()
     assert job.state == INTERRUPTED and 1 <= result.cells_done < 6 and result.grids
+
+
+class FailingEngine:
+    """The tiny engine, except that the n-th generate raises (a model gone, out of memory)."""
+
+    def __init__(self, engine, fail_at: int) -> None:
+        self.engine, self.fail_at, self.calls = engine, fail_at, 0
+        self.current_model = engine.current_model
+
+    def generate(self, request, on_progress=None, control=None):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("CUDA out of memory (pretend)")
+        return self.engine.generate(request, on_progress=on_progress, control=control)
+
+
+def test_a_failing_cell_keeps_the_cells_before_it_and_a_first_failure_fails_the_job(engine, request_for) -> None:
+    plan = plan_script("x/y/z plot", request_for(), xyz_args(SEED, "1, 2, 3"), ctx_for(engine))
+    result = run_plan(FailingEngine(engine, fail_at=3), plan)
+    assert result.cells_done == 2 and result.grids and "Cell 3 of 3 failed" in result.warnings[-1]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_plan(FailingEngine(engine, fail_at=1), plan)
