@@ -107,17 +107,20 @@ def _lay_out(labels: list[Label], typeface: Any, width: float) -> list[list[_Lin
 
 
 def _block_height(laid: list[list[_Line]], typeface: Any) -> int:
+    """Lines of one label ``_gap`` apart; labels twice that apart, so a wrapped label reads as one."""
     lines = sum(len(label) for label in laid)
-    return lines * _line_height(typeface) + max(0, lines - 1) * _gap(typeface)
+    gaps = max(0, lines - 1) + max(0, len(laid) - 1)
+    return lines * _line_height(typeface) + gaps * _gap(typeface)
 
 
 def _gap(typeface: Any) -> int:
     return max(1, _line_height(typeface) // 5)
 
 
-def _fit(slots: list[list[Label]], width: float, size: int, height: int | None = None) -> tuple[Any, list]:
+def _fit(slots: list[list[Label]], width: float, size: int, height: int | None = None) -> tuple[Any, list, bool]:
     """The largest font from ``size`` down at which no label needs more than ``MAX_LABEL_LINES`` lines and (for
-    row legends) each slot's text fits ``height``; at ``MIN_FONT`` the text wraps as far as it must."""
+    row legends) each slot's text fits ``height``; at ``MIN_FONT`` the text wraps as far as it must.
+    Returns (font, each slot's laid-out labels, whether it fits)."""
     while True:
         typeface = font(size)
         laid = [_lay_out(labels, typeface, width) for labels in slots]
@@ -125,8 +128,20 @@ def _fit(slots: list[list[Label]], width: float, size: int, height: int | None =
         if fits and height is not None:
             fits = all(_block_height(slot, typeface) <= height for slot in laid)
         if fits or size <= MIN_FONT:
-            return typeface, laid
+            return typeface, laid, fits
         size = max(MIN_FONT, size * 9 // 10)
+
+
+def _fit_rows(slots: list[list[Label]], width: int, height: int, size: int, pad: int) -> tuple[int, Any, list]:
+    """The row band's width, font and lines: three quarters of a cell (A1111's), wider (up to three cells) only
+    when the rows' text would not fit their cells' height even at ``MIN_FONT``, so no row's text runs into the
+    next row's."""
+    left = max(width * 3 // 4, 4 * MIN_FONT)
+    while True:
+        typeface, laid, fits = _fit(slots, max(1, left - 2 * pad), size, height=height)
+        if fits or left >= 3 * width:
+            return left, typeface, laid
+        left = min(3 * width, left * 5 // 4)
 
 
 def _has_text(slots: list[list[Label]]) -> bool:
@@ -175,15 +190,17 @@ def _draw_block(draw: Any, box: tuple[int, int, int, int], laid: list[list[_Line
     line_height, gap = _line_height(typeface), _gap(typeface)
     y = top + (bottom - top - _block_height(laid, typeface)) // 2
     stroke = max(1, line_height // 12)
-    for line in (line for label in laid for line in label):
-        width = _width(typeface, line.text)
-        x = left + (right - left - width) / 2
-        color = ACTIVE if line.active else INACTIVE
-        draw.text((x, y), line.text, font=typeface, fill=color)
-        if not line.active and line.text:
-            middle = y + line_height * 0.55
-            draw.line((x, middle, x + width, middle), fill=color, width=stroke)
-        y += line_height + gap
+    for label in laid:
+        for line in label:
+            width = _width(typeface, line.text)
+            x = left + (right - left - width) / 2
+            color = ACTIVE if line.active else INACTIVE
+            draw.text((x, y), line.text, font=typeface, fill=color)
+            if not line.active and line.text:
+                middle = y + line_height * 0.55
+                draw.line((x, middle, x + width, middle), fill=color, width=stroke)
+            y += line_height + gap
+        y += gap
 
 
 def annotate(grid: Any, columns: int, rows: int, cell_size: tuple[int, int], x_labels: list[list[Label]],
@@ -191,8 +208,8 @@ def annotate(grid: Any, columns: int, rows: int, cell_size: tuple[int, int], x_l
     """``grid`` with the column legends above it and the row legends to its left.
 
     The band above is as tall as the tallest column's text needs; the band on the left is three quarters of a
-    cell wide (A1111's), and a row's text shrinks until it fits its cell's height. Either band is left out when
-    it has no text at all, so a grid over X only is as wide as its cells.
+    cell wide (A1111's), and a row's text shrinks until it fits its cell's height (see ``_fit_rows``). Either
+    band is left out when it has no text at all, so a grid over X only is as wide as its cells.
     """
     from PIL import Image, ImageDraw
 
@@ -200,13 +217,12 @@ def annotate(grid: Any, columns: int, rows: int, cell_size: tuple[int, int], x_l
     size = font_size or font_size_for(cell_size)
     pad = max(4, size // 4)
     x_slots, y_slots = x_labels[:columns], y_labels[:rows]
-    left = max(width * 3 // 4, 4 * MIN_FONT) if _has_text(y_slots) else 0
-    top = 0
+    left = top = 0
     if _has_text(x_slots):
-        x_face, x_laid = _fit(x_slots, max(1, width - 2 * pad), size)
+        x_face, x_laid, _ = _fit(x_slots, max(1, width - 2 * pad), size)
         top = max(_block_height(slot, x_face) for slot in x_laid) + 2 * pad
-    if left:
-        y_face, y_laid = _fit(y_slots, max(1, left - 2 * pad), size, height=height)
+    if _has_text(y_slots):
+        left, y_face, y_laid = _fit_rows(y_slots, width, height, size, pad)
     out = Image.new("RGB", (grid.width + left, grid.height + top), BACKGROUND)
     out.paste(grid, (left, top))
     draw = ImageDraw.Draw(out)

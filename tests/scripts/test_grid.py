@@ -87,6 +87,17 @@ def test_a_long_label_wraps_inside_its_column_and_keeps_every_word() -> None:
     assert top > 2 * (one_line.height - 96)  # several lines tall
 
 
+def test_a_row_label_too_long_for_its_cell_widens_the_band_and_stays_in_its_row() -> None:
+    cell = (64, 64)
+    out = np.asarray(draw_grid(pictures(2, cell), 1, 2, cell, [], [[Label(LONG)], [Label("")]]))
+    left = out.shape[1] - 64
+    assert left > 64 * 3 // 4  # wider than A1111's three quarters of a cell: the text needs it
+    rows = ink(out[:, :left])
+    assert rows[:64].sum() > 50 and not rows[64:].any()  # all of it beside the first row
+    short = draw_grid(pictures(2, cell), 1, 2, cell, [], labels("Seed: 1", "Seed: 2"))
+    assert short.width - 64 == 48
+
+
 def test_a_label_that_needs_too_many_lines_is_drawn_smaller() -> None:
     cell = (256, 256)
     size = font_size_for(cell)
