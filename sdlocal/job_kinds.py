@@ -44,9 +44,9 @@ class ScriptAndExtrasRuns:
             job.saved_paths.append(path)
             return path
 
-        saver = save if job.save and self.store is not None else None
+        saver = save if (job.save or job.save_grid) and self.store is not None else None
         result = run_plan(self.engine, job.script, control=job.control, on_progress=self._on_script_progress,
-                          save=saver)
+                          save=saver, save_cells=job.save, save_grids=job.save_grid)
         for cell in result.cells:
             if cell is not None:
                 self.images_generated += len(cell.images)

@@ -52,13 +52,14 @@ class Job:
 
     def __init__(self, kind: str, request: GenerationRequest | None = None, fn: Callable[[], Any] | None = None,
                  save: bool = True, source: str = "ui", label: str = "", extras: Any = None,
-                 store: Any = None, script: Any = None) -> None:
+                 store: Any = None, script: Any = None, save_grid: bool = True) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.store = store  # where this job's pictures are saved, when not the queue's own store
         self.kind = kind
         self.request = request
         self.extras = extras
         self.script = script
+        self.save_grid = save_grid  # a script's grids (``save`` covers its cells)
         self.fn = fn
         self.save = save
         self.source = source
@@ -191,11 +192,12 @@ class JobQueue(ScriptAndExtrasRuns):
             request.validate()
         return self._enqueue(Job("extras", extras=request, save=save, source=source, store=store))
 
-    def submit_script(self, plan: Any, save: bool = True, source: str = "ui") -> Job:
+    def submit_script(self, plan: Any, save: bool = True, source: str = "ui", save_grid: bool | None = None) -> Job:
         """Queue a ``ScriptPlan`` (already validated cell by cell when it was planned) as one job: one place in
-        the queue, one Interrupt for the whole grid. With ``save`` the worker saves the grids (and the cells,
-        when the plan keeps them) as they are made."""
-        return self._enqueue(Job("script", script=plan, save=save, source=source, label=plan.title))
+        the queue, one Interrupt for the whole grid. The worker saves the cells (when the plan keeps them) with
+        ``save`` and the grids with ``save_grid`` (default: as ``save``), as they are made."""
+        return self._enqueue(Job("script", script=plan, save=save, source=source, label=plan.title,
+                                 save_grid=save if save_grid is None else save_grid))
 
     def submit_call(self, fn: Callable[[], Any], label: str = "", source: str = "ui", force: bool = False) -> Job:
         """Run ``fn()`` on the worker, after the jobs already queued (model loads, runtime changes).

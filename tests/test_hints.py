@@ -22,6 +22,7 @@ FOREIGN = {  # file -> flags of other programs that file passes on (never shown 
     "preflight.py": {"--dry-run", "--report", "--quiet", "--ignore-installed", "--disable-pip-version-check",
                      "--extra-index-url"},
     "doctor.py": {"--usecase"},  # AMD's installer: amdgpu-install --usecase=rocm
+    "prompts_file.py": {"--steps"},  # A1111's per-line options in "Prompts from file or textbox"
 }
 
 

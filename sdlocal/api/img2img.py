@@ -21,8 +21,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from sdlocal.api.models import Img2ImgRequest, Img2ImgResponse
+from sdlocal.api.scripts import job_outputs, script_call
 from sdlocal.api.sdapi import Runner, refuse_bad_values, request_error
-from sdlocal.api.translate import UNSUPPORTED, build_info, encode_images, infotext_value, to_generation_request
+from sdlocal.api.translate import UNSUPPORTED, build_info, infotext_value, to_generation_request
 from sdlocal.engine.request import (
     INPAINT_AREAS,
     MASKED_CONTENT,
@@ -63,17 +64,16 @@ def add_img2img_route(router: APIRouter, runner: Runner) -> None:
         # The images are checked by decoding them; the rest, free-form parts included, here.
         refuse_bad_values({key: value for key, value in params.items() if key not in ("init_images", "mask")})
         overrides = dict(body.override_settings or {})
+        script = script_call(body, runner, error_names(body))  # an unknown script is refused before decoding
         try:
             images, mask = await anyio.to_thread.run_sync(decode_sources, body)
         except RequestError as exc:
             raise request_error(exc) from None
         generation = runner.build(lambda: to_img2img_request(body, runner.options.snapshot(), overrides, images, mask,
                                                              runner.styles))
-        job, notes = await runner.run(body, generation, request, overrides,
-                                      names=error_names(body))
-        result: GenerationResult = job.result
-        encoded = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
-        info = img2img_info(body, result, job)
+        job, notes = await runner.run(body, generation, request, overrides, names=error_names(body),
+                                      plan=script.plan if script else None)
+        encoded, info = await job_outputs(job, body, lambda result: img2img_info(body, result, job))
         info["warnings"] += notes
         if not body.include_init_images:
             params["init_images"], params["mask"] = None, None

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdlocal.scripts import ScriptArg
+
 
 class GenerationFields(BaseModel):
     """The fields A1111's txt2img and img2img share. Unknown fields are ignored, as A1111 does; NaN and Infinity
@@ -290,3 +292,20 @@ class UpscalerRecord(BaseModel):
 
 class LatentUpscaleMode(BaseModel):
     name: str
+
+
+class ScriptsList(BaseModel):
+    """``GET /sdapi/v1/scripts``: the ``script_name`` values each route takes (A1111's lower-case names)."""
+
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class ScriptInfoRecord(BaseModel):
+    """One entry of ``GET /sdapi/v1/script-info``: a script for txt2img or img2img, its ``args`` in
+    ``script_args`` order. sdlocal has no always-on scripts (``alwayson_scripts`` is named in ``warnings``)."""
+
+    name: str
+    is_alwayson: bool = False
+    is_img2img: bool
+    args: list[ScriptArg] = Field(description="label, value (the default), minimum, maximum, step, choices")

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -36,14 +36,13 @@ from sdlocal.api.ops import gpu_memory, ram_figures
 from sdlocal.api.options import MODEL, WRITABLE, ApiOptions, log_ignored
 from sdlocal.api.translate import (
     build_info,
-    encode_images,
     hires_info,
     png_base64,
     schedule_name,
     to_generation_request,
     to_hires_spec,
 )
-from sdlocal.engine.request import GenerationRequest, GenerationResult, ModelNotFoundError, RequestError
+from sdlocal.engine.request import GenerationRequest, ModelNotFoundError, RequestError
 from sdlocal.engine.samplers import SAMPLER_ALIASES
 from sdlocal.jobs import Job
 
@@ -86,11 +85,12 @@ def request_error(exc: RequestError, names: dict[str, str] | None = None) -> Api
     return field_error(name, exc.value, exc.allowed)
 
 
-def field_error(name: str, value: Any, allowed: str) -> ApiError:
-    """422 naming the field exactly as the client spelt it (``override_settings.x``), its value and the rule."""
+def field_error(name: str, value: Any, allowed: str, loc: list[Any] | None = None, **extra: Any) -> ApiError:
+    """422 naming the field exactly as the client spelt it (``override_settings.x``), its value and the rule;
+    ``loc`` where pydantic would put it, when ``name`` is not a dotted path (``script_args[1] (x_values)``)."""
     detail = f"{name}: {_short_repr(value)} is not allowed; {allowed}"
-    return ApiError(422, "Unprocessable Entity", detail, field=name,
-                    errors=[{"loc": ["body", *name.split(".")], "msg": allowed, "type": "value_error",
+    return ApiError(422, "Unprocessable Entity", detail, **{"field": name, **extra},
+                    errors=[{"loc": loc or ["body", *name.split(".")], "msg": allowed, "type": "value_error",
                              "input": _jsonable(value)}])
 
 
@@ -169,7 +169,7 @@ class Runner:
     the queue, waiting, switching the model back, and the notes about the overrides."""
 
     def __init__(self, services: Any, options: ApiOptions, to_api_error: Callable[[BaseException], ApiError]) -> None:
-        self.engine, self.queue = services.engine, services.queue
+        self.services, self.engine, self.queue = services, services.engine, services.queue
         self.options, self.to_api_error = options, to_api_error
         self.styles = getattr(services, "styles", None)  # the StyleLibrary the ``styles`` field names
 
@@ -194,16 +194,27 @@ class Runner:
             raise request_error(exc, names) from None
 
     async def run(self, body: Any, generation: GenerationRequest, request: Request, overrides: dict[str, Any],
-                  honoured: tuple[str, ...] = (), names: dict[str, str] | None = None) -> tuple[Job, list[str]]:
+                  honoured: tuple[str, ...] = (), names: dict[str, str] | None = None,
+                  plan: Callable[[GenerationRequest], Awaitable[Any]] | None = None) -> tuple[Job, list[str]]:
         """Run ``generation`` for ``body``; the finished job (its ``result`` set) and the notes for
-        ``info.warnings``. ``honoured`` are override keys the route uses itself (not named as ignored)."""
+        ``info.warnings``. ``honoured`` are override keys the route uses itself (not named as ignored).
+
+        With ``plan`` (a script's: ``sdlocal.api.scripts.ScriptCall.plan``) the request, its model resolved, is
+        the base of a script plan, and the plan runs as one job; everything around it (the model override and
+        switching back, waiting, the queue's limits) is the same as for one generation."""
         engine, queue = self.engine, self.queue
         previous, entry = engine.current_model, None
         if generation.model:
             entry = await find_model_off_loop(engine, generation.model)
             generation.model = entry.name
         save = bool(body.save_images) and not body.do_not_save_samples
-        job = self.submit(lambda: queue.submit(generation, save=save, source="api"), names)
+        if plan is None:
+            job = self.submit(lambda: queue.submit(generation, save=save, source="api"), names)
+        else:
+            script_plan = await plan(generation)
+            save_grid = bool(body.save_images) and not body.do_not_save_grid
+            job = self.submit(lambda: queue.submit_script(script_plan, save=save, source="api", save_grid=save_grid),
+                              names)
         switch_back = (entry is not None and body.override_settings_restore_afterwards and previous is not None
                        and previous.path != entry.path)
         restore = queue.submit_call(lambda: engine.load(previous.name), source="api", force=True,
@@ -244,6 +255,7 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
     from sdlocal.api.extras import add_extras_routes
     from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
     from sdlocal.api.networks import add_network_routes
+    from sdlocal.api.scripts import add_script_routes, job_outputs, script_call
 
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
     engine, queue = services.engine, services.queue
@@ -257,16 +269,17 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         params = body.model_dump()
         refuse_bad_values(params)  # free-form parts (override_settings, script_args) pydantic does not type
         overrides = dict(body.override_settings or {})
+        script = script_call(body, runner)
         generation = runner.build(lambda: with_hires(
             to_generation_request(body, options.snapshot(), overrides, runner.styles), body))
-        job, notes = await runner.run(body, generation, request, overrides)
-        result: GenerationResult = job.result
-        images = await anyio.to_thread.run_sync(encode_images, result) if body.send_images else []
-        info = hires_info(build_info(body, result, job), result)
+        job, notes = await runner.run(body, generation, request, overrides, plan=script.plan if script else None)
+        images, info = await job_outputs(job, body,
+                                         lambda result: hires_info(build_info(body, result, job), result))
         info["warnings"] += notes
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
 
     add_img2img_route(router, runner)
+    add_script_routes(router, runner)
     add_extras_routes(router, runner)
     add_network_routes(router, engine)
 

@@ -18,9 +18,9 @@ from sdlocal.styles import StyleLibrary, apply_styles
 # Fields A1111 clients may set that sdlocal does not implement, with the value (or the tuple of values) that asks
 # for nothing: any other value is named in ``info.warnings``, never silently dropped. Clients such as webuiapi
 # send ``restore_faces: false`` with every request; that asks for nothing. (``styles`` is honoured: see
-# ``to_generation_request``.)
+# ``to_generation_request``; so is ``script_name``: see ``sdlocal.api.scripts``. sdlocal has no always-on scripts.)
 UNSUPPORTED: dict[str, Any] = {
-    "restore_faces": False, "tiling": False, "script_name": (None, ""), "alwayson_scripts": {},
+    "restore_faces": False, "tiling": False, "alwayson_scripts": {},
     "refiner_checkpoint": (None, "", "None"), "subseed_strength": 0.0,
     "hr_checkpoint_name": (None, "", "Use same checkpoint"),
 }

@@ -18,6 +18,8 @@ from sdlocal.scripts.plan import ScriptContext, ScriptPlan, ScriptResult
 
 # A1111's names (what script_name is), in the order /sdapi/v1/scripts lists them, and the module of each.
 SCRIPT_MODULES: dict[str, str] = {
+    "prompt matrix": "sdlocal.scripts.prompt_matrix",
+    "prompts from file or textbox": "sdlocal.scripts.prompts_file",
     "x/y/z plot": "sdlocal.scripts.xyz",
 }
 NONE = "None"  # the UI's "no script" choice

@@ -131,12 +131,20 @@ class ScriptResult:
     def outputs(self) -> list[tuple[Any, str, int | None]]:
         """(picture, parameters, seed) as the UI's gallery and the API's ``images`` show them: the grids, then,
         when the plan returns them, every picture of every cell in grid order."""
-        shown: list[tuple[Any, str, int | None]] = [(grid.image, grid.infotext, grid.seed) for grid in self.grids]
+        return [(picture, parameters, seed) for picture, parameters, seed, _ in self.output_items()]
+
+    def output_items(self) -> list[tuple[Any, str, int | None, GenerationRequest]]:
+        """``outputs()`` with the request behind each picture (a grid's is its first finished cell's, whose
+        parameters it carries): the API's ``all_prompts`` line up with its ``images`` from this one list."""
+        first = next((cell for cell in self.cells if cell is not None and cell.images), None)
+        items: list[tuple[Any, str, int | None, GenerationRequest]] = [
+            (grid.image, grid.infotext, grid.seed, first.request if first is not None else self.plan.base)
+            for grid in self.grids]
         if self.plan.return_cells or not self.grids:
             for cell in self.cells:
                 for image in (cell.images if cell is not None else []):
-                    shown.append((image.image, image.infotext, image.seed))
-        return shown
+                    items.append((image.image, image.infotext, image.seed, cell.request))
+        return items
 
 
 @dataclass

@@ -27,8 +27,12 @@ Saver = Callable[[Any, str, int | None, str], Any]
 
 
 def run_plan(engine: Any, plan: ScriptPlan, control: RunControl | None = None,
-             on_progress: ScriptProgress | None = None, save: Saver | None = None) -> ScriptResult:
-    """Every cell in ``plan.run_order``, then the grid(s); see the module docstring for what is kept."""
+             on_progress: ScriptProgress | None = None, save: Saver | None = None, save_cells: bool = True,
+             save_grids: bool = True) -> ScriptResult:
+    """Every cell in ``plan.run_order``, then the grid(s); see the module docstring for what is kept.
+
+    ``save_cells``/``save_grids`` turn either kind of saving off (A1111's ``do_not_save_samples`` and
+    ``do_not_save_grid``); cells are saved only when the plan keeps them as well."""
     started = time.perf_counter()
     control = control if control is not None else RunControl()
     result = ScriptResult(plan=plan, cells=[None] * len(plan.cells), cell_paths=[[] for _ in plan.cells])
@@ -58,7 +62,7 @@ def run_plan(engine: Any, plan: ScriptPlan, control: RunControl | None = None,
         generate_seconds += float(output.timings.get("total", 0.0))
         result.cells[cell.index] = output
         result.warnings += [warning for warning in output.warnings if warning not in result.warnings]
-        if plan.save_cells and save is not None:
+        if plan.save_cells and save_cells and save is not None:
             result.cell_paths[cell.index] = _save_all(save, output, plan.output_kind, result.warnings)
         if output.interrupted:
             result.interrupted = True
@@ -68,7 +72,7 @@ def run_plan(engine: Any, plan: ScriptPlan, control: RunControl | None = None,
     grid_started = time.perf_counter()
     if plan.grid is not None and result.cells_done:
         result.grids = draw_plan_grids(plan, result.cells)
-        if save is not None:
+        if save is not None and save_grids:
             for grid in result.grids:
                 grid.path = _save_one(save, grid.image, grid.infotext, grid.seed, plan.grid_kind, result.warnings)
     if result.interrupted:

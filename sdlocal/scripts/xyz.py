@@ -95,7 +95,12 @@ class _Axis:
         choices = self.axis.choices(ctx)
         by_lower = {choice.lower(): choice for choice in choices}
         for i, value in enumerate(self.values):
-            found = by_lower.get(str(value).strip().lower())
+            wanted = str(value).strip().lower()
+            found = by_lower.get(wanted)
+            if found is None and self.axis.label == "VAE" and wanted:
+                # A1111 takes a part of the file name here ("kl-f8" for kl-f8-anime2.ckpt): the shortest name
+                # holding it, so the exact stem wins over longer names that contain it.
+                found = next(iter(sorted((c for c in choices if wanted in c.lower()), key=len)), None)
             if found is None:
                 raise RequestError(f"{self.letter}_values", value,
                                    f"is not a {self.axis.label} here; choose from {', '.join(choices)}")

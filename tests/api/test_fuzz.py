@@ -36,6 +36,13 @@ ROUTES = {
     "/sdapi/v1/extra-batch-images": sorted(ExtrasBatchImagesRequest.model_fields) + ["unknown_field"],
 }
 SAFE_TXT2IMG = {"prompt": "fuzz", "steps": 1, "width": 64, "height": 64, "send_images": False}
+# The X/Y/Z plot's 18 arguments for a 1-cell plot over steps, and values a careless client might put anywhere
+# (axis indices past the end, ranges that parse badly, quotes left open, the dropdowns' lists).
+SCRIPT_CASES = 60
+SAFE_XYZ_ARGS = [4, "1", [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]
+SCRIPT_VALUES = ['"1-3"', '"1-10 (+0)"', '"1-10 [0]"', '"5-1 [2]"', '"1, 500"', '"\\"a, b"', '"1.5-2 (+0.25)"',
+                 '"Euler, nope"', "43", "40", "-1", '"Nothing"', '"Sigma Churn"', '["Euler", 1]', '"fuzz, fizz"',
+                 '"64x64, 8x8"', '"true"', '"maybe"', "2.5", "501"]
 # fuzzed with broken images more often than not
 IMAGE_FIELDS = ("image", "init_images", "mask", "latent_mask", "imageList")
 
@@ -124,28 +131,64 @@ def quick_generation(api: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "generate", quick)
 
 
+def script_bodies(route: str, rng: random.Random) -> list[bytes]:
+    """``SCRIPT_CASES`` bodies running the X/Y/Z plot (a 1-cell plot over steps), 1-4 of its 18 positional
+    arguments replaced by junk, by values of the wrong kind for the axis, or by too many arguments."""
+    base = SAFE_IMG2IMG if route.endswith("img2img") else SAFE_TXT2IMG
+    bodies = []
+    for _ in range(SCRIPT_CASES):
+        args = [json.dumps(value) for value in SAFE_XYZ_ARGS]
+        for position in rng.sample(range(len(args)), rng.randrange(1, 5)):
+            args[position] = _value(rng) if rng.random() < 0.6 else rng.choice(SCRIPT_VALUES)
+        if rng.random() < 0.05:
+            args.append("true")
+        fields = [f"{json.dumps(key)}:{json.dumps(value)}" for key, value in base.items()]
+        text = "{" + ",".join([*fields, '"script_name":"x/y/z plot"', f'"script_args":[{",".join(args)}]']) + "}"
+        bodies.append(text.encode())
+    return bodies
+
+
+def check_answers(http: httpx.Client, route: str, bodies: list[bytes], rng: random.Random) -> None:
+    """Every body answered with strict JSON, never a 5xx, a 4xx with a ``detail``; the server still healthy."""
+    failures: list[str] = []
+    for body in bodies:
+        content_type = "text/plain" if rng.random() < 0.05 else "application/json"
+        response = http.post(route, content=body, headers={"Content-Type": content_type})
+        try:
+            parsed = strict_json(response.text)
+            assert response.headers["content-type"].startswith("application/json")
+            assert response.status_code < 500
+            if response.status_code >= 400:
+                assert isinstance(parsed, dict) and parsed.get("detail"), parsed
+        except (AssertionError, ValueError) as exc:
+            failures.append(f"{response.status_code} for {body[:120]!r}: {exc}; {response.text[:200]}")
+    assert not failures, f"{len(failures)} bad answers, first: " + "\n".join(failures[:5])
+    assert http.get("/health").status_code == 200
+
+
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_hostile_bodies_get_4xx_with_strict_json_and_the_server_goes_on(route: str, api: Server,
                                                                         quick_generation: None) -> None:
     rng = random.Random(f"sdlocal-fuzz-{route}")
-    failures: list[str] = []
     with api.client(timeout=60) as http:
-        for body in fuzz_bodies(route, rng):
-            content_type = "text/plain" if rng.random() < 0.05 else "application/json"
-            response = http.post(route, content=body, headers={"Content-Type": content_type})
-            try:
-                parsed = strict_json(response.text)
-                assert response.headers["content-type"].startswith("application/json")
-                assert response.status_code < 500
-                if response.status_code >= 400:
-                    assert isinstance(parsed, dict) and parsed.get("detail"), parsed
-            except (AssertionError, ValueError) as exc:
-                failures.append(f"{response.status_code} for {body[:120]!r}: {exc}; {response.text[:200]}")
-        assert not failures, f"{len(failures)} bad answers, first: " + "\n".join(failures[:5])
-        assert http.get("/health").status_code == 200
+        check_answers(http, route, fuzz_bodies(route, rng), rng)
     with api.client() as http:  # real generation again, after the fuzz
         after = http.post("/sdapi/v1/txt2img", json={**SAFE_TXT2IMG, "send_images": True, "steps": 2})
         assert after.status_code == 200 and len(after.json()["images"]) == 1
+
+
+@pytest.mark.parametrize("route", ["/sdapi/v1/img2img", "/sdapi/v1/txt2img"])
+def test_hostile_script_args_get_4xx_with_strict_json(route: str, api: Server, quick_generation: None) -> None:
+    rng = random.Random(f"sdlocal-fuzz-script-{route}")
+    bodies = script_bodies(route, rng)
+    with api.client(timeout=120) as http:
+        check_answers(http, route, bodies, rng)
+        for listing in ("/sdapi/v1/scripts", "/sdapi/v1/script-info"):
+            assert http.get(listing).status_code == 200
+        base = SAFE_IMG2IMG if route.endswith("img2img") else SAFE_TXT2IMG
+        plain = http.post(route, json={**base, "send_images": True, "script_name": "x/y/z plot",
+                                       "script_args": SAFE_XYZ_ARGS})
+        assert plain.status_code == 200 and len(plain.json()["images"]) == 1  # the 1-cell plot: its grid
 
 
 @pytest.mark.parametrize(("route", "text", "field"), [

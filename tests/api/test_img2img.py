@@ -130,10 +130,11 @@ def test_unused_fields_are_named_only_when_they_ask_for_something() -> None:
     assert ignored_fields(body, IMG2IMG_UNSUPPORTED) == ["image_cfg_scale", "eta"]
     asking = Img2ImgRequest(s_churn=0.5, s_noise=1.003, seed_resize_from_h=512, initial_noise_multiplier=0.9,
                             restore_faces=True, tiling=True, latent_mask=png_b64(),
-                            refiner_checkpoint="x", subseed_strength=0.2, script_name="x/y/z plot")
+                            refiner_checkpoint="x", subseed_strength=0.2, alwayson_scripts={"ADetailer": {}},
+                            script_name="x/y/z plot")  # scripts are honoured: tests/api/test_scripts_api.py
     assert set(ignored_fields(asking, IMG2IMG_UNSUPPORTED)) == {
         "s_churn", "s_noise", "seed_resize_from_h", "initial_noise_multiplier", "restore_faces", "tiling",
-        "latent_mask", "refiner_checkpoint", "subseed_strength", "script_name"}
+        "latent_mask", "refiner_checkpoint", "subseed_strength", "alwayson_scripts"}
     # txt2img, which shares the table: webuiapi's restore_faces=False and styles=[] are not warnings either
     # (styles are honoured: tests/api/test_styles_api.py).
     quiet = Txt2ImgRequest(restore_faces=False, tiling=False, styles=[], script_name=None)
