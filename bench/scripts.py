@@ -4,9 +4,11 @@ A grid is planned into ordinary requests and run cell by cell on the same engine
 single runs plus the drawing. Both sides here run the same nine requests (Seed 1, 2, 3 across, CFG Scale 5,
 7, 9 down; Euler): ``grid`` is ``run_plan`` of the X/Y/Z plan (cells, then the labelled grid drawn),
 ``singles`` is ``engine.generate`` of each of the plan's cell requests in turn. Interleaved, after one warm-up
-image; the ratio is of the medians, the drawing time is the runner's own ``timings["grid"]``. The cells'
-pictures are compared with the single runs' (they are the same requests, so they should be equal). Then the
-drawing alone of a 10x10 grid of 512x512 cells with both legends (the large-grid case; no model involved).
+image, the order swapped every round; the ratio is of the medians, the drawing time is the runner's own
+``timings["grid"]``, and what the grid run spends beyond its cells' own ``generate`` timings and the drawing is
+reported too (the runner's own cost, free of the round-to-round noise). The cells' pictures are compared
+with the single runs' (they are the same requests, so they should be equal). Then the drawing alone of a
+10x10 grid of 512x512 cells with both legends (the large-grid case; no model involved).
 
 One SD 1.5-shaped single file: the tiny random model (default) or, with ``--real``, the real-size file (2.1 GB
 of random fp16 weights, built once into the bench cache), fp32 on the CPU.
@@ -92,6 +94,7 @@ def main() -> None:
 
         pictures: dict[str, list[Any]] = {}
         drawing: list[float] = []
+        overhead: list[float] = []  # the grid run's seconds beyond its cells' own generate timings and the drawing
 
         def grid_call() -> float:
             started = time.perf_counter()
@@ -99,6 +102,7 @@ def main() -> None:
             synced()
             seconds = time.perf_counter() - started
             drawing.append(result.timings["grid"])
+            overhead.append(seconds - result.timings["generate"] - result.timings["grid"])
             pictures["grid"] = [cell.images[0].image for cell in result.cells]
             return seconds
 
@@ -109,17 +113,23 @@ def main() -> None:
             return time.perf_counter() - started
 
         engine.generate(requests[0])  # warm-up: first-call costs belong to neither side
-        times = interleave({"grid": grid_call, "singles": singles_call}, runs, warmup=0)
+        times: dict[str, list[float]] = {"grid": [], "singles": []}
+        for round_ in range(runs):  # grid first in even rounds, singles first in odd ones: no side owns a place
+            calls = {"grid": grid_call, "singles": singles_call}
+            order = list(calls) if round_ % 2 == 0 else list(reversed(calls))
+            for name, values in interleave({name: calls[name] for name in order}, 1, warmup=0).items():
+                times[name] += values
         difference = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
                          for a, b in zip(pictures["grid"], pictures["singles"], strict=True))
-    report(args, real, size, steps, runs, times, drawing, difference, draw_large(3 if not args.tiny else 1))
+    report(args, real, size, steps, runs, times, drawing, overhead, difference, draw_large(3 if not args.tiny else 1))
 
 
 def report(args: Any, real: bool, size: int, steps: int, runs: int, times: dict[str, list[float]],
-           drawing: list[float], difference: int, large: dict[str, Any]) -> None:
+           drawing: list[float], overhead: list[float], difference: int, large: dict[str, Any]) -> None:
     """The printed table and the JSON file."""
     seconds = {name: summary(values) for name, values in times.items()}
     seconds["grid drawing"] = summary(drawing)
+    seconds["grid run beyond its cells and drawing"] = summary(overhead)
     extra = [g - s for g, s in zip(times["grid"], times["singles"], strict=True)]
     grid_ratio = ratio(seconds["grid"]["median"], seconds["singles"]["median"])
     print(table(["path", "median s", "min s", "max s"],

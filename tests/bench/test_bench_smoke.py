@@ -214,7 +214,7 @@ def test_upscalers(tiny_runs: dict) -> None:
 
 def test_scripts(tiny_runs: dict) -> None:
     data = results(tiny_runs, "scripts")
-    assert set(data["seconds"]) == {"grid", "singles", "grid drawing"}
+    assert set(data["seconds"]) == {"grid", "singles", "grid drawing", "grid run beyond its cells and drawing"}
     for stats in data["seconds"].values():
         assert_stats(stats)
     assert data["setup"]["cells"] == 9 and data["ratios_vs_singles"]["grid"] is not None
