@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
     "cpu": [], "memory": [], "img2img": [], "loras": [], "hires": [], "vae_tiling": [], "upscalers": [],
+    "scripts": [],
 }
 
 
@@ -209,3 +210,14 @@ def test_upscalers(tiny_runs: dict) -> None:
     for row in data["results"]:
         assert row["seconds"] > 0 and row["model_mib"] > 0 and "peak_rss_above_mib" in row
     assert data["seam"]["tiles"] == 4 and data["seam"]["max_levels"] <= 1  # tiled equals untiled
+
+
+def test_scripts(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "scripts")
+    assert set(data["seconds"]) == {"grid", "singles", "grid drawing", "grid run beyond its cells and drawing"}
+    for stats in data["seconds"].values():
+        assert_stats(stats)
+    assert data["setup"]["cells"] == 9 and data["ratios_vs_singles"]["grid"] is not None
+    assert data["image_difference"]["max"] == 0  # behaviour: each cell is exactly its single run
+    assert data["draw_10x10_512"]["size"][0] > 10 * 512 and data["draw_10x10_512"]["size"][1] > 10 * 512
+    assert_stats(data["draw_10x10_512"]["seconds"])
