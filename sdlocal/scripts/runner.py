@@ -47,8 +47,9 @@ def run_plan(engine: Any, plan: ScriptPlan, control: RunControl | None = None,
         cell = plan.cells[position]
         try:
             output: GenerationResult = engine.generate(
-                cell.request, on_progress=lambda update, done=done: _report(on_progress, done, total, update),
-                control=control)
+                cell.request, control=control,
+                on_progress=None if on_progress is None else
+                (lambda update, done=done: _report(on_progress, done, total, update)))
         except Exception as exc:  # noqa: BLE001 - the cells already made are kept and drawn
             if not result.cells_done:
                 raise  # nothing to keep: the job fails with the reason, as a single generation would
