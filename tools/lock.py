@@ -1,7 +1,7 @@
 """Regenerate the lock files from pyproject.toml: ``python tools/lock.py`` (Python 3.11+, Linux, like CI).
 
 Writes ``requirements.lock`` (what the app needs) and ``requirements-test.lock`` (that plus the ``test`` and
-``dev`` extras) with the exact version of every package pip resolves, using pip's own resolver without
+``dev`` and ``cog`` extras) with the exact version of every package pip resolves, using pip's own resolver without
 installing anything (``pip install --dry-run --ignore-installed --report``). Run it after changing a dependency
 in pyproject.toml and commit both files.
 
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     runtime = list(project["dependencies"])
     extras = project["optional-dependencies"]
-    test = runtime + extras["test"] + extras["dev"]
+    test = runtime + extras["test"] + extras["dev"] + extras["cog"]
     write(ROOT / "requirements.lock", resolve(runtime, args.python), "runtime dependencies")
-    write(ROOT / "requirements-test.lock", resolve(test, args.python), "runtime, test and dev dependencies")
+    write(ROOT / "requirements-test.lock", resolve(test, args.python), "runtime, test, dev and cog dependencies")
     return 0
 
 
