@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sdlocal import preflight
+from sdlocal import doctor_container, preflight
 from sdlocal.settings import Settings
 
 OK, WARNING, FAILURE = "ok", "warning", "failure"
@@ -218,7 +218,8 @@ def check_rocm_gpu_arch(name: str, total_memory: int, gcn_arch: str, arch_list: 
     return Finding("GPU", OK, desc)
 
 
-def check_cuda_available(torch: Any, has_driver: bool, require_gpu: bool) -> Finding:
+def check_cuda_available(torch: Any, has_driver: bool, require_gpu: bool, fix: str | None = None) -> Finding:
+    """``fix``: the advice to give instead of the default one (a container's finding says what to add)."""
     if torch.cuda.is_available():
         return Finding("CUDA", OK, f"available, {torch.cuda.device_count()} device(s)")
     mps = getattr(getattr(torch, "backends", None), "mps", None)
@@ -227,12 +228,13 @@ def check_cuda_available(torch: Any, has_driver: bool, require_gpu: bool) -> Fin
     level = FAILURE if require_gpu else WARNING
     if has_driver:
         message = "torch.cuda.is_available() is False although an NVIDIA driver is installed: RUNNING ON THE CPU"
-        fix = "Check the driver check above; reinstall with webui.sh --torch-index-url for a CUDA build of torch."
+        default_fix = ("Check the driver check above; reinstall with webui.sh --torch-index-url for a CUDA build of "
+                       "torch.")
     else:
         message = "no usable NVIDIA GPU: RUNNING ON THE CPU (a 512x512 image takes minutes, not seconds)"
-        fix = "Use a computer with an NVIDIA GPU for speed." if not require_gpu else \
+        default_fix = "Use a computer with an NVIDIA GPU for speed." if not require_gpu else \
             "--require-gpu was given: start without it to run on the CPU, or fix the GPU setup."
-    return Finding("CUDA", level, message, fix)
+    return Finding("CUDA", level, message, fix or default_fix)
 
 
 def check_gpu_arch(name: str, total_memory: int, capability: tuple[int, int], arch_list: list[str]) -> Finding:
@@ -288,12 +290,13 @@ def check_xformers(importer: Callable[[], ModuleType], torch_version: str, cuda_
     return Finding("xformers", OK, f"{version}, matches torch {preflight.base_version(torch_version)}")
 
 
-def check_data_dir(path: Path, free_bytes: Callable[[Path], int], writable: Callable[[Path], str | None]) -> Finding:
+def check_data_dir(path: Path, free_bytes: Callable[[Path], int], writable: Callable[[Path], str | None],
+                   container: str | None = None) -> Finding:
     """Can we write models and images there, and is there room? ``writable`` returns None or the error text."""
     problem = writable(path)
     if problem is not None:
         return Finding("Data folder", FAILURE, f"{path} is not writable: {problem}",
-                       "Pass --data-dir (or set SDLOCAL_DATA_DIR) to a folder you can write to.")
+                       doctor_container.data_dir_fix(path, container))
     free_gb = free_bytes(path) / 1e9
     if free_gb < CRITICAL_FREE_GB:
         return Finding("Data folder", FAILURE, f"{path}: only {free_gb:.1f} GB free",
@@ -411,6 +414,8 @@ class Machine:
     hub_reachable: Callable[[], bool] = lambda: preflight.url_reachable(HF_HUB_URL, timeout=3.0)
     capabilities: Callable[[Settings], Any] = engine_capabilities
     platform: str = sys.platform
+    container: Callable[[], str | None] = doctor_container.container_runtime
+    nvidia_devices: Callable[[], list[str]] = doctor_container.nvidia_device_nodes
 
 
 QUICK = "quick"  # standard library only: Python, packages, data dir, port, Hub; runs before the server starts
@@ -428,6 +433,7 @@ def diagnose(settings: Settings, machine: Machine | None = None, check_port_free
     started = time.monotonic()
     report = Report(port=settings.port, offline=settings.offline)
     add = report.findings.append
+    container = machine.container()
     if QUICK in parts:
         add(check_python(machine.python_version))
         try:
@@ -442,8 +448,14 @@ def diagnose(settings: Settings, machine: Machine | None = None, check_port_free
         smi = machine.nvidia_smi()
         has_driver = preflight.parse_nvidia_smi(smi) is not None
         if torch is not None:
-            add(check_gpu_vendor(torch, machine, smi, has_driver))
-            cuda = check_cuda_available(torch, has_driver, settings.require_gpu)
+            boxed = doctor_container.check_container_gpu(container, machine.nvidia_devices(),
+                                                         getattr(torch.version, "cuda", None), settings.require_gpu)
+            if boxed is not None:
+                add(boxed)
+            if boxed is None or boxed.ok:  # "install a driver" is wrong advice in a container without its GPU
+                add(check_gpu_vendor(torch, machine, smi, has_driver))
+            cuda = check_cuda_available(torch, has_driver, settings.require_gpu,
+                                        None if boxed is None or boxed.ok else "See the Container GPU line above.")
             add(cuda)
             if cuda.ok:
                 for index in range(torch.cuda.device_count()):
@@ -451,7 +463,7 @@ def diagnose(settings: Settings, machine: Machine | None = None, check_port_free
             if settings.xformers:
                 add(check_xformers(machine.import_xformers, torch.__version__, cuda.ok))
     if QUICK in parts:
-        add(check_data_dir(settings.data_dir, machine.disk_free, machine.writable))
+        add(check_data_dir(settings.data_dir, machine.disk_free, machine.writable, container))
         if check_port_free:
             port_finding, port = check_port(settings.host, settings.port, machine.port_free)
             add(port_finding)

@@ -290,7 +290,7 @@ def machine(**changes):
                 nvidia_smi=lambda: None, amd_gpu=lambda: None, gfx_override=lambda: None,
                 disk_free=lambda p: 100 * 10**9, writable=lambda p: None,
                 port_free=lambda h, p: True, hub_reachable=lambda: False, capabilities=lambda s: caps("cpu"),
-                platform="linux")
+                platform="linux", container=lambda: None, nvidia_devices=lambda: [])
     base.update(changes)
     return Machine(**base)
 
