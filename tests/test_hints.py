@@ -23,6 +23,7 @@ FOREIGN = {  # file -> flags of other programs that file passes on (never shown 
                      "--extra-index-url"},
     "doctor.py": {"--usecase"},  # AMD's installer: amdgpu-install --usecase=rocm
     "prompts_file.py": {"--steps"},  # A1111's per-line options in "Prompts from file or textbox"
+    "doctor_container.py": {"--gpus"},  # docker run --gpus all
 }
 
 
