@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdlocal.engine import Engine, EngineError, GenerationRequest, RequestError
+from sdlocal.engine import Engine, EngineError, GenerationRequest, ModelNotFoundError, RequestError
 from sdlocal.settings import Settings, SettingsError, resolve
 from sdlocal.starter import STARTER_MODELS, StarterDownloadError, StarterModel, download_starter
 
@@ -40,7 +40,11 @@ class HostedSetupError(RuntimeError):
 
 
 class HostedInputError(ValueError):
-    """One prediction's inputs break a request rule: the message names the input and the fix."""
+    """One prediction's inputs break a request rule (or name no model): the message names the input and the fix."""
+
+
+class HostedRunError(RuntimeError):
+    """A prediction with good inputs that the engine could not finish (out of memory...): its message and hint."""
 
 
 @dataclass
@@ -102,8 +106,10 @@ class Hosted:
             result = self.engine.generate(request)
         except RequestError as error:
             raise input_error(error) from None
-        except EngineError as error:  # an unknown model, out of memory...: its message and hint, no traceback
+        except ModelNotFoundError as error:  # names the model input and lists the known ones
             raise HostedInputError(str(error)) from None
+        except EngineError as error:  # out of memory, NaN images...: the message and its hint, never a traceback
+            raise HostedRunError(str(error)) from None
         for warning in result.warnings:
             self.log(f"warning: {warning}")
         self._forget_last_output()
@@ -186,4 +192,4 @@ def _progress_printer(log: Log) -> Callable[[int, int], None]:
     return report
 
 
-__all__ = ["Hosted", "HostedInputError", "HostedSetupError", "TextToImage", "setup"]
+__all__ = ["Hosted", "HostedInputError", "HostedRunError", "HostedSetupError", "TextToImage", "setup"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdlocal.hosted import Hosted, HostedInputError, HostedSetupError, TextToImage, setup
+from sdlocal.engine import EngineError
+from sdlocal.hosted import Hosted, HostedInputError, HostedRunError, HostedSetupError, TextToImage, setup
+from sdlocal.settings import Settings
 from sdlocal.starter import STARTER_MODELS, StarterModel
 from tests.engine.conftest import model_name
 
@@ -91,6 +94,24 @@ def test_an_empty_model_means_the_loaded_one(hosted: Hosted) -> None:
     paths = hosted.generate(inputs(model="", num_outputs=1))
     with Image.open(paths[0]) as image:
         assert f"Model: {Path(loaded.name).name}" in image.info["parameters"]
+
+
+class OutOfMemoryEngine:
+    """Accepts every request and fails every run, as a GPU without room for the batch does."""
+
+    def validate(self, request: object) -> object:
+        return request
+
+    def generate(self, request: object) -> object:
+        raise EngineError("Out of GPU memory at 64x64.", "Lower num_outputs or the size.")
+
+
+def test_an_engine_failure_is_its_message_not_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where an output folder would be made
+    hosted = Hosted(settings=Settings(data_dir=tmp_path / "data"), engine=OutOfMemoryEngine())  # type: ignore[arg-type]
+    with pytest.raises(HostedRunError, match=r"^Out of GPU memory at 64x64\. Lower num_outputs or the size\.$"):
+        hosted.generate(inputs())
+    assert not list(tmp_path.iterdir())  # no output folder for a run that made nothing
 
 
 def test_bad_settings_fail_setup_with_the_setting_named(tmp_path: Path) -> None:
