@@ -94,8 +94,8 @@ class Hosted:
     def generate(self, inputs: TextToImage) -> list[Path]:
         """Run one prediction; the PNGs (each with its A1111 ``parameters`` chunk) in a fresh temp folder.
 
-        The previous prediction's folder is removed first: by then Cog has sent its files, and a long-running
-        server must not fill its disk with every image it ever made.
+        The previous prediction's folder is removed before this one's is made: by then Cog has sent its files, and a
+        long-running server must not fill its disk with every image it ever made.
         """
         request = inputs.to_request()
         try:
