@@ -1,7 +1,8 @@
 """Regenerate the lock files from pyproject.toml: ``python tools/lock.py`` (Python 3.11+, Linux, like CI).
 
-Writes ``requirements.lock`` (what the app needs) and ``requirements-test.lock`` (that plus the ``test`` and
-``dev`` and ``cog`` extras) with the exact version of every package pip resolves, using pip's own resolver without
+Writes ``requirements.lock`` (what the app needs), ``requirements-cluster.lock`` (that plus the ``cluster``
+extra: Ray Serve, Redis, NVML) and ``requirements-test.lock`` (the app plus the ``test``, ``dev``, ``cog`` and
+``cluster`` extras) with the exact version of every package pip resolves, using pip's own resolver without
 installing anything (``pip install --dry-run --ignore-installed --report``). Run it after changing a dependency
 in pyproject.toml and commit both files.
 
@@ -64,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     runtime = list(project["dependencies"])
     extras = project["optional-dependencies"]
-    test = runtime + extras["test"] + extras["dev"] + extras["cog"]
+    test = runtime + extras["test"] + extras["dev"] + extras["cog"] + extras["cluster"]
     write(ROOT / "requirements.lock", resolve(runtime, args.python), "runtime dependencies")
-    write(ROOT / "requirements-test.lock", resolve(test, args.python), "runtime, test, dev and cog dependencies")
+    write(ROOT / "requirements-cluster.lock", resolve(runtime + extras["cluster"], args.python),
+          "runtime and cluster dependencies")
+    write(ROOT / "requirements-test.lock", resolve(test, args.python),
+          "runtime, test, dev, cog and cluster dependencies")
     return 0
 
 
