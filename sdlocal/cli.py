@@ -86,6 +86,15 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--api", action="store_true", default=S, help="enable the A1111-compatible /sdapi/v1 API")
     net.add_argument("--api-auth", type=_auth, default=S, metavar="USER:PASS[,...]",
                      help="require HTTP basic auth for the API")
+    net.add_argument("--api-tokens", type=Path, default=S, metavar="FILE",
+                     help="also accept API tokens (Authorization: Bearer ...) whose hashes are in FILE; make one with "
+                          "`python -m sdlocal.api.tokens FILE NAME`")
+    net.add_argument("--api-rate-limit", default=S, metavar="LIMITS",
+                     help="generation requests per client (API token, else address), e.g. 30/minute or "
+                          "10/minute;200/hour; 'off'. Default: off on localhost, 60/minute with --listen/--share")
+    net.add_argument("--api-cache-mb", type=int, default=S, metavar="MB",
+                     help="memory for the API's result cache: a request with a fixed seed answered before is answered "
+                          "again without generating (default 256; 0 = off)")
     net.add_argument("--nowebui", action="store_true", default=S, help="serve only the API, no web UI (implies --api)")
     net.add_argument("--theme", choices=THEMES, default=S, help="web UI colour theme (default: follow the system)")
     net.add_argument("--tls-keyfile", type=Path, default=S, metavar="FILE",

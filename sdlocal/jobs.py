@@ -147,6 +147,7 @@ class JobQueue(ScriptAndExtrasRuns):
         # Counters (read by /metrics and the System tab).
         self.images_generated = 0
         self.jobs_finished: dict[str, int] = {DONE: 0, FAILED: 0, INTERRUPTED: 0, CANCELLED: 0}
+        self.refused_full = 0  # submissions refused because the queue was full
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -213,6 +214,7 @@ class JobQueue(ScriptAndExtrasRuns):
             if self._closed:
                 raise RuntimeError("the job queue is closed")
             if not force and len(self._waiting) >= self.max_queue:
+                self.refused_full += 1
                 raise QueueFullError(len(self._waiting), self.max_queue, self._retry_after_locked())
             job._queue = self
             self._waiting.append(job)

@@ -25,12 +25,14 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from sdlocal.api.auth import api_credentials, basic_auth, ui_credentials
+from sdlocal.api.auth import ApiAuth, api_credentials, ui_credentials
 from sdlocal.api.errors import CatchAll, error_for, install_error_handlers
 from sdlocal.api.guards import DEFAULT_MAX_BODY_BYTES, BodyLimit, SameOrigin
 from sdlocal.api.ops import Metrics, RequestCounter, ops_router
 from sdlocal.api.options import ApiOptions
+from sdlocal.api.ratelimit import RateLimiter, effective_limits
 from sdlocal.api.sdapi import build_router
+from sdlocal.api.tokens import read_tokens
 
 log = logging.getLogger("sdlocal.server")
 
@@ -55,17 +57,21 @@ def create_app(services: Any, settings: Any = None, max_body_bytes: int = DEFAUL
 
     with_api = bool(settings.api or settings.nowebui)
     pairs = api_credentials(settings)
-    if with_api and (settings.share or settings.listen) and not settings.no_auth and not pairs:
+    tokens = read_tokens(settings.api_tokens) if with_api and settings.api_tokens else []
+    if with_api and (settings.share or settings.listen) and not settings.no_auth and not pairs and not tokens:
         message = settings.secure_sharing()  # generates a password when none was given
         if message:
             print(message, flush=True)
         pairs = api_credentials(settings)
-    auth = basic_auth(pairs) if pairs else None
+    auth = ApiAuth(pairs, tokens) if pairs or tokens else None
+    limits_text = effective_limits(settings) if with_api else ""
+    limiter = RateLimiter(limits_text, settings.api_rate_limit_storage) if limits_text else None
+    metrics.auth, metrics.limiter = auth, limiter
     _add_docs(app, auth)
     app.include_router(ops_router(services, metrics, auth))
     if with_api:
         app.state.options = ApiOptions(services)
-        app.include_router(build_router(services, app.state.options, auth, errors=error_for))
+        app.include_router(build_router(services, app.state.options, auth, errors=error_for, limiter=limiter))
 
     if settings.nowebui:
         @app.get("/", include_in_schema=False)
@@ -163,7 +169,11 @@ def describe(settings: Any, share_url: str | None = None) -> list[str]:
     if not settings.nowebui:
         lines.append("UI login: " + (f"required ({len(ui_login)} user(s))" if ui_login else "none"))
     if settings.api or settings.nowebui:
-        lines.append("API login: " + (f"HTTP Basic required ({len(api_login)} user(s))" if api_login else "none"))
+        lines.append("API login: " + (f"HTTP Basic required ({len(api_login)} user(s))" if api_login else "none")
+                     + (f"; API tokens from {settings.api_tokens} (Authorization: Bearer)" if settings.api_tokens
+                        else ""))
+        limits_text = effective_limits(settings)
+        lines.append("API rate limit: " + (f"{limits_text} per client" if limits_text else "off"))
     if web == "https":
         lines.append(f"HTTPS: on (certificate {settings.tls_certfile})")
     warning = plain_http_warning(settings)
@@ -210,8 +220,15 @@ def serve(settings: Any, after_start: Callable[[], int] | None = None) -> int:
     if problem:
         print(f"[sdlocal] {problem}", flush=True)
         return 1
+    from sdlocal.api.tokens import TokenFileError
+
     services = build_services(settings)
-    app = create_app(services, settings)
+    try:
+        app = create_app(services, settings)
+    except TokenFileError as exc:
+        services.close()
+        print(f"[sdlocal] {exc}", flush=True)
+        return 1
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=int(settings.port), log_level="warning",
                                            timeout_graceful_shutdown=5, **tls_options(settings)))
 

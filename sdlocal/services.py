@@ -36,6 +36,7 @@ class Services:
     store: OutputStore
     presets: Any  # sdlocal.presets.PresetStore
     styles: StyleLibrary | None = None  # made from the settings' folders when not given
+    result_cache: Any = None  # sdlocal.result_cache: the API's answers to seeded requests (None: off)
     started_at: float = field(default_factory=time.time)
     load_error: str | None = None
     _status: str = ""
@@ -180,7 +181,12 @@ def build_services(settings: Settings, engine: Engine | None = None) -> Services
     store = OutputStore(settings.outputs_dir)
     queue = JobQueue(engine, store, max_queue=settings.queue_size)
     presets = PresetStore(settings.presets_dir, samplers=engine.samplers(), schedules=engine.schedules())
-    return Services(settings=settings, engine=engine, queue=queue, store=store, presets=presets)
+    cache = None
+    if (settings.api or settings.nowebui) and int(settings.api_cache_mb) > 0:
+        from sdlocal.result_cache import MemoryResultCache
+
+        cache = MemoryResultCache(int(settings.api_cache_mb) * 2**20)
+    return Services(settings=settings, engine=engine, queue=queue, store=store, presets=presets, result_cache=cache)
 
 
 # The image the CPU estimate is given for: the family's native size at A1111's default 20 steps.

@@ -84,6 +84,10 @@ class Settings:
     no_auth: bool = False
     api: bool = False
     api_auth: list[tuple[str, str]] = field(default_factory=list)
+    api_tokens: Path | None = None  # a file of hashed API tokens (sdlocal.api.tokens)
+    api_rate_limit: str = ""  # limits' notation; "" = off locally, 60/minute with --listen/--share; "off"
+    api_rate_limit_storage: str = "memory://"  # a limits storage URI (redis://host:port/db in the cluster)
+    api_cache_mb: int = 256  # the result cache's size on one machine; 0 turns it off
     nowebui: bool = False
     preset: str | None = None
     offline: bool = False
@@ -103,7 +107,7 @@ class Settings:
         self.extra_model_paths = [Path(p).expanduser() for p in self.extra_model_paths]
         if self.gradio_auth_path is not None:
             self.gradio_auth_path = Path(self.gradio_auth_path).expanduser()
-        for name in ("tls_keyfile", "tls_certfile"):
+        for name in ("tls_keyfile", "tls_certfile", "api_tokens"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser())
@@ -129,6 +133,16 @@ class Settings:
             given = "tls_keyfile" if self.tls_keyfile is not None else "tls_certfile"
             raise SettingsError(given, str(getattr(self, given)),
                                 "HTTPS needs both --tls-keyfile and --tls-certfile (a PEM key and its certificate).")
+        if int(self.api_cache_mb) < 0:
+            raise SettingsError("api_cache_mb", self.api_cache_mb, "Use a size in MB, or 0 to turn the cache off.")
+        if self.api_rate_limit and self.api_rate_limit.strip().lower() != "off":
+            from limits import parse_many
+
+            try:
+                parse_many(self.api_rate_limit)
+            except ValueError:
+                raise SettingsError("api_rate_limit", self.api_rate_limit,
+                                    "Write e.g. 30/minute or 10/minute;200/hour, or off.") from None
         if int(self.queue_size) < 1:
             raise SettingsError("queue_size", self.queue_size, "The queue must hold at least 1 job.")
         return self
@@ -276,11 +290,12 @@ _PATH_LISTS = {"models_dirs", "extra_model_paths"}
 _AUTH_LISTS = {"gradio_auth", "api_auth"}
 _BOOLS = {"no_half_vae", "attention_slicing", "vae_slicing", "cpu_offload", "medvram", "lowvram", "listen", "share",
           "no_auth", "api", "nowebui", "offline", "require_gpu", "fast"}
-_INTS = {"port", "max_loaded_models", "queue_size"}
+_INTS = {"port", "max_loaded_models", "queue_size", "api_cache_mb"}
 _FLOATS = {"token_merging_ratio"}
-_PATHS = {"data_dir", "gradio_auth_path", "tls_keyfile", "tls_certfile"}
+_PATHS = {"data_dir", "gradio_auth_path", "tls_keyfile", "tls_certfile", "api_tokens"}
 _OPTIONAL_TEXT = {"preset"}
-_TEXT = {"device", "precision", "attention", "theme", "sd2_prediction", "emphasis"}
+_TEXT = {"device", "precision", "attention", "theme", "sd2_prediction", "emphasis", "api_rate_limit",
+         "api_rate_limit_storage"}
 FIELD_NAMES: tuple[str, ...] = tuple(sorted(_PATH_LISTS | _AUTH_LISTS | _BOOLS | _INTS | _FLOATS | _PATHS
                                             | _OPTIONAL_TEXT | _TEXT))
 # Fields that only the command line or the environment may set.
@@ -456,7 +471,7 @@ def _coerce_mapping(data: Mapping[str, Any], source: str) -> dict[str, Any]:
             if not isinstance(value, list):
                 raise SettingsError(where, value, 'Use a list of "user:password" strings.')
             out[key] = parse_auth(",".join(str(v) for v in value), where)
-        elif value is None and key in (_OPTIONAL_TEXT | {"gradio_auth_path", "tls_keyfile", "tls_certfile"}):
+        elif value is None and key in (_OPTIONAL_TEXT | _PATHS) - {"data_dir"}:
             out[key] = None
         else:
             raise SettingsError(where, value, "Use a text value.")

@@ -57,3 +57,38 @@ def serving(app: Any, port: int, health_path: str = "/health", **uvicorn_options
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A real ``redis-server`` (Debian's; ``.ci/run`` installs it) on a free loopback port, with nothing saved to
+    disk; yields its ``redis://`` URL and stops it after."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", folder], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                        probe.sendall(b"PING\r\n")
+                        if probe.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

@@ -20,8 +20,9 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from sdlocal.api.cached import answer
 from sdlocal.api.models import Img2ImgRequest, Img2ImgResponse
-from sdlocal.api.scripts import job_outputs, script_call
+from sdlocal.api.scripts import script_call
 from sdlocal.api.sdapi import Runner, refuse_bad_values, request_error
 from sdlocal.api.translate import UNSUPPORTED, build_info, infotext_value, to_generation_request
 from sdlocal.engine.request import (
@@ -71,10 +72,9 @@ def add_img2img_route(router: APIRouter, runner: Runner) -> None:
             raise request_error(exc) from None
         generation = runner.build(lambda: to_img2img_request(body, runner.options.snapshot(), overrides, images, mask,
                                                              runner.styles))
-        job, notes = await runner.run(body, generation, request, overrides, names=error_names(body),
-                                      plan=script.plan if script else None)
-        encoded, info = await job_outputs(job, body, lambda result: img2img_info(body, result, job))
-        info["warnings"] += notes
+        encoded, info = await answer(runner, body, generation, request, overrides,
+                                     lambda job, result: img2img_info(body, result, job), names=error_names(body),
+                                     plan=script.plan if script else None)
         if not body.include_init_images:
             params["init_images"], params["mask"] = None, None
         return JSONResponse({"images": encoded, "parameters": params, "info": json.dumps(info)})

@@ -36,10 +36,18 @@ class Metrics:
         self.generation_seconds = Histogram("sdlocal_generation_seconds",
                                             "Time from a generation job's start to its result.",
                                             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.request_seconds = Histogram("sdlocal_http_request_seconds",
+                                         "API request latency, end to end, by route.", ["route"],
+                                         buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.auth: Any = None  # the API's ApiAuth (per-token counts), when it has one
+        self.limiter: Any = None  # the API's RateLimiter, when limits are on
         self.registry.register(_ServiceCollector(services))
+        self.registry.register(_GuardCollector(self))
 
-    def count_request(self, route: str, method: str, status: int) -> None:
+    def count_request(self, route: str, method: str, status: int, seconds: float | None = None) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()
+        if seconds is not None:
+            self.request_seconds.labels(route=route).observe(seconds)
 
     def on_job_finished(self, job: Job) -> None:
         """Queue listener: the latency of each generation that produced a result."""
@@ -69,6 +77,16 @@ class _ServiceCollector:
         yield jobs
         yield _gauge("sdlocal_queue_depth", "Jobs waiting in the queue (the running one not counted).", queue.depth)
         yield _gauge("sdlocal_queue_running", "1 while a job runs on the worker.", 1 if queue.running else 0)
+        yield _gauge("sdlocal_queue_capacity", "The most jobs that may wait; the queue is full at this depth.",
+                     getattr(queue, "max_queue", 0))
+        yield _counter("sdlocal_queue_full_total", "Submissions refused (503) because the queue was full.",
+                       getattr(queue, "refused_full", 0))
+        loads = CounterMetricFamily("sdlocal_model_loads_total", "Checkpoint loads from disk by outcome.",
+                                    labels=["outcome"])
+        for outcome, count in sorted(dict(getattr(self.services.engine, "load_counts", {}) or {}).items()):
+            loads.add_metric([outcome], count)
+        yield loads
+        yield from _cache_metrics(getattr(self.services, "result_cache", None))
         loaded = GaugeMetricFamily("sdlocal_model_loaded", "1 when a model is loaded; its labels name it.",
                                    labels=["model", "family"])
         current = self.services.engine.current_model
@@ -84,6 +102,87 @@ class _ServiceCollector:
             for kind, value in gpu.items():
                 memory.add_metric([kind], value)
             yield memory
+        yield from nvml_metrics()
+
+
+def _cache_metrics(cache: Any) -> Iterator[Metric]:
+    """The result cache's hits and misses and its size (zero while there is no cache)."""
+    requests = CounterMetricFamily("sdlocal_result_cache_requests_total",
+                                   "Result cache lookups by result (hit: answered without generating).",
+                                   labels=["result"])
+    requests.add_metric(["hit"], getattr(cache, "hits", 0))
+    requests.add_metric(["miss"], getattr(cache, "misses", 0))
+    yield requests
+    yield _gauge("sdlocal_result_cache_entries", "Entries in the result cache.",
+                 cache.entries() if cache is not None else 0)
+
+
+class _GuardCollector:
+    """Per-token request counts and rate-limit refusals, read from the API's guards at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        limiter, auth = self.metrics.limiter, self.metrics.auth
+        yield _counter("sdlocal_rate_limited_total", "Requests refused (429) by the rate limits.",
+                       getattr(limiter, "refused", 0))
+        tokens = CounterMetricFamily("sdlocal_api_token_requests_total", "API requests by API token name.",
+                                     labels=["token"])
+        for name, count in sorted(dict(getattr(auth, "requests", {}) or {}).items()):
+            tokens.add_metric([name], count)
+        yield tokens
+
+
+NVML_FAMILIES = (
+    ("sdlocal_gpu_utilization_percent", "GPU utilisation (NVML), percent."),
+    ("sdlocal_gpu_memory_used_bytes", "GPU memory in use (NVML), bytes."),
+    ("sdlocal_gpu_memory_total_bytes", "GPU memory in all (NVML), bytes."),
+    ("sdlocal_gpu_temperature_celsius", "GPU temperature (NVML), degrees Celsius."),
+)
+
+
+def nvml_readings() -> list[tuple[float, float, float, float]]:
+    """(utilisation %, memory used, memory total, temperature C) per NVIDIA GPU; [] where NVML does not load
+    (no NVIDIA driver, or ``nvidia-ml-py`` not installed: it comes with the ``cluster`` extra)."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - pynvml raises NVMLError_* for a missing driver or library
+        return []
+    readings = []
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            readings.append((float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu), float(memory.used),
+                             float(memory.total),
+                             float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))))
+    except Exception:  # noqa: BLE001 - a GPU that stops answering must not fail the scrape
+        return readings
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    return readings
+
+
+def nvml_metrics(readings: list[tuple[float, float, float, float]] | None = None) -> Iterator[Metric]:
+    """The NVML gauges, one series per GPU; the families are always there (empty without NVML), so alert rules
+    and dashboards name metrics that exist on every sdlocal."""
+    readings = nvml_readings() if readings is None else readings
+    for position, (name, help_text) in enumerate(NVML_FAMILIES):
+        family = GaugeMetricFamily(name, help_text, labels=["gpu"])
+        for index, values in enumerate(readings):
+            family.add_metric([str(index)], values[position])
+        yield family
 
 
 def _counter(name: str, help_text: str, value: float) -> Metric:
@@ -138,6 +237,7 @@ class RequestCounter:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        started = time.perf_counter()
 
         async def capture(message: dict) -> None:
             if message.get("type") == "http.response.start":
@@ -149,7 +249,8 @@ class RequestCounter:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "(unmatched)"
-            self.metrics.count_request(label, str(scope.get("method", "")), status["code"])
+            self.metrics.count_request(label, str(scope.get("method", "")), status["code"],
+                                       time.perf_counter() - started)
 
 
 def ops_router(services: Any, metrics: Metrics, auth: Callable[..., Any] | None = None) -> APIRouter:

@@ -21,6 +21,7 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from sdlocal.api.cached import ignored_notes
 from sdlocal.api.models import (
     PngInfoRequest,
     PngInfoResponse,
@@ -232,8 +233,7 @@ class Runner:
         """After the run: wait for the model to be switched back (A1111's default), or keep the overrides as
         options (``override_settings_restore_afterwards: false``, after a run that worked)."""
         options = self.options
-        notes = [f"override_settings.{key} is not supported by sdlocal and was ignored"
-                 for key in sorted(overrides) if key not in (MODEL, *WRITABLE, *honoured)]
+        notes = ignored_notes(overrides, honoured)
         if restore is not None:
             await wait_for_job(restore)
             if restore.error is not None:
@@ -250,14 +250,18 @@ class Runner:
 
 
 def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | None = None,
-                 errors: Callable[[BaseException], ApiError] | None = None) -> APIRouter:
-    """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route."""
+                 errors: Callable[[BaseException], ApiError] | None = None,
+                 limiter: Callable[..., Any] | None = None) -> APIRouter:
+    """The ``/sdapi/v1`` router over ``services``; ``auth`` (a FastAPI dependency) guards every route, then
+    ``limiter`` (``sdlocal.api.ratelimit.RateLimiter``) counts the generating ones."""
+    from sdlocal.api.cached import answer
     from sdlocal.api.extras import add_extras_routes
     from sdlocal.api.img2img import add_img2img_route  # it builds on this module's helpers
     from sdlocal.api.networks import add_network_routes
-    from sdlocal.api.scripts import add_script_routes, job_outputs, script_call
+    from sdlocal.api.scripts import add_script_routes, script_call
 
-    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=[Depends(auth)] if auth else [])
+    guards = [Depends(guard) for guard in (auth, limiter) if guard is not None]
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=guards)
     engine, queue = services.engine, services.queue
     to_api_error = errors or (lambda exc: exc if isinstance(exc, ApiError) else ApiError(500, "Error", str(exc)))
     runner = Runner(services, options, to_api_error)
@@ -272,10 +276,9 @@ def build_router(services: Any, options: ApiOptions, auth: Callable[..., Any] | 
         script = script_call(body, runner)
         generation = runner.build(lambda: with_hires(
             to_generation_request(body, options.snapshot(), overrides, runner.styles), body))
-        job, notes = await runner.run(body, generation, request, overrides, plan=script.plan if script else None)
-        images, info = await job_outputs(job, body,
-                                         lambda result: hires_info(build_info(body, result, job), result))
-        info["warnings"] += notes
+        images, info = await answer(runner, body, generation, request, overrides,
+                                    lambda job, result: hires_info(build_info(body, result, job), result),
+                                    plan=script.plan if script else None)
         return JSONResponse({"images": images, "parameters": params, "info": json.dumps(info)})
 
     add_img2img_route(router, runner)

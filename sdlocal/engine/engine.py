@@ -39,6 +39,8 @@ class Engine(UpscalingMethods):
         self._entries: list[ModelEntry] | None = None
         self._catalog: Any = None
         self._runtime: Any = None
+        # Checkpoint loads from disk by outcome ("loaded", "failed"), for /metrics; a cache hit is not a load.
+        self.load_counts: dict[str, int] = {"loaded": 0, "failed": 0}
         self._cache: Any = None
         self._schedulers: Any = None
         self._control: Any = None
@@ -217,7 +219,12 @@ class Engine(UpscalingMethods):
         if self._schedulers is not None:
             self._schedulers.forget(str(entry.path))
         self._ensure_hash(entry)
-        loaded = load_pipeline(entry, runtime, self.config.data_dir / "cache" / "configs", on_status)
+        try:
+            loaded = load_pipeline(entry, runtime, self.config.data_dir / "cache" / "configs", on_status)
+        except BaseException:
+            self.load_counts["failed"] += 1
+            raise
+        self.load_counts["loaded"] += 1
         cache.put(loaded)
         self._current = entry
         self._note_widths(loaded)

@@ -51,6 +51,9 @@ def start_server(data_dir: Path, models: list[str], app_options: dict[str, Any] 
     for name in models:
         save_tiny_model(models_dir / name, family="sd1", fmt="diffusers")
     port = free_port()
+    # Off unless a test asks for it: these tests send the same seeded requests again and need each one to reach
+    # the queue; tests/api/test_result_cache.py is where the cache is on.
+    settings_values.setdefault("api_cache_mb", 0)
     settings = Settings(data_dir=data_dir, port=port, device="cpu", precision="fp32", **settings_values)
     services = build_services(settings)
     app = create_app(services, settings, **(app_options or {}))

@@ -159,3 +159,60 @@ def test_gradio_uploads_keep_their_own_limit(guarded: Server) -> None:
         upload = http.post("/gradio_api/upload", files={"files": ("big.txt", b"x" * (LIMIT * 4), "text/plain")})
         assert upload.status_code == 200, upload.text
         assert len(upload.json()) == 1
+
+
+def test_operations_metrics_for_the_alerts(client: httpx.Client, api: Server) -> None:
+    """The figures the alert rules read: request latency, queue capacity and refusals, model loads (a switch is a
+    load, a failed load is counted), and the NVML gauges' families even where no NVIDIA GPU is."""
+    before = parse_prometheus(client.get("/metrics").text)
+    switch = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64,
+                                                    "override_settings": {"sd_model_checkpoint": "tiny-b"}})
+    assert switch.status_code == 200
+    after = parse_prometheus(client.get("/metrics").text)
+    loads = after["sdlocal_model_loads_total"]
+    assert loads['{outcome="loaded"}'] >= before["sdlocal_model_loads_total"]['{outcome="loaded"}'] + 1
+    assert '{outcome="failed"}' in loads
+    route = '{route="/sdapi/v1/txt2img"}'
+    assert after["sdlocal_http_request_seconds_count"][route] == \
+        before.get("sdlocal_http_request_seconds_count", {}).get(route, 0) + 1
+    assert after["sdlocal_queue_capacity"][""] == api.services.queue.max_queue
+    assert "sdlocal_queue_full_total" in after and "sdlocal_rate_limited_total" in after
+    text = client.get("/metrics").text
+    for family in ("sdlocal_gpu_utilization_percent", "sdlocal_gpu_memory_used_bytes",
+                   "sdlocal_gpu_temperature_celsius", "sdlocal_api_token_requests_total",
+                   "sdlocal_result_cache_requests_total"):
+        assert f"# TYPE {family.removesuffix('_total')}" in text, family
+
+
+def test_a_failed_model_load_is_counted(tmp_path) -> None:  # noqa: ANN001 - pytest's fixture
+    from sdlocal.engine import Engine
+    from sdlocal.engine.config import EngineConfig
+
+    models = tmp_path / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    (models / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    engine = Engine(EngineConfig(data_dir=tmp_path, device="cpu", precision="fp32"))
+    entries = [e for e in engine.models() if e.name == "broken"]
+    if entries and entries[0].supported:
+        with pytest.raises(Exception):  # noqa: B017 - which error a broken file gives is the loader's business
+            engine.load("broken")
+        assert engine.load_counts == {"loaded": 0, "failed": 1}
+    else:
+        assert engine.load_counts == {"loaded": 0, "failed": 0}  # refused before loading: not a load
+
+
+def test_nvml_gauges_one_series_per_gpu() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sdlocal.api.ops import nvml_metrics
+
+    class Fixed:
+        def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+            return nvml_metrics([(55.0, 2e9, 8e9, 71.0), (5.0, 1e9, 8e9, 40.0)])
+
+    registry = CollectorRegistry()
+    registry.register(Fixed())
+    samples = parse_prometheus(generate_latest(registry).decode())
+    assert samples["sdlocal_gpu_temperature_celsius"] == {'{gpu="0"}': 71.0, '{gpu="1"}': 40.0}
+    assert samples["sdlocal_gpu_utilization_percent"]['{gpu="0"}'] == 55.0
+    assert samples["sdlocal_gpu_memory_total_bytes"]['{gpu="1"}'] == 8e9
