@@ -14,6 +14,7 @@ from typing import Any
 from sdlocal.settings import DEFAULT_PORT
 
 APP_NAME = "sdlocal"
+BOARD_NAME = "sdlocal-stats"  # the generators' stats board (a detached actor: removed on stop)
 INSTALL_HINT = 'Ray is not installed; install the cluster extra: pip install "sdlocal[cluster]"'
 
 
@@ -61,7 +62,7 @@ def run_cluster(options: argparse.Namespace) -> int:
     host, port = options.cluster_host, int(options.cluster_port)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(bind_app(config), name=APP_NAME, route_prefix="/")
+        serve.run(bind_app(config, board_name=BOARD_NAME), name=APP_NAME, route_prefix="/")
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(f"[sdlocal] Cluster API: http://{shown}:{port}/sdapi/v1  (Ray: {ray.get_runtime_context().gcs_address})",
               flush=True)
@@ -79,10 +80,17 @@ def run_cluster(options: argparse.Namespace) -> int:
 
 def _stop(serve: Any, joined: bool) -> None:
     """Take sdlocal's application down; on a cluster started here, Serve with it (a joined one keeps Serve)."""
+    import ray
+
+    from sdlocal.cluster.deployments import BOARD_NAMESPACE
+
     try:
         if joined:
             serve.delete(APP_NAME)
         else:
             serve.shutdown()
+        ray.kill(ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE))
+    except ValueError:
+        pass  # the board was never made (nothing reported yet)
     except Exception as exc:  # noqa: BLE001 - stopping goes on: the cluster may already be gone
         print(f"[sdlocal] could not stop the application cleanly: {exc}", flush=True)

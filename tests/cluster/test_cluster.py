@@ -243,3 +243,20 @@ def test_options_change_the_default_model_without_loading_on_the_ingress(client:
         assert made.status_code == 200 and "Model: tiny-b" in json.loads(made.json()["info"])["infotexts"][0]
     finally:
         client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-a"})
+
+
+def test_img2img_runs_on_the_generators(client: httpx.Client) -> None:
+    made = txt2img(client, "tiny-a")
+    body = {**BODY, "init_images": [made.json()["images"][0]], "denoising_strength": 0.5,
+            "override_settings": {"sd_model_checkpoint": "tiny-a"}}
+    answer = client.post("/sdapi/v1/img2img", json=body)
+    assert answer.status_code == 200, answer.text
+    assert decode_png(answer.json()["images"][0]).size == (64, 64)
+
+
+def test_what_the_cluster_cannot_run_yet_is_a_clear_501(client: httpx.Client) -> None:
+    picture = txt2img(client, "tiny-a").json()["images"][0]
+    answer = client.post("/sdapi/v1/extra-single-image", json={"image": picture, "upscaling_resize": 2,
+                                                               "upscaler_1": "Lanczos"})
+    assert answer.status_code == 501, answer.text
+    assert "not available on the cluster yet" in answer.json()["detail"]
