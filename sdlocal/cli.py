@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from sdlocal.cli_hires import HIRES_KEYS, add_hires_flags, hires_flag, hires_part
 from sdlocal.cli_img2img import SOURCE_KEYS, add_img2img_flags, flag_message, image_source
+from sdlocal.cluster.cli import add_cluster_parser
 from sdlocal.engine.config import ATTENTIONS, DEVICES, PRECISIONS, SD2_PREDICTIONS
 from sdlocal.engine.request import EMPHASIS_MODES, RequestError
 from sdlocal.settings import DEFAULT_PORT, THEMES, Settings, SettingsError, parse_auth, resolve
@@ -198,7 +199,8 @@ def build_parser() -> FlagParser:
     parser = FlagParser(prog="sdlocal", allow_abbrev=False, description=__doc__.split("\n\n")[0],
                         epilog="Precedence: defaults < <data dir>/settings.json < SDLOCAL_* environment < flags.")
     add_settings_flags(parser)
-    subs = parser.add_subparsers(dest="command", metavar="{serve,doctor,generate,selftest}", parser_class=FlagParser)
+    subs = parser.add_subparsers(dest="command", metavar="{serve,doctor,generate,selftest,cluster}",
+                                 parser_class=FlagParser)
     for name, text in (("serve", "start the web UI (the default)"), ("doctor", "print the environment report"),
                        ("selftest", "generate one image with a tiny built-in model")):
         sub = subs.add_parser(name, help=text, allow_abbrev=False, description=text)
@@ -207,6 +209,7 @@ def build_parser() -> FlagParser:
                           description="Make images with a model and save them with their parameters.")
     add_settings_flags(gen)
     add_generate_flags(gen)
+    add_cluster_parser(subs, FlagParser)
     return parser
 
 
@@ -405,6 +408,11 @@ def selftest(settings: Settings) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, launched: bool = False) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["cluster"]:  # its own flags, no Settings: the cluster reads cluster.yaml
+        from sdlocal.cluster.cli import run_cluster
+
+        return run_cluster(build_parser().parse_args(args))
     invocation = parse_command(argv)
     settings = invocation.settings
     if invocation.command == "doctor":

@@ -266,9 +266,11 @@ def ops_router(services: Any, metrics: Metrics, auth: Callable[..., Any] | None 
                 dependencies=guarded)
     def ready() -> JSONResponse:
         current = services.engine.current_model
-        if current is not None:
+        blocker = getattr(services, "not_ready_reason", None)  # the cluster's: no generator answers yet
+        blocked = blocker() if callable(blocker) else ""
+        if current is not None and not blocked:
             return JSONResponse({"ready": True, "model": current.title, "queue_depth": services.queue.depth})
-        reason = services.load_error or services.load_status() or "no model is loaded yet"
+        reason = blocked or services.load_error or services.load_status() or "no model is loaded yet"
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, dependencies=guarded)
