@@ -141,10 +141,10 @@ def main() -> int:
     print(table(["path", "median ms"], rows))
     print(f"cluster overhead: {overhead_ms:+.1f} ms per request (target <= 30 ms); cluster cache: "
           f"{'Redis' if redis else 'none (redis-server not installed)'}")
-    payload = {"machine": machine(), "runs": args.runs, "overhead_ms": round(overhead_ms, 2),
+    payload = {"benchmark": "cluster", "tiny": args.tiny, "machine": machine(), "runs": args.runs,
+               "overhead_ms": round(overhead_ms, 2),
                "redis": bool(redis), **{name: summary(values) for name, values in {**times, **hits}.items()}}
-    path = write_json("cluster", payload, args.results_dir)
-    print(f"wrote {path}")
+    write_json("cluster", payload, args.results_dir)
     return 0
 
 

@@ -70,7 +70,8 @@ async def cache_key(runner: Any, body: Any, generation: GenerationRequest,
     entry = await find_model_off_loop(engine, generation.model) if generation.model else engine.current_model
     if entry is None:
         return None, ""
-    runtime = await anyio.to_thread.run_sync(runtime_id, engine)
+    own = getattr(runner.services, "runtime_id", None)  # the cluster's: its workers', not the ingress's
+    runtime = own() if callable(own) else await anyio.to_thread.run_sync(runtime_id, engine)
     return request_key(generation, model_id(entry), runtime, VERSION), entry.name
 
 

@@ -81,11 +81,12 @@ class _ServiceCollector:
                      getattr(queue, "max_queue", 0))
         yield _counter("sdlocal_queue_full_total", "Submissions refused (503) because the queue was full.",
                        getattr(queue, "refused_full", 0))
-        loads = CounterMetricFamily("sdlocal_model_loads_total", "Checkpoint loads from disk by outcome.",
-                                    labels=["outcome"])
-        for outcome, count in sorted(dict(getattr(self.services.engine, "load_counts", {}) or {}).items()):
-            loads.add_metric([outcome], count)
-        yield loads
+        if not getattr(self.services, "worker_metrics", False):  # the cluster's come from its replicas
+            loads = CounterMetricFamily("sdlocal_model_loads_total", "Checkpoint loads from disk by outcome.",
+                                        labels=["outcome"])
+            for outcome, count in sorted(dict(getattr(self.services.engine, "load_counts", {}) or {}).items()):
+                loads.add_metric([outcome], count)
+            yield loads
         yield from _cache_metrics(getattr(self.services, "result_cache", None))
         loaded = GaugeMetricFamily("sdlocal_model_loaded", "1 when a model is loaded; its labels name it.",
                                    labels=["model", "family"])

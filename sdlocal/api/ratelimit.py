@@ -62,7 +62,8 @@ class RateLimiter:
         return f"addr:{host}"
 
     def __call__(self, request: Request) -> None:
-        if request.method != "POST" or request.url.path not in LIMITED_PATHS:
+        route = getattr(request.scope.get("route"), "path", None) or request.url.path  # the same under a prefix
+        if request.method != "POST" or route not in LIMITED_PATHS:
             return
         key = self.client_key(request)
         try:

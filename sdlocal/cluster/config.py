@@ -106,12 +106,25 @@ class ClusterConfig:
 
     def ingress_settings(self) -> Any:
         """The ``Settings`` the ingress's app is made with (as ``sdlocal serve --api --nowebui``): the one place
-        to add what the ingress needs from this file (the cache, the limits and the tokens when they are wired)."""
+        to add what the ingress needs from this file: the tokens, and the rate limits (in Redis when the
+        ``rate_limit`` section names one, so every ingress replica counts the same allowance)."""
         from sdlocal.settings import Settings
 
         return Settings(data_dir=self.data_dir, models_dirs=[self.models_dir], device=self.device,
                         precision=self.precision, api=True, nowebui=True,
-                        queue_size=self.generator.max_queued_requests)
+                        queue_size=self.generator.max_queued_requests,
+                        api_tokens=Path(self.api_tokens) if self.api_tokens else None,
+                        api_rate_limit=self.rate_limit.limits or "off",
+                        api_rate_limit_storage=self.rate_limit.redis_url or "memory://",
+                        api_cache_mb=0)  # the cluster's cache is Redis (``result_cache``), not the ingress's memory
+
+    def result_cache(self) -> Any:
+        """The shared result cache in Redis from the ``cache`` section, or None when it has no ``redis_url``."""
+        if not self.cache.redis_url:
+            return None
+        from sdlocal.result_cache import RedisResultCache
+
+        return RedisResultCache(self.cache.redis_url, self.cache.max_entries, self.cache.ttl_seconds)
 
 
 SECTIONS: dict[str, type] = {"generator": GeneratorConfig, "cache": CacheConfig, "rate_limit": RateLimitConfig}

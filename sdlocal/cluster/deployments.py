@@ -206,7 +206,7 @@ class IngressApp:
         self._ready_lock = threading.Lock()
         self.services = ClusterServices(settings=settings, engine=engine, queue=queue,
                                         store=OutputStore(settings.outputs_dir), presets=presets,
-                                        ready_probe=self.generators_ready)
+                                        ready_probe=self.generators_ready, result_cache=config.result_cache())
         self.asgi = create_app(self.services, settings)
         self.asgi.state.metrics.registry.register(ClusterCollector(lambda: ray.get(board.all.remote(), timeout=5)))
 

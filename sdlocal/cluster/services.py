@@ -119,7 +119,7 @@ class ClusterQueue:
         self.listeners: list[Callable[[Job], None]] = []
         self.images_generated = 0
         self.jobs_finished: dict[str, int] = {DONE: 0, FAILED: 0, INTERRUPTED: 0, CANCELLED: 0}
-        self.queue_full = 0
+        self.refused_full = 0  # backpressure refusals (sdlocal_queue_full_total)
         self._lock = threading.Lock()
         self._in_flight: list[Job] = []
         self._recent_seconds: deque[float] = deque(maxlen=20)
@@ -165,7 +165,7 @@ class ClusterQueue:
         except Exception as exc:  # noqa: BLE001 - becomes the job's error, which the API renders
             if isinstance(exc, QueueFullError):
                 with self._lock:
-                    self.queue_full += 1
+                    self.refused_full += 1
             elif not isinstance(exc, (RequestError, EngineError, ModelNotFoundError)):
                 log.warning("cluster job %s failed: %s", job.id, exc)
             job._finish(FAILED, error=exc)
@@ -295,6 +295,8 @@ class ClusterServices:
     styles: Any = None
     started_at: float = field(default_factory=time.time)
     load_error: str | None = None
+    result_cache: Any = None  # sdlocal.result_cache.RedisResultCache, shared by the ingress replicas (None: off)
+    worker_metrics: bool = True  # model loads come from the replicas (sdlocal.cluster.metrics), not the ingress
 
     def __post_init__(self) -> None:
         if self.styles is None:
@@ -314,6 +316,11 @@ class ClusterServices:
 
     def start_background_load(self) -> None:
         return None
+
+    def runtime_id(self) -> str:
+        """What runs the models, for the result cache's key: the workers' device and precision from cluster.yaml
+        (the ingress runs none itself, so its own hardware says nothing)."""
+        return f"cluster/{self.settings.device}/{self.settings.precision}"
 
     def capabilities(self) -> Any:
         raise EngineError("the ingress runs no model; each generator reports its own device in its log")

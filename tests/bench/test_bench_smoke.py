@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, list[str]] = {
     "overhead": [], "startup": [], "switching": [], "gallery": [], "gpu": ["--families", "sd15", "--runs", "1"],
     "cpu": [], "memory": [], "img2img": [], "loras": [], "hires": [], "vae_tiling": [], "upscalers": [],
-    "scripts": [],
+    "scripts": [], "cluster": [],
 }
 
 
@@ -221,3 +221,10 @@ def test_scripts(tiny_runs: dict) -> None:
     assert data["image_difference"]["max"] == 0  # behaviour: each cell is exactly its single run
     assert data["draw_10x10_512"]["size"][0] > 10 * 512 and data["draw_10x10_512"]["size"][1] > 10 * 512
     assert_stats(data["draw_10x10_512"]["seconds"])
+
+
+def test_cluster(tiny_runs: dict) -> None:
+    data = results(tiny_runs, "cluster")
+    for name in ("single", "cluster", "single hit", "cluster hit"):
+        assert_stats(data[name])
+    assert isinstance(data["overhead_ms"], float) and data["redis"] is True  # CI installs redis-server

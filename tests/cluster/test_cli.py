@@ -88,7 +88,8 @@ def test_cluster_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_build_app_is_the_kuberay_entry_over_cluster_yaml(tmp_path: Path) -> None:
-    serve = pytest.importorskip("ray.serve", reason="the cluster extra is not installed")
+    from ray import serve  # the test lock has the cluster extra
+
     from sdlocal.cluster.app import build_app
 
     assert isinstance(build_app({"config": str(write_config(tmp_path))}), serve.Application)

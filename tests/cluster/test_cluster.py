@@ -13,6 +13,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import concurrent.futures
+import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,16 +23,18 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
-from tests.api.conftest import decode_png
-from tests.servers import free_port
-
-ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install 'sdlocal[cluster]'")
+import ray  # noqa: E402 - the test lock has the cluster extra: a missing Ray is a failure, never a skip
 from ray import serve  # noqa: E402
 
+from sdlocal.api.tokens import new_token  # noqa: E402
 from sdlocal.cluster.app import bind_app  # noqa: E402
 from sdlocal.cluster.config import config_from_dict  # noqa: E402
 from sdlocal.cluster.deployments import BOARD_NAMESPACE  # noqa: E402
+from tests.api.conftest import decode_png
+from tests.servers import (
+    free_port,
+    redis_server,  # noqa: E402
+)
 
 MODELS = ("tiny-a", "tiny-b")
 BODY = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 42, "sampler_name": "Euler"}
@@ -49,18 +52,21 @@ def poll(condition: Callable[[], Any], timeout: float = 60.0, what: str = "the c
 
 
 class Cluster:
-    def __init__(self, url: str, models_dir: Path, data_dir: Path, boards: dict[str, str]) -> None:
+    def __init__(self, url: str, models_dir: Path, data_dir: Path, boards: dict[str, str], redis_url: str = "",
+                 token: str = "") -> None:
         self.url, self.models_dir, self.data_dir, self.boards = url, models_dir, data_dir, boards
+        self.redis_url, self.token = redis_url, token
 
     def stats(self, app: str = "main") -> dict[str, dict[str, Any]]:
         board = ray.get_actor(self.boards[app], namespace=BOARD_NAMESPACE)
         return ray.get(board.all.remote())
 
 
-def cluster_config(root: Path, **generator: Any) -> Any:
+def cluster_config(root: Path, extra: dict[str, Any] | None = None, **generator: Any) -> Any:
     return config_from_dict({"models_dir": str(root / "models"), "data_dir": str(root / "data"),
                              "device": "cpu", "precision": "fp32",
-                             "generator": {"num_gpus": 1, "min_replicas": 2, "max_replicas": 2, **generator}})
+                             "generator": {"num_gpus": 1, "min_replicas": 2, "max_replicas": 2, **generator},
+                             **(extra or {})})
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
     for name in MODELS:
         save_tiny_model(root / "models" / "Stable-diffusion" / name, family="sd1", fmt="diffusers")
+    redis = redis_server()
+    redis_url = redis.__enter__()
+    token = new_token(root / "tokens.txt", "alice")
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     port = free_port()
     try:
@@ -80,10 +89,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # A second app with a queue of one, on no GPU (the main one holds both): the queue bound's test.
         small = cluster_config(root, num_gpus=0, min_replicas=1, max_replicas=1, max_queued_requests=1)
         serve.run(bind_app(small, ingress_cpus=0, board_name=boards["small"]), name="small", route_prefix="/small")
-        yield Cluster(f"http://127.0.0.1:{port}", root / "models", root / "data", boards)
+        # A third, with the Redis result cache, rate limits counted in Redis and API tokens (the CPU budget's last
+        # half CPU).
+        boards["cached"] = "sdlocal-test-cached"
+        cached = cluster_config(root, {"cache": {"redis_url": redis_url + "/0", "max_entries": 50, "ttl_seconds": 600},
+                                       "rate_limit": {"limits": "4/minute", "redis_url": redis_url + "/1"},
+                                       "api_tokens": str(root / "tokens.txt")},
+                                num_gpus=0, min_replicas=1, max_replicas=1)
+        serve.run(bind_app(cached, ingress_cpus=0, board_name=boards["cached"]), name="cached",
+                  route_prefix="/cached")
+        yield Cluster(f"http://127.0.0.1:{port}", root / "models", root / "data", boards, redis_url, token)
     finally:
         serve.shutdown()
         ray.shutdown()
+        redis.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -260,3 +279,29 @@ def test_what_the_cluster_cannot_run_yet_is_a_clear_501(client: httpx.Client) ->
                                                                "upscaler_1": "Lanczos"})
     assert answer.status_code == 501, answer.text
     assert "not available on the cluster yet" in answer.json()["detail"]
+
+
+def test_the_cache_rate_limits_and_tokens_live_in_redis(cluster: Cluster) -> None:
+    """A seeded request asked again is answered from Redis (same bytes, no second generation on the replica);
+    the API needs the token; the fifth generation in a minute is a 429 counted in Redis."""
+    import redis
+
+    auth = {"Authorization": f"Bearer {cluster.token}"}
+    with httpx.Client(base_url=cluster.url, timeout=180) as http:
+        assert txt2img(http, prefix="/cached", seed=99).status_code == 401
+        http.headers.update(auth)
+        first = txt2img(http, prefix="/cached", seed=99)
+        assert first.status_code == 200, first.text
+        jobs = sum(sum(figures.get("jobs", {}).values()) for figures in cluster.stats("cached").values())
+        again = txt2img(http, prefix="/cached", seed=99)
+        assert again.status_code == 200
+        assert again.json()["images"] == first.json()["images"]
+        assert json.loads(again.json()["info"])["cache"] == "hit"
+        assert sum(sum(f.get("jobs", {}).values()) for f in cluster.stats("cached").values()) == jobs
+        assert redis.Redis.from_url(cluster.redis_url + "/0").zcard("sdlocal:cache:lru") == 1
+        codes = [txt2img(http, prefix="/cached", seed=-1).status_code for _ in range(3)]
+        assert codes == [200, 200, 429], codes  # 2 before + 2 = the 4 allowed; the cache hit counted too
+        metrics = http.get("/cached/metrics").text
+    assert 'sdlocal_api_token_requests_total{token="alice"}' in metrics
+    assert 'sdlocal_result_cache_requests_total{result="hit"} 1.0' in metrics
+    assert redis.Redis.from_url(cluster.redis_url + "/1").keys("*alice*")  # the limit's count is in Redis

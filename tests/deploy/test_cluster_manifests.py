@@ -7,6 +7,7 @@ panel names against the /metrics of a real sdlocal app. The readiness probe's sc
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+
+from sdlocal.cluster.config import config_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -219,12 +222,15 @@ def test_the_rayservice_deploys_the_sdlocal_app_builder_with_the_mounted_cluster
     apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     app = next(a for a in apps if a["name"] == "sdlocal")
     assert app["import_path"] == "sdlocal.cluster.app:build_app" and app["route_prefix"] == "/"
+    module, _, function = app["import_path"].partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
     config_file = Path(app["args"]["config"])
     config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     for pod_spec in pod_specs():
         name, key = mounted_configmap_key(pod_spec, config_file)
         cluster = yaml.safe_load(config_maps[name]["data"][key])
         assert set(cluster) == CLUSTER_KEYS
+        config_from_dict(cluster)  # the cluster's own reader takes it (unknown keys or bad values would raise)
         assert cluster["generator"]["num_gpus"] == 1
         assert cluster["generator"]["min_replicas"] <= cluster["generator"]["max_replicas"]
 
