@@ -103,7 +103,8 @@ class _ServiceCollector:
             for kind, value in gpu.items():
                 memory.add_metric([kind], value)
             yield memory
-        yield from nvml_metrics()
+        if not getattr(self.services, "worker_metrics", False):  # the cluster's GPUs are on its workers
+            yield from nvml_metrics()
 
 
 def _cache_metrics(cache: Any) -> Iterator[Metric]:
@@ -146,9 +147,9 @@ NVML_FAMILIES = (
 )
 
 
-def nvml_readings() -> list[tuple[float, float, float, float]]:
-    """(utilisation %, memory used, memory total, temperature C) per NVIDIA GPU; [] where NVML does not load
-    (no NVIDIA driver, or ``nvidia-ml-py`` not installed: it comes with the ``cluster`` extra)."""
+def nvml_readings(indices: list[int] | None = None) -> list[tuple[float, float, float, float]]:
+    """(utilisation %, memory used, memory total, temperature C) per NVIDIA GPU (those in ``indices``, else all);
+    [] where NVML does not load (no NVIDIA driver, or ``nvidia-ml-py`` not installed: the ``cluster`` extra)."""
     try:
         import pynvml
     except ImportError:
@@ -159,7 +160,7 @@ def nvml_readings() -> list[tuple[float, float, float, float]]:
         return []
     readings = []
     try:
-        for index in range(pynvml.nvmlDeviceGetCount()):
+        for index in indices if indices is not None else range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             readings.append((float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu), float(memory.used),

@@ -26,6 +26,7 @@ from sdlocal.engine.request import GenerationRequest
 
 BOARD_NAMESPACE = "sdlocal"
 READY_CACHE_S = 3.0
+GPU_REPORT_S = 15.0  # how often a replica posts its GPU gauges when idle (a scrape is usually every 15-30 s)
 BUTTON_POLL_S = 0.25  # how soon Interrupt/Skip reach a running generation (a step of a 512x512 image: ~0.1 s)
 
 
@@ -92,6 +93,17 @@ class GeneratorWorker:
         self.running = 0
         self.seconds: deque[float] = deque(maxlen=100)
         self._lock = threading.Lock()
+        # This replica's GPUs as NVML numbers them (Ray's ids are the node's physical indices); [] on logical GPUs.
+        self.gpu_ids = [int(i) for i in ray.get_gpu_ids() if str(i).isdigit()]
+        threading.Thread(target=self._report_gpus, name="sdlocal-gpu-report", daemon=True).start()
+
+    def _report_gpus(self) -> None:
+        while True:
+            try:
+                self._report()
+            except Exception:  # noqa: BLE001 - a board that is briefly away must not end the reports
+                pass
+            time.sleep(GPU_REPORT_S)
 
     async def load_checkpoint(self, model_id: str) -> str:
         """Load ``model_id`` into this replica's engine (on its queue: never under a running generation)."""
@@ -164,7 +176,14 @@ class GeneratorWorker:
             return {"replica": self.replica, "actor": self.actor_name(), "loads": dict(self.loads),
                     "failed_loads": self.failed_loads, "jobs": dict(self.queue.jobs_finished),
                     "images": self.queue.images_generated, "running": self.running,
-                    "generation_seconds": list(self.seconds), "at": time.time()}
+                    "generation_seconds": list(self.seconds), "at": time.time(),
+                    "gpus": {str(index): list(values)
+                             for index, values in zip(self.gpu_ids, self._gpu_readings(), strict=False)}}
+
+    def _gpu_readings(self) -> list[tuple[float, float, float, float]]:
+        from sdlocal.api.ops import nvml_readings
+
+        return nvml_readings(self.gpu_ids) if self.gpu_ids else []
 
     def _report(self) -> None:
         self.board.report.remote(self.replica, self.stats())

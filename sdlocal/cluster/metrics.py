@@ -12,13 +12,16 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from sdlocal.api.ops import NVML_FAMILIES
 
 log = logging.getLogger(__name__)
 
 
 class ClusterCollector:
-    """``sdlocal_model_loads_total{outcome,replica}`` from ``read_stats()`` (replica id -> its ``stats()``)."""
+    """``sdlocal_model_loads_total{outcome,replica}`` and the GPU gauges from ``read_stats()`` (replica id -> its
+    ``stats()``)."""
 
     def __init__(self, read_stats: Callable[[], dict[str, dict[str, Any]]]) -> None:
         self.read_stats = read_stats
@@ -38,3 +41,15 @@ class ClusterCollector:
             loads.add_metric(["loaded", replica], sum(figures.get("loads", {}).values()))
             loads.add_metric(["failed", replica], figures.get("failed_loads", 0))
         yield loads
+        yield from gpu_families(stats)
+
+
+def gpu_families(stats: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """The NVML gauges each replica posted for its own GPUs, labelled by GPU index and replica (the families are
+    there without samples where no replica has NVML, as on one machine)."""
+    for position, (name, help_text) in enumerate(NVML_FAMILIES):
+        family = GaugeMetricFamily(name, help_text, labels=["gpu", "replica"])
+        for replica, figures in sorted(stats.items()):
+            for gpu, values in sorted(dict(figures.get("gpus", {}) or {}).items()):
+                family.add_metric([gpu, replica], float(values[position]))
+        yield family
