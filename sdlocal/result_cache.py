@@ -62,7 +62,21 @@ def _canonical(value: Any, skip: tuple[str, ...] = ()) -> Any:
     return repr(value)
 
 
-class MemoryResultCache:
+class _Counted:
+    """Hits and misses, for ``/metrics`` (``sdlocal_result_cache_requests_total``)."""
+
+    hits = 0
+    misses = 0
+
+    def _count(self, value: bytes | None) -> bytes | None:
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+
+class MemoryResultCache(_Counted):
     """An LRU of entries in this process, bounded in bytes (``max_bytes``); safe across threads."""
 
     def __init__(self, max_bytes: int) -> None:
@@ -73,17 +87,10 @@ class MemoryResultCache:
         self.max_bytes = int(max_bytes)
         self._entries: LRUCache = LRUCache(maxsize=self.max_bytes, getsizeof=len)
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
-            value = self._entries.get(key)
-            if value is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-            return value
+            return self._count(self._entries.get(key))
 
     def put(self, key: str, value: bytes) -> None:
         """Keep ``value``; one larger than the whole cache is not kept (it would evict everything for nothing)."""
@@ -97,7 +104,7 @@ class MemoryResultCache:
             return len(self._entries)
 
 
-class RedisResultCache:
+class RedisResultCache(_Counted):
     """Entries in Redis, shared by every ingress replica: each with a TTL, at most ``max_entries`` of them.
 
     Each entry is a string key with an expiry; a sorted set holds the keys by last use so that, past the bound,
@@ -117,8 +124,6 @@ class RedisResultCache:
         self.client, self.url = client, url
         self.max_entries, self.ttl_seconds, self.prefix = int(max_entries), int(ttl_seconds), prefix
         self.index = prefix + "lru"
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -128,11 +133,7 @@ class RedisResultCache:
         except Exception as exc:  # noqa: BLE001 - redis raises several kinds; the cache is only a shortcut
             log.warning("result cache: Redis at %s could not be read (%s); generating instead", self.url, exc)
             value = None
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return value
+        return self._count(value)
 
     def put(self, key: str, value: bytes) -> None:
         try:
