@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from sdlocal.cli import main
-from tests.servers import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,41 +43,6 @@ def test_sdlocal_serve_never_imports_ray() -> None:
             "sdlocal.cli.parse_command(['serve', '--nowebui']); print('ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
-
-
-def test_cluster_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    from sdlocal.engine.synthetic import save_tiny_model
-
-    save_tiny_model(tmp_path / "models" / "Stable-diffusion" / "tiny-a", family="sd1", fmt="diffusers")
-    path = write_config(tmp_path, "device: cpu\nprecision: fp32\n"
-                                  "generator: {num_gpus: 0, min_replicas: 1, max_replicas: 1}\n")
-    port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-           "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
-    process = subprocess.Popen([sys.executable, "-m", "sdlocal", "cluster", "serve", "--config", str(path),
-                                "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
-    reader.start()
-    announced = f"[sdlocal] Cluster API: http://127.0.0.1:{port}/sdapi/v1"
-    try:
-        deadline = time.monotonic() + 150
-        while not any(line.startswith(announced) for line in lines):  # printed once every deployment runs
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
-        models = httpx.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=30).json()
-        assert [model["model_name"] for model in models] == ["tiny-a"]
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=300)  # Serve stops each replica gracefully: on a loaded 2-core machine, minutes
-        reader.join(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, "".join(lines)
-    assert "[sdlocal] stopped\n" in lines
 
 
 def test_build_app_is_the_kuberay_entry_over_cluster_yaml(tmp_path: Path) -> None:
